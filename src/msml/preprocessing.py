@@ -1,0 +1,230 @@
+"""Automated preprocessing: load → validate → clean → split → fit transformer on train → write.
+
+Each step is a small function taking its inputs as arguments, so the notebook, the CLI, the
+course's `automate_<name>.py` and the tests all call the same code.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from msml.contract import DEFAULT_MAX_INVALID_SHARE, Contract, DataError
+
+DEFAULT_SEED = 42
+DEFAULT_TEST_SIZE = 0.2
+MISSING_CATEGORY = "missing"
+
+# File names inside the processed directory (one definition; readers use these).
+# Train-ready files are gzipped: one-hot columns make them ~11 MB as plain CSV.
+TRAIN_FILE = "train.csv.gz"
+TEST_FILE = "test.csv.gz"
+TRAIN_CLEAN_FILE = "train_clean.csv"
+TEST_CLEAN_FILE = "test_clean.csv"
+TRANSFORMER_FILE = "transformer.joblib"
+REPORT_FILE = "report.json"
+QUARANTINE_FILE = "quarantine.csv"
+
+
+def load_raw(path: str | Path, contract: Contract) -> pd.DataFrame:
+    """Read the raw CSV as the contract describes it (strings, stripped, markers → NaN)."""
+    return contract.read_csv(path)
+
+
+def clean(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Drop exact duplicate rows. Returns the frame (index reset) and how many were dropped."""
+    deduped = df.drop_duplicates(keep="first")
+    return deduped.reset_index(drop=True), len(df) - len(deduped)
+
+
+def stratified_split(
+    df: pd.DataFrame, contract: Contract, test_size: float = DEFAULT_TEST_SIZE, seed: int = DEFAULT_SEED
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded train/test split, stratified on the target."""
+    train, test = train_test_split(df, test_size=test_size, stratify=df[contract.target], random_state=seed)
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def build_transformer(contract: Contract) -> Pipeline:
+    """The unfitted feature transformer: impute + scale numerics, impute + one-hot categories.
+
+    The first step maps None to NaN so rows arriving as JSON (null) are treated exactly like the
+    raw file's missing markers. Only sklearn and pandas callables are used, so the pickled model
+    needs no msml code to load.
+    """
+    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+    categorical = Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="constant", fill_value=MISSING_CATEGORY)),
+            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float64)),
+        ]
+    )
+    columns = ColumnTransformer(
+        [("num", numeric, contract.numeric_features), ("cat", categorical, contract.categorical_features)],
+        verbose_feature_names_out=False,
+    )
+    missing_to_nan = FunctionTransformer(pd.DataFrame.where, kw_args={"cond": pd.notna, "other": np.nan})
+    return Pipeline([("missing_to_nan", missing_to_nan), ("columns", columns)]).set_output(transform="pandas")
+
+
+def transform(transformer: Pipeline, df: pd.DataFrame, contract: Contract) -> pd.DataFrame:
+    """Apply a fitted transformer; the result is train-ready features plus a 0/1 target."""
+    features = transformer.transform(df[contract.features])
+    features[contract.target] = encode_target(df[contract.target], contract)
+    return features
+
+
+def encode_target(labels: pd.Series, contract: Contract) -> np.ndarray:
+    return (labels == contract.positive).astype(np.int64).to_numpy()
+
+
+@dataclass
+class Splits:
+    """Train-ready features and targets."""
+
+    X_train: pd.DataFrame
+    X_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+
+
+def load_training_data(processed_dir: str | Path, contract: Contract) -> Splits:
+    """Read the train-ready files, check them against the contract, return X/y splits."""
+    processed_dir = Path(processed_dir)
+    frames = []
+    for name in (TRAIN_FILE, TEST_FILE):
+        path = processed_dir / name
+        if not path.is_file():
+            raise DataError(f"processed file not found: {path} (run `msml preprocess` first)")
+        df = pd.read_csv(path)
+        feature_names = [c for c in df.columns if c != contract.target]
+        if contract.target not in df.columns:
+            raise DataError(f"processed file {path} has no target column {contract.target!r}")
+        try:
+            df = contract.processed_schema(feature_names).validate(df)
+        except Exception as exc:  # pandera raises several error types; all mean the same here
+            raise DataError(f"processed file {path} fails the contract: {exc}") from None
+        frames.append(df)
+    train, test = frames
+    if list(train.columns) != list(test.columns):
+        raise DataError(f"processed train and test files in {processed_dir} have different columns")
+    return Splits(
+        X_train=train.drop(columns=contract.target),
+        X_test=test.drop(columns=contract.target),
+        y_train=train[contract.target],
+        y_test=test[contract.target],
+    )
+
+
+def load_clean_splits(processed_dir: str | Path, contract: Contract) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cleaned train/test rows in the contract's raw form (what the served model accepts)."""
+    processed_dir = Path(processed_dir)
+    frames = []
+    for name in (TRAIN_CLEAN_FILE, TEST_CLEAN_FILE):
+        path = processed_dir / name
+        if not path.is_file():
+            raise DataError(f"processed file not found: {path} (run `msml preprocess` first)")
+        df = pd.read_csv(path, dtype={c: str for c in contract.categorical_features}, keep_default_na=False,
+                         na_values=[""])
+        frames.append(contract.raw_schema.validate(df)[[*contract.features, contract.target]])
+    return frames[0], frames[1]
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str):
+    start = time.perf_counter()
+    yield
+    timings[step] = round(time.perf_counter() - start, 4)
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    """Write fast and deterministically (pyarrow's CSV writer; gzip without a timestamp)."""
+    # 0/1 columns written as integers: smaller, and exact
+    binary = [c for c in df.columns if df[c].dtype == np.float64 and df[c].isin((0.0, 1.0)).all()]
+    table = pa.Table.from_pandas(df.astype({c: np.uint8 for c in binary}), preserve_index=False)
+    buffer = io.BytesIO()
+    pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(quoting_style="needed"))
+    data = buffer.getvalue()
+    if path.suffix == ".gz":
+        data = gzip.compress(data, compresslevel=6, mtime=0)
+    path.write_bytes(data)
+
+
+def preprocess(
+    raw: str | Path,
+    out: str | Path,
+    contract: Contract,
+    seed: int = DEFAULT_SEED,
+    test_size: float = DEFAULT_TEST_SIZE,
+    max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE,
+) -> tuple[dict, dict[str, float]]:
+    """Run every step and write the processed directory.
+
+    Returns the report (also written as report.json) and the seconds each step took.
+    Same input and seed give byte-identical files.
+    """
+    out = Path(out)
+    timings: dict[str, float] = {}
+    with _timed(timings, "load"):
+        df = load_raw(raw, contract)
+    with _timed(timings, "validate"):
+        result = contract.validate(df, max_invalid_share=max_invalid_share)
+    with _timed(timings, "clean"):
+        cleaned, duplicates = clean(result.valid)
+    with _timed(timings, "split"):
+        train, test = stratified_split(cleaned, contract, test_size=test_size, seed=seed)
+    with _timed(timings, "fit_transform"):
+        transformer = build_transformer(contract).fit(train[contract.features])
+        train_ready = transform(transformer, train, contract)
+        test_ready = transform(transformer, test, contract)
+    with _timed(timings, "write"):
+        out.mkdir(parents=True, exist_ok=True)
+        _write_csv(train_ready, out / TRAIN_FILE)
+        _write_csv(test_ready, out / TEST_FILE)
+        _write_csv(train, out / TRAIN_CLEAN_FILE)
+        _write_csv(test, out / TEST_CLEAN_FILE)
+        _write_csv(result.quarantine, out / QUARANTINE_FILE)
+        joblib.dump(transformer, out / TRANSFORMER_FILE)
+        report = {
+            "contract": contract.name,
+            "raw_file": Path(raw).name,
+            "raw_sha256": file_sha256(raw),
+            "seed": seed,
+            "test_size": test_size,
+            "rows_in": len(df),
+            "rows_quarantined": len(result.quarantine),
+            "duplicates_removed": duplicates,
+            "rows_out": len(cleaned),
+            "train_rows": len(train),
+            "test_rows": len(test),
+            "missing_values": {c: int(n) for c, n in cleaned[contract.features].isna().sum().items() if n},
+            "class_balance": {
+                split: {label: int(n) for label, n in frame[contract.target].value_counts().sort_index().items()}
+                for split, frame in (("train", train), ("test", test))
+            },
+            "features_in": contract.features,
+            "features_out": [c for c in train_ready.columns if c != contract.target],
+        }
+        (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return report, timings

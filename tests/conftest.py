@@ -1,0 +1,43 @@
+"""Shared fixtures: the real contract, the real raw file, and one preprocessing run per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msml.contract import Contract
+from msml.preprocessing import preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / "data" / "adult_raw" / "adult.csv"
+BIN = Path(sys.executable).parent
+
+
+def run_msml(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
+    """Run the real `msml` command; returns the CompletedProcess (never raises on exit code)."""
+    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **(env or {})}
+    return subprocess.run(
+        [str(BIN / "msml"), *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def contract() -> Contract:
+    return Contract.load()
+
+
+@pytest.fixture(scope="session")
+def raw_path() -> Path:
+    return RAW
+
+
+@pytest.fixture(scope="session")
+def processed(tmp_path_factory, contract) -> Path:
+    """The real raw file preprocessed once into a temp dir (seed 42)."""
+    out = tmp_path_factory.mktemp("processed") / f"{contract.name}_preprocessing"
+    preprocess(RAW, out, contract, seed=42)
+    return out
