@@ -1,0 +1,1 @@
+"""Monitoring: metric definitions, drift, dashboards and alert rules as code."""

@@ -1,0 +1,85 @@
+"""Every Prometheus metric the gateway exports — names, help, labels and buckets in one place.
+
+The gateway updates these from real requests only; the dashboards and alert rules refer to
+them through the name constants below, never by retyping a string.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+
+PREFIX = "msml"
+
+# Names as Prometheus exposes them (counters gain `_total`, histograms `_bucket/_sum/_count`).
+REQUESTS = f"{PREFIX}_requests_total"
+REQUEST_SECONDS = f"{PREFIX}_request_duration_seconds"
+MODEL_REQUEST_SECONDS = f"{PREFIX}_model_request_duration_seconds"
+MODEL_ERRORS = f"{PREFIX}_model_errors_total"
+IN_FLIGHT = f"{PREFIX}_requests_in_flight"
+BATCH_ROWS = f"{PREFIX}_batch_rows"
+VALIDATION_FAILURES = f"{PREFIX}_validation_failures_total"
+ROWS_SCORED = f"{PREFIX}_rows_scored_total"
+PREDICTIONS = f"{PREFIX}_predictions_total"
+PROBABILITY = f"{PREFIX}_prediction_probability"
+FEATURE_MISSING = f"{PREFIX}_feature_missing_total"
+DRIFT_PSI = f"{PREFIX}_feature_drift_psi"
+MODEL_UP = f"{PREFIX}_model_up"
+MODEL_INFO = f"{PREFIX}_model"  # Info metric: exposed as msml_model_info
+FEEDBACK = f"{PREFIX}_feedback_total"
+LIVE_ACCURACY = f"{PREFIX}_live_accuracy"
+# From prometheus_client's own process collector (read from /proc, no psutil in the scrape path)
+PROCESS_CPU = "process_cpu_seconds_total"
+PROCESS_MEMORY = "process_resident_memory_bytes"
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+PROBABILITY_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+def _strip_total(name: str) -> str:
+    # prometheus_client appends _total to counters itself
+    return name.removesuffix("_total")
+
+
+class GatewayMetrics:
+    """The gateway's metrics, on their own registry so several gateways (tests) can coexist."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            try:
+                r.register(collector)
+            except ValueError:
+                pass  # already on this registry
+        self.requests = Counter(_strip_total(REQUESTS), "HTTP requests by endpoint and status code.",
+                                ["endpoint", "status"], registry=r)
+        self.request_seconds = Histogram(REQUEST_SECONDS, "Gateway request latency (seconds), end to end.",
+                                         ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.model_request_seconds = Histogram(MODEL_REQUEST_SECONDS,
+                                               "Latency of calls to the model server's /invocations (seconds).",
+                                               buckets=LATENCY_BUCKETS, registry=r)
+        self.model_errors = Counter(_strip_total(MODEL_ERRORS), "Failed calls to the model server by kind.",
+                                    ["kind"], registry=r)
+        self.in_flight = Gauge(IN_FLIGHT, "Prediction requests being handled now.", registry=r)
+        self.batch_rows = Histogram(BATCH_ROWS, "Rows per batch sent to the model server.",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.validation_failures = Counter(_strip_total(VALIDATION_FAILURES),
+                                           "Rejected request rows by field and reason.", ["field", "reason"],
+                                           registry=r)
+        self.rows_scored = Counter(_strip_total(ROWS_SCORED), "Rows scored by the model.", registry=r)
+        self.predictions = Counter(_strip_total(PREDICTIONS), "Predictions by predicted class label.",
+                                   ["label"], registry=r)
+        self.probability = Histogram(PROBABILITY, "Predicted probability of the positive class.",
+                                     buckets=PROBABILITY_BUCKETS, registry=r)
+        self.feature_missing = Counter(_strip_total(FEATURE_MISSING), "Scored rows with this feature missing.",
+                                       ["feature"], registry=r)
+        self.drift_psi = Gauge(DRIFT_PSI, "Population stability index of the recent rows against the "
+                                          "training reference, per feature.", ["feature"], registry=r)
+        self.model_up = Gauge(MODEL_UP, "1 when the model server answered its last /ping, else 0.", registry=r)
+        self.model_info = Info(MODEL_INFO, "The model being served.", registry=r)
+        self.feedback = Counter(_strip_total(FEEDBACK), "Ground-truth feedback received, by outcome.",
+                                ["outcome"], registry=r)
+        self.live_accuracy = Gauge(LIVE_ACCURACY, "Accuracy of the predictions that received ground truth, "
+                                                  "over the recent feedback window.", registry=r)

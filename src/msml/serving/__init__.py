@@ -1,0 +1,1 @@
+"""Serving: the MLflow model-server process and the validating, micro-batching gateway."""
