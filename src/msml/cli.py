@@ -92,6 +92,84 @@ def preprocess(
     typer.echo(f"processed dataset written to {out}")
 
 
+RunInfoOpt = typer.Option(None, "--run-info", help="Write the run id, model URI and metrics to this JSON file.")
+ExperimentOpt = typer.Option(None, "--experiment", help="MLflow experiment name (default from settings).")
+
+
+@app.command()
+@handles_errors
+def train(
+    contract: Optional[Path] = ContractOpt,
+    data: Optional[Path] = typer.Option(None, "--data", help="Processed directory (default from settings)."),
+    seed: int = SeedOpt,
+    experiment: Optional[str] = ExperimentOpt,
+    run_info: Optional[Path] = RunInfoOpt,
+) -> None:
+    """Baseline: LogisticRegression on the preprocessed data with MLflow autolog (the course's modelling.py)."""
+    from msml.training import train_baseline
+
+    settings = _settings(contract).with_overrides(processed_dir=data, experiment=experiment)
+    typer.echo(f"training the baseline on {settings.processed_dir} (tracking: {settings.tracking_uri})")
+    summary = train_baseline(settings, seed=seed, run_info=run_info)
+    _print_summary(summary)
+
+
+@app.command()
+@handles_errors
+def tune(
+    contract: Optional[Path] = ContractOpt,
+    data: Optional[Path] = typer.Option(None, "--data", help="Processed directory (default from settings)."),
+    n_trials: int = typer.Option(20, "--n-trials", min=1, help="Optuna trials."),
+    cv_folds: int = typer.Option(3, "--cv-folds", min=2, help="Stratified CV folds on the train split."),
+    seed: int = SeedOpt,
+    experiment: Optional[str] = ExperimentOpt,
+    run_info: Optional[Path] = RunInfoOpt,
+    register: bool = typer.Option(True, "--register/--no-register", help="Register and gate-promote the model."),
+) -> None:
+    """Optuna search with manual logging (the course's modelling_tuning.py); registers and promotes."""
+    from msml.tuning import tune as run
+
+    settings = _settings(contract).with_overrides(processed_dir=data, experiment=experiment)
+    typer.echo(f"tuning with {n_trials} trials, {cv_folds}-fold CV (tracking: {settings.tracking_uri})")
+    summary = run(settings, n_trials=n_trials, seed=seed, cv_folds=cv_folds, run_info=run_info, progress=typer.echo)
+    _print_summary(summary)
+    if register:
+        _register(settings, summary.model_uri, summary.run_id)
+
+
+@app.command()
+@handles_errors
+def register(
+    run_id: str = typer.Argument(..., help="Run whose logged model to register."),
+    contract: Optional[Path] = ContractOpt,
+) -> None:
+    """Register a run's model and promote it to @champion when it beats the current champion."""
+    from msml.tracking import setup_tracking
+    from msml.training import MODEL_ARTIFACT
+
+    settings = _settings(contract)
+    setup_tracking(settings)
+    _register(settings, f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id)
+
+
+def _register(settings: Settings, model_uri: str, run_id: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from msml.registry import register_and_promote
+
+    try:
+        promotion = register_and_promote(model_uri, settings.model_name, run_id)
+    except MlflowException as exc:
+        _fail(f"registry: {exc.message}")
+    state = "promoted to @champion" if promotion.promoted else "registered, not promoted"
+    typer.echo(f"{promotion.uri}: {state} ({promotion.reason})")
+
+
+def _print_summary(summary) -> None:
+    shown = {k: round(v, 4) for k, v in sorted(summary.metrics.items()) if k.startswith(("test_", "training_"))}
+    typer.echo(json.dumps({"run_id": summary.run_id, "model_uri": summary.model_uri, "metrics": shown}, indent=2))
+
+
 @app.command()
 @handles_errors
 def demo(contract: Optional[Path] = ContractOpt) -> None:
@@ -108,6 +186,104 @@ def demo(contract: Optional[Path] = ContractOpt) -> None:
         f"({sum(timings.values()):.2f} s)"
     )
     typer.echo(f"  processed dataset: {settings.processed_dir} (report: {settings.processed_dir / 'report.json'})")
+
+
+# --- monitoring: Prometheus, Alertmanager and Grafana as code ---------------------------------------------------
+
+monitoring_app = typer.Typer(no_args_is_help=True, help="Prometheus, Alertmanager and Grafana as code.")
+app.add_typer(monitoring_app, name="monitoring")
+
+
+@monitoring_app.command("render")
+def monitoring_render(
+    root: Optional[Path] = typer.Option(None, "--root", help="Repository root to write under (default: MSML_HOME/cwd)."),
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 when a committed file is stale."),
+) -> None:
+    """Render prometheus.yml, rules, promtool tests, alertmanager.yml, Grafana provisioning, docker-compose.yml."""
+    from msml.monitoring.render import render_files, stale, write
+
+    settings = _settings(None)
+    root = root or settings.root
+    files = render_files(f"{settings.image}:latest")
+    if check:
+        out_of_date = stale(root, files)
+        for rel in out_of_date:
+            typer.echo(f"stale: {rel}")
+        if out_of_date:
+            _fail("monitoring files differ from the definitions; run `msml monitoring render`", code=1)
+        typer.echo(f"{len(files)} monitoring files are current")
+        return
+    for path in write(root, files):
+        typer.echo(f"wrote {path}")
+
+
+@monitoring_app.command("receiver")
+def monitoring_receiver(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(9095, "--port"),
+    out: Path = typer.Option(Path(".run/notifications.jsonl"), "--out", help="JSON-lines file of notifications."),
+) -> None:
+    """Record every webhook notification POSTed to it (Alertmanager, Grafana) as JSON lines."""
+    from msml.monitoring.receiver import serve
+
+    serve(host, port, out)
+
+
+@monitoring_app.command("up")
+def monitoring_up(
+    gateway_port: int = typer.Option(8000, "--gateway-port", help="Where Prometheus scrapes the gateway."),
+    prometheus_port: int = typer.Option(9090, "--prometheus-port"),
+    alertmanager_port: int = typer.Option(9093, "--alertmanager-port"),
+    receiver_port: int = typer.Option(9095, "--receiver-port"),
+    fast: bool = typer.Option(False, "--fast", help="1 s scrapes and 2 s alert delays (demos, tests)."),
+) -> None:
+    """Start Prometheus, Alertmanager and the webhook receiver on 127.0.0.1 (pid files in .run/)."""
+    from msml.monitoring import stack
+    from msml.monitoring.render import FAST, PRODUCTION, Ports
+
+    settings = _settings(None)
+    ports = Ports(gateway=gateway_port, prometheus=prometheus_port, alertmanager=alertmanager_port,
+                  receiver=receiver_port)
+    try:
+        started = stack.start(settings.run_dir, ports, FAST if fast else PRODUCTION)
+    except (RuntimeError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for name, url in started.urls().items():
+        typer.echo(f"{name:13s} {url}")
+
+
+@monitoring_app.command("down")
+def monitoring_down() -> None:
+    """Stop the Prometheus, Alertmanager and receiver that `msml monitoring up` started."""
+    from msml.monitoring import stack
+
+    stopped = stack.stop(_settings(None).run_dir)
+    typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+evidence_app = typer.Typer(no_args_is_help=True, help="Screenshots of the running system (headless Chromium).")
+app.add_typer(evidence_app, name="evidence")
+
+
+@evidence_app.command("monitoring")
+def evidence_monitoring(
+    out: Path = typer.Option(Path("evidence/monitoring"), "--out", help="Directory for the JPG files."),
+    prometheus: str = typer.Option("http://127.0.0.1:9090", "--prometheus", help="Prometheus URL."),
+    notifications: Optional[Path] = typer.Option(
+        None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."),
+    grafana: Optional[str] = typer.Option(None, "--grafana", help="Grafana URL, when one runs (e.g. compose)."),
+) -> None:
+    """Prometheus graphs per dashboard metric, its alert rules, the notifications, and Grafana when given."""
+    from msml.evidence import monitoring_evidence
+
+    settings = _settings(None)
+    notifications = notifications or settings.run_dir / "monitoring" / "notifications.jsonl"
+    try:
+        written = monitoring_evidence(out, prometheus, notifications, grafana_url=grafana)
+    except (RuntimeError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for path in written:
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -1,0 +1,171 @@
+"""Prometheus, Alertmanager and the webhook receiver as plain processes on 127.0.0.1 (no systemd, no Docker).
+
+`start()` renders the configs for the given ports and timing into `<run_dir>/monitoring/`, starts whatever
+is not already running (pid files in `run_dir`), and waits until each answers `/-/ready`; `stop()` stops
+exactly the processes its pid files name. Both are idempotent: `make demo` / `make down` and the tests use them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from msml.monitoring.render import (
+    ALERTS_FILE,
+    PRODUCTION,
+    RECORDING_FILE,
+    Ports,
+    Targets,
+    Timing,
+    _yaml,
+    alerting_rules,
+    alertmanager_config,
+    prometheus_config,
+    recording_rules,
+)
+from msml.serving.processes import read_pid, start_background
+from msml.serving.processes import stop as stop_pidfile
+
+COMPONENTS = ("prometheus", "alertmanager", "receiver")
+
+
+@dataclass(frozen=True)
+class Stack:
+    run_dir: Path
+    ports: Ports
+
+    @property
+    def workdir(self) -> Path:
+        return self.run_dir / "monitoring"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.prometheus}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.alertmanager}"
+
+    @property
+    def receiver_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.receiver}"
+
+    @property
+    def notifications(self) -> Path:
+        return self.workdir / "notifications.jsonl"
+
+    def pidfile(self, component: str) -> Path:
+        return self.run_dir / f"{component}.pid"
+
+    def log(self, component: str) -> Path:
+        return self.run_dir / f"{component}.log"
+
+    def urls(self) -> dict[str, str]:
+        return {"prometheus": self.prometheus_url, "alertmanager": self.alertmanager_url,
+                "receiver": f"{self.receiver_url}/alerts"}
+
+
+def binary(*names: str) -> str:
+    """The first of `names` on PATH (Debian calls Alertmanager `prometheus-alertmanager`)."""
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise FileNotFoundError(f"none of {', '.join(names)} is installed (run scripts/install-system-deps.sh)")
+
+
+def write_configs(stack: Stack, timing: Timing = PRODUCTION) -> dict[str, Path]:
+    """Render prometheus.yml (absolute rule paths), the rule files and alertmanager.yml into the stack's workdir."""
+    work = stack.workdir
+    (work / "rules").mkdir(parents=True, exist_ok=True)
+    targets = Targets.local(stack.ports)
+    paths = {
+        "recording": work / "rules" / RECORDING_FILE,
+        "alerts": work / "rules" / ALERTS_FILE,
+        "prometheus": work / "prometheus.yml",
+        "alertmanager": work / "alertmanager.yml",
+    }
+    paths["recording"].write_text(_yaml(recording_rules()))
+    paths["alerts"].write_text(_yaml(alerting_rules(timing)))
+    paths["prometheus"].write_text(_yaml(prometheus_config(
+        targets, timing, rule_files=[str(paths["recording"]), str(paths["alerts"])])))
+    paths["alertmanager"].write_text(_yaml(alertmanager_config(targets, timing)))
+    return paths
+
+
+def commands(stack: Stack, paths: dict[str, Path], timing: Timing = PRODUCTION) -> dict[str, list[str]]:
+    p, work = stack.ports, stack.workdir
+    return {
+        "prometheus": [
+            binary("prometheus"), f"--config.file={paths['prometheus']}",
+            f"--storage.tsdb.path={work / 'prometheus-data'}", "--storage.tsdb.retention.time=2d",
+            f"--web.listen-address=127.0.0.1:{p.prometheus}", f"--rules.alert.resend-delay={timing.resend_delay}",
+        ],
+        "alertmanager": [
+            binary("alertmanager", "prometheus-alertmanager"), f"--config.file={paths['alertmanager']}",
+            f"--storage.path={work / 'alertmanager-data'}", f"--web.listen-address=127.0.0.1:{p.alertmanager}",
+            "--cluster.listen-address=",
+        ],
+        "receiver": [
+            sys.executable, "-m", "msml.cli", "monitoring", "receiver", "--host", "127.0.0.1",
+            "--port", str(p.receiver), "--out", str(stack.notifications),
+        ],
+    }
+
+
+def wait_ready(url: str, timeout: float = 60.0, pidfile: Path | None = None, log: Path | None = None) -> None:
+    """Block until `url` answers 200; RuntimeError (with the log's tail) if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if pidfile is not None and read_pid(pidfile) is None:
+            break
+        time.sleep(0.2)
+    tail = ""
+    if log is not None and log.exists():
+        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+    raise RuntimeError(f"{url} not ready within {timeout:.0f} s (or its process exited){tail}")
+
+
+def start(run_dir: str | Path, ports: Ports = Ports(), timing: Timing = PRODUCTION,
+          timeout: float = 60.0) -> Stack:
+    """Start the receiver, Alertmanager and Prometheus (those not already running); wait until all are ready."""
+    stack = Stack(Path(run_dir), ports)
+    paths = write_configs(stack, timing)
+    cmds = commands(stack, paths, timing)
+    ready = {"prometheus": f"{stack.prometheus_url}/-/ready", "alertmanager": f"{stack.alertmanager_url}/-/ready",
+             "receiver": f"{stack.receiver_url}/-/ready"}
+    started = []
+    try:
+        for name in ("receiver", "alertmanager", "prometheus"):  # receivers first: nothing is sent into the void
+            if read_pid(stack.pidfile(name)) is None:
+                start_background(cmds[name], stack.pidfile(name), stack.log(name))
+                started.append(name)
+        for name in ("receiver", "alertmanager", "prometheus"):
+            wait_ready(ready[name], timeout, stack.pidfile(name), stack.log(name))
+    except BaseException:
+        for name in started:  # only what this call started
+            stop_pidfile(stack.pidfile(name))
+        raise
+    return stack
+
+
+def stop(run_dir: str | Path) -> list[str]:
+    """Stop the stack's processes named by the pid files in `run_dir`; returns the names of those stopped."""
+    run_dir = Path(run_dir)
+    return [name for name in ("prometheus", "alertmanager", "receiver") if stop_pidfile(run_dir / f"{name}.pid")]
+
+
+def running(run_dir: str | Path) -> dict[str, int | None]:
+    run_dir = Path(run_dir)
+    return {name: read_pid(run_dir / f"{name}.pid") for name in COMPONENTS}
