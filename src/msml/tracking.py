@@ -1,0 +1,73 @@
+"""MLflow tracking set-up: embedded SQLite + local artifacts by default, any MLflow server by URI.
+
+`MLFLOW_TRACKING_URI` (+ `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`) switches to a
+remote server such as DagsHub (`https://dagshub.com/<user>/<repo>.mlflow`) with no code change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import mlflow
+import requests
+
+from msml.config import Settings
+from msml.contract import DataError
+
+
+class TrackingError(DataError):
+    """The tracking server cannot be used; the message says why."""
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast with a clear message when a remote tracking server is down or refuses us.
+
+    MLflow's own client retries a dead server for minutes before a long traceback.
+    """
+    if not is_remote(uri):
+        return
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    auth = (user, password) if user and password else None
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = requests.get(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+            params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout,
+        )
+    except requests.RequestException as exc:
+        raise TrackingError(f"tracking server {uri} is not reachable: {type(exc).__name__}") from None
+    if response.status_code in (401, 403):
+        raise TrackingError(
+            f"tracking server {uri} refused the credentials (HTTP {response.status_code}): check "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (DagsHub: your user name and a token)"
+        )
+    if response.status_code >= 400:
+        raise TrackingError(f"tracking server {uri} answered HTTP {response.status_code}: {response.text[:200]}")
+
+
+def setup_tracking(settings: Settings, experiment: str | None = None) -> str:
+    """Point MLflow at the settings' store and make sure the experiment exists. Returns its id."""
+    check_server(settings.tracking_uri)
+    # the SQLite store migrates its schema on first use and logs every step at INFO
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    name = experiment or settings.experiment
+    try:
+        found = mlflow.get_experiment_by_name(name)
+        if found is not None:
+            experiment_id = found.experiment_id
+        elif is_remote(settings.tracking_uri):
+            experiment_id = mlflow.create_experiment(name)  # the server decides where artifacts go
+        else:
+            settings.artifact_root.mkdir(parents=True, exist_ok=True)
+            experiment_id = mlflow.create_experiment(name, artifact_location=settings.artifact_root.as_uri())
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(f"tracking store {settings.tracking_uri}: {exc.message}") from None
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id

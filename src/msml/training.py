@@ -1,0 +1,143 @@
+"""Baseline training with MLflow autolog (the course's `modelling.py`), and the model logging
+shared with tuning: the logged model is a Pipeline (fitted transformer + estimator), so the
+served model takes raw feature rows exactly as the contract defines them.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import joblib
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from msml.config import Settings
+from msml.contract import Contract
+from msml.evaluation import positive_class_metrics
+from msml.preprocessing import (
+    TRAIN_FILE,
+    TRANSFORMER_FILE,
+    Splits,
+    load_clean_splits,
+    load_training_data,
+)
+from msml.tracking import setup_tracking
+
+MODEL_ARTIFACT = "model"
+DRIFT_REFERENCE_ARTIFACT = "monitoring/drift_reference.json"
+INPUT_EXAMPLE_ROWS = 5
+_MLFLOW_TYPES = {"int": "long", "float": "double", "category": "string"}
+
+
+@dataclass
+class RunSummary:
+    """What the next step (registry, CI) needs to know about a training run."""
+
+    run_id: str
+    model_uri: str
+    experiment_id: str
+    metrics: dict[str, float]
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+
+@dataclass
+class TrainingData:
+    """Everything a training stage reads from the processed directory."""
+
+    splits: Splits
+    train_clean: pd.DataFrame
+    test_clean: pd.DataFrame
+    transformer: Pipeline
+    train_path: Path
+
+
+def load_data(settings: Settings) -> TrainingData:
+    """Read (and contract-check) the processed dataset: train-ready splits, clean rows, transformer."""
+    contract = settings.contract
+    splits = load_training_data(settings.processed_dir, contract)
+    train_clean, test_clean = load_clean_splits(settings.processed_dir, contract)
+    transformer = joblib.load(settings.processed_dir / TRANSFORMER_FILE)
+    return TrainingData(splits, train_clean, test_clean, transformer, settings.processed_dir / TRAIN_FILE)
+
+
+def model_signature(contract: Contract) -> ModelSignature:
+    """Signature from the contract: raw features in, [P(negative), P(positive)] out."""
+    inputs = Schema([
+        ColSpec(_MLFLOW_TYPES[c.type], c.name, required=not c.nullable) for c in contract.columns
+    ])
+    outputs = Schema([TensorSpec(np.dtype("float64"), (-1, 2))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_training_dataset(data: TrainingData, contract: Contract) -> None:
+    """Log the train split as an MLflow dataset input (name, source, digest)."""
+    frame = pd.concat([data.splits.X_train, data.splits.y_train], axis=1)
+    with warnings.catch_warnings():  # MLflow guesses aloud which kind of source a local path is
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=str(data.train_path), targets=contract.target,
+                                          name=f"{contract.name}_preprocessing/{data.train_path.name}")
+    mlflow.log_input(dataset, context="training")
+
+
+def log_model(estimator, data: TrainingData, contract: Contract) -> str:
+    """Log transformer + estimator as one sklearn Pipeline, plus the drift reference. Returns the model URI."""
+    from msml.monitoring.drift import build_reference
+
+    pipeline = Pipeline([("transform", data.transformer), ("model", estimator)])
+    example = data.test_clean[contract.features].head(INPUT_EXAMPLE_ROWS)
+    # The signature is given (from the contract), so MLflow's hint about inferring integer
+    # columns from the example does not apply.
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+    info = mlflow.sklearn.log_model(
+        pipeline,
+        MODEL_ARTIFACT,
+        signature=model_signature(contract),
+        input_example=example,
+        # the scoring server answers probabilities, which the gateway and monitoring need
+        pyfunc_predict_fn="predict_proba",
+    )
+    mlflow.log_dict(build_reference(data.train_clean, contract), DRIFT_REFERENCE_ARTIFACT)
+    return info.model_uri
+
+
+def test_metrics(estimator, data: TrainingData) -> dict[str, float]:
+    proba = estimator.predict_proba(data.splits.X_test)[:, 1]
+    return positive_class_metrics(data.splits.y_test, proba, "test_")
+
+
+def train_baseline(settings: Settings, seed: int = 42, run_info: str | Path | None = None) -> RunSummary:
+    """Fit a LogisticRegression baseline on the preprocessed train split with sklearn autolog.
+
+    Autolog records params and the training metrics; the model itself is logged by `log_model`
+    (autolog would log the bare estimator, which cannot take raw rows). Inside `mlflow run` the
+    run the project opened (MLFLOW_RUN_ID) is reused.
+    """
+    data = load_data(settings)
+    experiment_id = setup_tracking(settings)
+    mlflow.sklearn.autolog(log_models=False, log_datasets=False, log_post_training_metrics=False, silent=True)
+    try:
+        with mlflow.start_run(run_name="baseline-logreg") as run:
+            mlflow.set_tags({"msml.stage": "baseline", "msml.contract": settings.contract.name})
+            log_training_dataset(data, settings.contract)
+            estimator = LogisticRegression(max_iter=2000, random_state=seed)
+            estimator.fit(data.splits.X_train, data.splits.y_train)
+            metrics = test_metrics(estimator, data)
+            mlflow.log_metrics(metrics)
+            model_uri = log_model(estimator, data, settings.contract)
+    finally:
+        mlflow.sklearn.autolog(disable=True)
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    summary = RunSummary(run.info.run_id, model_uri, experiment_id, logged)
+    if run_info:
+        summary.write(run_info)
+    return summary
