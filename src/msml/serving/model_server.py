@@ -1,0 +1,120 @@
+"""The model runtime: MLflow's own scoring server (`mlflow models serve`) for the champion.
+
+The gateway talks to it only through `/ping` and `/invocations`, exactly what the Docker image
+built by `mlflow models build-docker` answers on port 8080, so either can sit behind the gateway.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Mapping
+
+from msml.serving.processes import spawn, stop_process
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5001
+CHAMPION_ALIAS = "champion"
+
+
+def champion_uri(model_name: str, alias: str = CHAMPION_ALIAS) -> str:
+    return f"models:/{model_name}@{alias}"
+
+
+def serve_command(model_uri: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, workers: int = 1,
+                  timeout: int = 60) -> list[str]:
+    """The `mlflow models serve` command line (local env manager: the venv already has the deps)."""
+    mlflow = Path(sys.executable).parent / "mlflow"
+    return [
+        str(mlflow) if mlflow.exists() else "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+        "-h", host, "-p", str(port), "-w", str(workers), "-t", str(timeout),
+    ]
+
+
+def serve_env(tracking_uri: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for the server: the tracking URI, and the venv's bin on PATH (it execs gunicorn)."""
+    env = dict(os.environ if base is None else base)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def ping(url: str, timeout: float = 1.0) -> bool:
+    """True when `<url>/ping` answers 200."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/ping", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_for_ping(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None,
+                  log: Path | None = None) -> None:
+    """Block until `/ping` answers; raise RuntimeError (with the log's tail) if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ping(url, timeout=1.0):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"model server exited with code {proc.returncode} before answering /ping"
+                               f"{_tail(log)}")
+        time.sleep(0.2)
+    raise RuntimeError(f"model server at {url} did not answer /ping within {timeout:.0f} s{_tail(log)}")
+
+
+def _tail(log: Path | None, lines: int = 30) -> str:
+    if log is None or not Path(log).exists():
+        return ""
+    text = Path(log).read_text(errors="replace").splitlines()[-lines:]
+    return "\n--- last lines of " + str(log) + " ---\n" + "\n".join(text)
+
+
+class ModelServer:
+    """One `mlflow models serve` process group: start, wait for /ping, stop (only what it started)."""
+
+    def __init__(self, model_uri: str, tracking_uri: str, port: int, log: str | Path, host: str = DEFAULT_HOST,
+                 workers: int = 1, timeout: int = 60) -> None:
+        self.model_uri = model_uri
+        self.tracking_uri = tracking_uri
+        self.host = host
+        self.port = port
+        self.workers = workers
+        self.timeout = timeout
+        self.log = Path(log)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def command(self) -> list[str]:
+        return serve_command(self.model_uri, self.host, self.port, self.workers, self.timeout)
+
+    def start(self, wait: float | None = 120.0) -> "ModelServer":
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"model server already running (pid {self.proc.pid})")
+        self.proc = spawn(self.command, self.log, env=serve_env(self.tracking_uri))
+        if wait:
+            try:
+                wait_for_ping(self.url, timeout=wait, proc=self.proc, log=self.log)
+            except BaseException:
+                self.stop()
+                raise
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout=timeout)
+            self.proc = None
+
+    def __enter__(self) -> "ModelServer":
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
