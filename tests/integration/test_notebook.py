@@ -76,6 +76,8 @@ def test_notebook_executes_without_error(executed):
     assert all(c.execution_count for c in code)
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     assert [h for h in headings(nb) if h in TEMPLATE_HEADINGS] == TEMPLATE_HEADINGS
+    # with MPLBACKEND=Agg set, the plots are still rendered inline
+    assert sum("image/png" in o.get("data", {}) for c in code for o in c.outputs) >= 5
 
 
 @pytest.mark.slow
