@@ -186,7 +186,7 @@ class Alert:
 
 
 _GW = f'job="{GATEWAY_JOB}",instance="gateway:8000"'
-_PREDICT = f'{_GW},endpoint="/predict"'
+_PREDICT = f'{_GW},endpoint="/invocations"'
 
 ALERTS: tuple[Alert, ...] = (
     Alert(
@@ -221,7 +221,7 @@ ALERTS: tuple[Alert, ...] = (
         healthy=AlertCase({f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="0.05"}}': "0+19x60",
                            f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="0.5"}}': "0+20x60",
                            f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="+Inf"}}': "0+20x60"}),
-        labels={"job": GATEWAY_JOB, "endpoint": "/predict"},
+        labels={"job": GATEWAY_JOB, "endpoint": "/invocations"},
     ),
     Alert(
         "DataDriftPSI", "drift_psi", f"max by (job, feature) ({DRIFT_PSI})", ">", DRIFT_PSI_THRESHOLD, "10m",

@@ -226,17 +226,26 @@ def _panel_builder(panel: Panel, panel_id: int):
     return builder
 
 
+def panel_ids() -> dict[str, int]:
+    """Grafana panel id per panel key: stats first (one row), then the graphs two per row."""
+    ordered = [p for p in PANELS if p.kind == "stat"] + [p for p in PANELS if p.kind != "stat"]
+    return {p.key: i for i, p in enumerate(ordered, start=1)}
+
+
+def grafana_rule_uid(a: Alert) -> str:
+    return f"msml-{a.key.replace('_', '-')}"
+
+
 def grafana_dashboard() -> dict:
     """The gateway dashboard, built with grafana-foundation-sdk (Grafana 11.6 schema)."""
     from grafana_foundation_sdk.builders import dashboard as db
 
     builder = (db.Dashboard("MSML gateway").uid(DASHBOARD_UID).tags(["msml", "gateway"]).refresh("10s")
                .time("now-30m", "now").description("Serving, model and data-quality metrics of the msml gateway."))
-    # stats first (one row of 6-wide panels), then the graphs two per row
-    ordered = [p for p in PANELS if p.kind == "stat"] + [p for p in PANELS if p.kind != "stat"]
     stats_width = 24 // max(1, len([p for p in PANELS if p.kind == "stat"]))
-    for panel_id, panel in enumerate(ordered, start=1):
-        b = _panel_builder(panel, panel_id)
+    ids = panel_ids()
+    for panel in sorted(PANELS, key=lambda p: ids[p.key]):
+        b = _panel_builder(panel, ids[panel.key])
         if panel.kind == "stat":
             b = b.span(stats_width)
         builder = builder.with_panel(b)
@@ -256,7 +265,7 @@ def _grafana_rule(a: Alert, timing: Timing) -> dict:
                  .model(expr.TypeThreshold().ref_id("C").expression("B").conditions(
                      [expr.ExprTypeThresholdConditions().evaluator(
                          expr.ExprTypeThresholdConditionsEvaluator().type(a.grafana_evaluator).params([a.threshold]))])))
-    rule = (alerting.Rule(a.name).uid(f"msml-{a.key.replace('_', '-')}").condition("C")
+    rule = (alerting.Rule(a.name).uid(grafana_rule_uid(a)).condition("C")
             .queries([query, reduce, threshold]).for_val(timing.for_override or a.for_)
             .labels({"severity": a.severity}).annotations(_annotations(a))
             .no_data_state("NoData").exec_err_state("Error").is_paused(False))
