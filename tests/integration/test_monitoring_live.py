@@ -65,10 +65,20 @@ def _gateway_ready(url: str) -> bool:
         return False
 
 
+_MODELS: dict[Path, object] = {}  # one registered model per processed dir and test session (training is slow)
+
+
+def registered_model(workdir: Path, processed: Path, contract):
+    if processed not in _MODELS:
+        _MODELS[processed] = train_and_register(processed, contract, workdir / "model", "monitoring-live-model",
+                                                max_iter=30)
+    return _MODELS[processed]
+
+
 @contextmanager
 def live_system(workdir: Path, processed: Path, contract):
     """Model server, gateway and the monitoring stack, each stopped by the handle/pid file that started it."""
-    model = train_and_register(processed, contract, workdir / "model", "monitoring-live-model", max_iter=30)
+    model = registered_model(workdir, processed, contract)
     ports = Ports(gateway=free_port(), model_server=free_port(), mlflow=free_port(), prometheus=free_port(),
                   alertmanager=free_port(), receiver=free_port())
     server = ModelServer(model.uri, model.tracking_uri, ports.model_server, workdir / "model-server.log")
