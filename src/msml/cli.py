@@ -188,6 +188,62 @@ def demo(contract: Optional[Path] = ContractOpt) -> None:
     typer.echo(f"  processed dataset: {settings.processed_dir} (report: {settings.processed_dir / 'report.json'})")
 
 
+# --- Kriteria 3: the MLflow Project and the CI retraining job --------------------------------------------------
+
+project_app = typer.Typer(no_args_is_help=True, help="The MLflow Project folder (MLProject/).")
+app.add_typer(project_app, name="project")
+
+
+@project_app.command("render")
+def project_render(
+    root: Optional[Path] = typer.Option(None, "--root", help="Repository root to write under (default: MSML_HOME/cwd)."),
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 when a committed file is stale."),
+) -> None:
+    """Render MLProject/MLproject, conda.yaml (pins from pyproject + requirements.lock) and the Docker Hub link."""
+    from msml.project import project_files, stale, write
+
+    settings = _settings(None)
+    root = root or settings.root
+    files = project_files(settings, root)
+    if check:
+        out_of_date = stale(root, files)
+        for rel in out_of_date:
+            typer.echo(f"stale: {rel}")
+        if out_of_date:
+            _fail("MLProject files differ from src/msml/project.py; run `msml project render`", code=1)
+        typer.echo(f"{len(files)} MLProject files are current")
+        return
+    for path in write(root, files):
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+@handles_errors
+def ci(
+    entry: str = typer.Option("tune", "--entry", "-e", help="MLproject entry point: main (baseline) or tune."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Optuna trials for `tune` (default: CI budget)."),
+    cv_folds: Optional[int] = typer.Option(None, "--cv-folds", min=2, help="CV folds for `tune`."),
+    seed: int = SeedOpt,
+    data: Optional[Path] = typer.Option(None, "--data", help="Processed directory (default from settings)."),
+    out: Path = typer.Option(Path(".run/ci"), "--out", help="Run info, artifacts, run_summary.json, docker/."),
+    image_tag: str = typer.Option("latest", "--image-tag", help="Tag recorded for the image (CI: the git sha)."),
+    dockerfile: bool = typer.Option(True, "--dockerfile/--no-dockerfile",
+                                    help="Generate and check the model's Dockerfile (no Docker engine needed)."),
+    env_manager: str = typer.Option("local", "--env-manager", help="mlflow run --env-manager: local or conda."),
+    project: Optional[Path] = typer.Option(None, "--project", help="MLflow Project dir (default: <root>/MLProject)."),
+) -> None:
+    """The CI retraining job: mlflow run MLProject → run-info file → artifacts + summary → Dockerfile."""
+    from msml.ci import run_ci
+    from msml.project import CI_CV_FOLDS, CI_TRIALS
+
+    settings = _settings(None).with_overrides(processed_dir=data)
+    result = run_ci(settings, out, entry=entry, trials=trials or CI_TRIALS, cv_folds=cv_folds or CI_CV_FOLDS,
+                    seed=seed, image_tag=image_tag, dockerfile=dockerfile, env_manager=env_manager,
+                    project_dir=project, progress=typer.echo)
+    typer.echo(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, "image": result.image,
+                           "seconds": {k: round(v, 1) for k, v in result.seconds.items()}}, indent=2))
+
+
 # --- monitoring: Prometheus, Alertmanager and Grafana as code ---------------------------------------------------
 
 monitoring_app = typer.Typer(no_args_is_help=True, help="Prometheus, Alertmanager and Grafana as code.")

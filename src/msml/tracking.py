@@ -51,6 +51,28 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"tracking server {uri} answered HTTP {response.status_code}: {response.text[:200]}")
 
 
+def project_experiment(requested: str) -> str | None:
+    """Inside `mlflow run`: the experiment of the run the project opened (MLFLOW_EXPERIMENT_ID), else None.
+
+    `mlflow run` creates the run first and hands its id to the entry point (MLFLOW_RUN_ID), which
+    `mlflow.start_run()` resumes; setting any other experiment would make that resume fail. A
+    different requested name is reported, not obeyed: `mlflow run --experiment-name` decides.
+    """
+    run_id, experiment_id = os.environ.get("MLFLOW_RUN_ID"), os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if not (run_id and experiment_id):
+        return None
+    try:
+        actual = mlflow.get_experiment(experiment_id).name
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(f"tracking store {mlflow.get_tracking_uri()}: {exc.message}") from None
+    if actual != requested:
+        logging.getLogger(__name__).warning(
+            "the project run %s is in experiment %r, not %r: logging there (choose it with "
+            "`mlflow run --experiment-name %s`)", run_id, actual, requested, requested)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
 def setup_tracking(settings: Settings, experiment: str | None = None) -> str:
     """Point MLflow at the settings' store and make sure the experiment exists. Returns its id."""
     check_server(settings.tracking_uri)
@@ -58,6 +80,9 @@ def setup_tracking(settings: Settings, experiment: str | None = None) -> str:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(settings.tracking_uri)
     name = experiment or settings.experiment
+    project_run = project_experiment(name)
+    if project_run is not None:
+        return project_run
     try:
         found = mlflow.get_experiment_by_name(name)
         if found is not None:

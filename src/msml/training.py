@@ -47,6 +47,7 @@ class RunSummary:
     metrics: dict[str, float]
 
     def write(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
 
 
