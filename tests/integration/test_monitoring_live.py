@@ -57,14 +57,6 @@ def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "co
     raise AssertionError(f"{what} not met within {timeout:.0f} s")
 
 
-def _gateway_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 _MODELS: dict[Path, object] = {}  # one registered model per processed dir and test session (training is slow)
 
 
@@ -75,30 +67,49 @@ def registered_model(workdir: Path, processed: Path, contract):
     return _MODELS[processed]
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 @contextmanager
-def live_system(workdir: Path, processed: Path, contract):
-    """Model server, gateway and the monitoring stack, each stopped by the handle/pid file that started it."""
+def live_system(workdir: Path, processed: Path, contract, tracking_server: bool = False):
+    """Model server, gateway and the monitoring stack (and, asked, the MLflow tracking server with
+    `--expose-prometheus`), each stopped by the handle or pid file that started it."""
     model = registered_model(workdir, processed, contract)
     ports = Ports(gateway=free_port(), model_server=free_port(), mlflow=free_port(), prometheus=free_port(),
                   alertmanager=free_port(), receiver=free_port())
     server = ModelServer(model.uri, model.tracking_uri, ports.model_server, workdir / "model-server.log")
-    gateway = None
+    gateway = tracking = None
     run_dir = workdir / "run"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": model.tracking_uri,
+           "MSML_MODEL_NAME": model.name}
     try:
+        if tracking_server:
+            tracking = spawn([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow),
+                              "--workers", "1", "--backend-store-uri", model.tracking_uri,
+                              "--expose-prometheus", str(workdir / "mlflow-metrics")],
+                             workdir / "mlflow-server.log", env=env)
         server.start(wait=180)
-        env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": model.tracking_uri,
-               "MSML_MODEL_NAME": model.name}
         gateway = spawn([str(BIN / "msml"), "gateway", "--port", str(ports.gateway), "--model-url", server.url,
                          "--model-uri", model.uri, "--probe-interval", "0.25", "--drift-window", "200"],
                         workdir / "gateway.log", env=env)
         gateway_url = f"http://127.0.0.1:{ports.gateway}"
-        wait_until(lambda: _gateway_ready(gateway_url) or gateway.poll() is not None, 60, 0.2, "gateway /ping")
+        wait_until(lambda: _answers(f"{gateway_url}/ping") or gateway.poll() is not None, 60, 0.2, "gateway /ping")
         assert gateway.poll() is None, (workdir / "gateway.log").read_text()[-3000:]
+        if tracking is not None:
+            wait_until(lambda: _answers(f"http://127.0.0.1:{ports.mlflow}/metrics") or tracking.poll() is not None,
+                       120, 0.5, "MLflow tracking server /metrics")
+            assert tracking.poll() is None, (workdir / "mlflow-server.log").read_text()[-3000:]
         yield LiveSystem(server, gateway_url, stack.start(run_dir, ports, FAST), processed)
     finally:
         stack.stop(run_dir)
-        if gateway is not None:
-            stop_process(gateway)
+        for proc in (gateway, tracking):
+            if proc is not None:
+                stop_process(proc)
         server.stop()
 
 
@@ -116,7 +127,7 @@ def drive_traffic(system: LiveSystem, seconds: float = 6, check: bool = True, **
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, processed, contract):
-    with live_system(tmp_path_factory.mktemp("monitoring-live"), processed, contract) as system:
+    with live_system(tmp_path_factory.mktemp("monitoring-live"), processed, contract, tracking_server=True) as system:
         drive_traffic(system)
         yield system
 
@@ -141,8 +152,7 @@ def test_every_dashboard_and_alert_query_returns_data(live):
 
 def test_the_targets_are_scraped_and_the_rules_loaded(live):
     up = {r["metric"]["job"]: r["value"][1] for r in prom_query(live.stack.prometheus_url, "up")}
-    assert up["gateway"] == "1" and up["prometheus"] == "1"
-    assert "mlflow" in up  # scraped when a tracking server runs with --expose-prometheus (not here)
+    assert up == {"gateway": "1", "prometheus": "1", "mlflow": "1"}  # mlflow: `mlflow server --expose-prometheus`
     with urllib.request.urlopen(f"{live.stack.prometheus_url}/api/v1/rules", timeout=10) as resp:
         groups = json.loads(resp.read())["data"]["groups"]
     assert all(rule["health"] == "ok" for g in groups for rule in g["rules"]), groups
