@@ -105,7 +105,7 @@ def test_docker_compose_config_is_valid():
     result = _run(_need("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "config")
     assert result.returncode == 0, result.stdout + result.stderr
     services = yaml.safe_load(result.stdout)["services"]
-    assert {"model-server", "gateway", "prometheus", "alertmanager", "grafana"} <= set(services)
+    assert {"model-server", "gateway", "mlflow", "prometheus", "alertmanager", "grafana"} <= set(services)
     for name, service in services.items():
         for port in service.get("ports", []):
             published = port if isinstance(port, str) else f"{port.get('host_ip')}:{port.get('published')}"

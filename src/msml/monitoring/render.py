@@ -300,7 +300,8 @@ def grafana_alerting(receiver_url: str, timing: Timing = PRODUCTION) -> dict:
 # --- docker-compose ---------------------------------------------------------------------------------------------
 
 def compose_file(model_image: str, ports: Ports = Ports()) -> dict:
-    """docker-compose.yml: model server image, gateway, receiver, Prometheus, Alertmanager, Grafana."""
+    """docker-compose.yml: model server image, gateway, MLflow tracking server, receiver, Prometheus,
+    Alertmanager, Grafana — published on 127.0.0.1 only."""
     p = ports
     msml = {"image": PYTHON_IMAGE, "working_dir": "/app", "volumes": ["./:/app"]}
     install = "pip install -q -c requirements.lock -e . &&"
@@ -317,6 +318,13 @@ def compose_file(model_image: str, ports: Ports = Ports()) -> dict:
                                         "--model-url http://model-server:8080"],
                 "ports": [f"127.0.0.1:{p.gateway}:{p.gateway}"],
             },
+            "mlflow": {
+                **msml,
+                "command": ["sh", "-c", f"{install} mlflow server --host 0.0.0.0 --port {p.mlflow} "
+                                        "--backend-store-uri sqlite:////app/mlflow.db --default-artifact-root "
+                                        "/app/mlartifacts --expose-prometheus /tmp/mlflow-metrics"],
+                "ports": [f"127.0.0.1:{p.mlflow}:{p.mlflow}"],
+            },
             "receiver": {
                 **msml,
                 "command": ["sh", "-c", f"{install} msml monitoring receiver --host 0.0.0.0 --port {p.receiver} "
@@ -324,7 +332,7 @@ def compose_file(model_image: str, ports: Ports = Ports()) -> dict:
                 "ports": [f"127.0.0.1:{p.receiver}:{p.receiver}"],
             },
             "prometheus": {
-                "image": PROMETHEUS_IMAGE, "depends_on": ["gateway", "alertmanager"],
+                "image": PROMETHEUS_IMAGE, "depends_on": ["gateway", "mlflow", "alertmanager"],
                 "command": ["--config.file=/etc/prometheus/prometheus.compose.yml",
                             f"--web.listen-address=0.0.0.0:{p.prometheus}"],
                 "volumes": ["./monitoring/prometheus:/etc/prometheus:ro"],
