@@ -13,7 +13,9 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+import urllib.error
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -90,6 +92,18 @@ def prometheus_graph_url(prometheus_url: str, exprs: list[str], range_input: str
     return f"{prometheus_url.rstrip('/')}/graph?{urllib.parse.urlencode(params)}"
 
 
+def prometheus_page(prometheus_url: str, page: str) -> str:
+    """`/<page>` of the React UI, or `/classic/<page>` where only the classic UI is built in (Debian's package)."""
+    base = prometheus_url.rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{base}/{page}", timeout=5):
+            return f"{base}/{page}"
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return f"{base}/classic/{page}"
+        raise
+
+
 def _alert_names(record: dict) -> set[str]:
     return {a.get("labels", {}).get("alertname", "") for a in record.get("payload", {}).get("alerts", [])}
 
@@ -136,8 +150,8 @@ def monitoring_evidence(out: str | Path, prometheus_url: str, notifications: str
     for alert in chosen_alerts:
         url = prometheus_graph_url(prometheus_url, [alert.expr, f'ALERTS{{alertname="{alert.name}"}}'])
         written.append(screenshot(url, prom / f"1.rules_{alert.key}.jpg"))
-    written.append(screenshot(f"{prometheus_url.rstrip('/')}/alerts", prom / "alerts.jpg", height=1400))
-    written.append(screenshot(f"{prometheus_url.rstrip('/')}/rules", prom / "rules.jpg", height=1400))
+    written.append(screenshot(prometheus_page(prometheus_url, "alerts"), prom / "alerts.jpg", height=1400))
+    written.append(screenshot(prometheus_page(prometheus_url, "rules"), prom / "rules.jpg", height=1400))
     if notifications is not None:
         written.extend(notification_images(Path(notifications), out / "notifications"))
     if grafana_url:

@@ -123,15 +123,15 @@ def recording_rules() -> dict:
                                                             for r in RECORDING_RULES]}]}
 
 
-def _annotations(a: Alert) -> dict:
+def _annotations(a: Alert, for_: str | None = None) -> dict:
     return {"summary": a.summary,
-            "description": f"{a.name}: `{a.query}` {a.op} {a.threshold:g} for {a.for_}."}
+            "description": f"{a.name}: `{a.query}` {a.op} {a.threshold:g} for {for_ or a.for_}."}
 
 
 def alerting_rules(timing: Timing = PRODUCTION) -> dict:
     return {"groups": [{"name": "msml-alerts", "rules": [
         {"alert": a.name, "expr": a.expr, "for": timing.for_override or a.for_,
-         "labels": {"severity": a.severity}, "annotations": _annotations(a)}
+         "labels": {"severity": a.severity}, "annotations": _annotations(a, timing.for_override)}
         for a in ALERTS]}]}
 
 
@@ -267,7 +267,7 @@ def _grafana_rule(a: Alert, timing: Timing) -> dict:
                          expr.ExprTypeThresholdConditionsEvaluator().type(a.grafana_evaluator).params([a.threshold]))])))
     rule = (alerting.Rule(a.name).uid(grafana_rule_uid(a)).condition("C")
             .queries([query, reduce, threshold]).for_val(timing.for_override or a.for_)
-            .labels({"severity": a.severity}).annotations(_annotations(a))
+            .labels({"severity": a.severity}).annotations(_annotations(a, timing.for_override))
             .no_data_state("NoData").exec_err_state("Error").is_paused(False))
     plain = _to_plain(rule.build())
     # file provisioning keeps folder, group and org on the group, not on each rule

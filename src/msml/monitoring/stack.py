@@ -104,11 +104,13 @@ def commands(stack: Stack, paths: dict[str, Path], timing: Timing = PRODUCTION) 
         "prometheus": [
             binary("prometheus"), f"--config.file={paths['prometheus']}",
             f"--storage.tsdb.path={work / 'prometheus-data'}", "--storage.tsdb.retention.time=2d",
-            f"--web.listen-address=127.0.0.1:{p.prometheus}", f"--rules.alert.resend-delay={timing.resend_delay}",
+            f"--web.listen-address=127.0.0.1:{p.prometheus}", f"--web.external-url={stack.prometheus_url}/",
+            f"--rules.alert.resend-delay={timing.resend_delay}",
         ],
         "alertmanager": [
             binary("alertmanager", "prometheus-alertmanager"), f"--config.file={paths['alertmanager']}",
             f"--storage.path={work / 'alertmanager-data'}", f"--web.listen-address=127.0.0.1:{p.alertmanager}",
+            f"--web.external-url={stack.alertmanager_url}/",
             "--cluster.listen-address=",
         ],
         "receiver": [
