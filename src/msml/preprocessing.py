@@ -113,7 +113,7 @@ def load_training_data(processed_dir: str | Path, contract: Contract) -> Splits:
         path = processed_dir / name
         if not path.is_file():
             raise DataError(f"processed file not found: {path} (run `msml preprocess` first)")
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, float_precision="round_trip")  # exactly the values written
         feature_names = [c for c in df.columns if c != contract.target]
         if contract.target not in df.columns:
             raise DataError(f"processed file {path} has no target column {contract.target!r}")

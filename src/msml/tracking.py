@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from pathlib import Path
 
 import mlflow
 import requests
@@ -96,3 +98,17 @@ def setup_tracking(settings: Settings, experiment: str | None = None) -> str:
         raise TrackingError(f"tracking store {settings.tracking_uri}: {exc.message}") from None
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def server_command(backend_uri: str, artifacts_dir: str | Path, port: int, host: str = "127.0.0.1",
+                   app_name: str | None = None, expose_prometheus: str | Path | None = None) -> list[str]:
+    """`mlflow server` on loopback serving its own artifacts (the UI, a DagsHub-like remote, or
+    with `--app-name basic-auth` a server behind HTTP basic auth)."""
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", host, "--port", str(port),
+               "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts_dir),
+               "--workers", "1"]
+    if app_name:
+        command += ["--app-name", app_name]
+    if expose_prometheus:
+        command += ["--expose-prometheus", str(expose_prometheus)]
+    return command

@@ -83,11 +83,11 @@ def model_signature(contract: Contract) -> ModelSignature:
 def log_training_dataset(data: TrainingData, contract: Contract) -> None:
     """Log the train split as an MLflow dataset input (name, source, digest)."""
     frame = pd.concat([data.splits.X_train, data.splits.y_train], axis=1)
-    with warnings.catch_warnings():  # MLflow guesses aloud which kind of source a local path is
+    with warnings.catch_warnings():  # MLflow guesses aloud about local sources and integer columns
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(frame, source=str(data.train_path), targets=contract.target,
                                           name=f"{contract.name}_preprocessing/{data.train_path.name}")
-    mlflow.log_input(dataset, context="training")
+        mlflow.log_input(dataset, context="training")
 
 
 def log_model(estimator, data: TrainingData, contract: Contract) -> str:
@@ -96,8 +96,8 @@ def log_model(estimator, data: TrainingData, contract: Contract) -> str:
 
     pipeline = Pipeline([("transform", data.transformer), ("model", estimator)])
     example = data.test_clean[contract.features].head(INPUT_EXAMPLE_ROWS)
-    # The signature is given (from the contract), so MLflow's hint about inferring integer
-    # columns from the example does not apply.
+    # The signature comes from the contract, so MLflow's hint about inferring integer columns
+    # from the example does not apply.
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
     info = mlflow.sklearn.log_model(
         pipeline,
