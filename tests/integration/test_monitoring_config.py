@@ -186,3 +186,30 @@ def test_receiver_records_posted_notifications(tmp_path):
         server.server_close()
     assert [n["payload"]["status"] for n in read_notifications(out)] == ["firing"]
     assert listed[0]["payload"]["alerts"][0]["labels"]["alertname"] == "X"
+
+
+def test_stack_start_is_idempotent_and_stop_stops_exactly_its_processes(tmp_path):
+    """Prometheus, Alertmanager and the receiver as plain processes: a second start reuses them, stop ends them."""
+    from msml.monitoring import stack
+    from tests.integration.serving_fixtures import free_port
+
+    ports = render.Ports(gateway=free_port(), mlflow=free_port(), prometheus=free_port(),
+                         alertmanager=free_port(), receiver=free_port())
+    try:
+        first = stack.start(tmp_path, ports, render.FAST)
+        pids = stack.running(tmp_path)
+        assert all(pids.values()), pids
+        stack.start(tmp_path, ports, render.FAST)
+        assert stack.running(tmp_path) == pids  # nothing started twice
+        with urllib.request.urlopen(f"{first.prometheus_url}/api/v1/status/flags", timeout=5) as resp:
+            flags = json.loads(resp.read())["data"]
+        assert flags["web.listen-address"] == f"127.0.0.1:{ports.prometheus}"
+        with urllib.request.urlopen(f"{first.alertmanager_url}/api/v2/status", timeout=5) as resp:
+            assert json.loads(resp.read())["cluster"]["status"] == "disabled"  # no cluster port opened
+    finally:
+        stopped = stack.stop(tmp_path)
+    assert sorted(stopped) == sorted(stack.COMPONENTS)
+    for pid in pids.values():  # gone, or a zombie waiting for this test process to reap it
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", pid
+    assert stack.stop(tmp_path) == []
