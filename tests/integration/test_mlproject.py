@@ -245,6 +245,8 @@ def test_training_workflow_does_what_the_course_asks():
     writers = [name for name, job in jobs.items() if job.get("permissions", {}).get("contents") == "write"]
     assert writers == ["commit"]
     steps = jobs["train"]["steps"]
+    # one absolute store for mlflow run (entry point inside MLProject/) and build-docker (runs:/ URI)
+    assert jobs["train"]["env"]["MLFLOW_TRACKING_URI"] == "sqlite:///${{ github.workspace }}/mlflow.db"
     runs = "\n".join(step.get("run", "") for step in steps)
     assert "msml ci --entry tune" in runs
     assert 'build-docker -m "runs:/$RUN_ID/model"' in runs and "--env-manager local" in runs
