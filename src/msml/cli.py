@@ -260,7 +260,7 @@ def monitoring_render(
 
     settings = _settings(None)
     root = root or settings.root
-    files = render_files(f"{settings.image}:latest")
+    files = render_files()
     if check:
         out_of_date = stale(root, files)
         for rel in out_of_date:

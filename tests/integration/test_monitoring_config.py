@@ -21,7 +21,6 @@ from msml.monitoring import definitions, metrics, render
 from msml.monitoring.receiver import make_server, read_notifications
 from tests.conftest import ROOT, run_msml
 
-MODEL_IMAGE = "yudhaelfransyah/adult-income-classifier:latest"
 MON = ROOT / "monitoring"
 
 
@@ -42,7 +41,7 @@ def test_committed_files_are_what_the_definitions_render():
 
 
 def test_render_check_fails_on_a_stale_file(tmp_path):
-    files = render.render_files(MODEL_IMAGE)
+    files = render.render_files()
     render.write(tmp_path, files)
     assert render.stale(tmp_path, files) == []
     (tmp_path / "monitoring/prometheus/rules/alerts.yml").write_text("groups: []\n")
@@ -75,7 +74,7 @@ def test_promtool_unit_tests_catch_a_broken_threshold(tmp_path):
     original = render.ALERTS
     try:
         render.ALERTS = broken
-        files = render.render_files(MODEL_IMAGE)
+        files = render.render_files()
     finally:
         render.ALERTS = original
     rules = tmp_path / "monitoring/prometheus/rules"

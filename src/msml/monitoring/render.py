@@ -359,8 +359,19 @@ def compose_file(model_image: str, ports: Ports = Ports()) -> dict:
 
 # --- all files --------------------------------------------------------------------------------------------------
 
-def render_files(model_image: str) -> dict[str, str]:
+def default_model_image() -> str:
+    """The Kriteria 3 image of the default contract's model (compose takes another via MSML_MODEL_IMAGE).
+
+    From the defaults, not the environment: the committed files must not depend on who renders them."""
+    from msml.config import DEFAULT_DOCKERHUB_USER
+    from msml.contract import Contract
+
+    return f"{DEFAULT_DOCKERHUB_USER}/{Contract.load().model_name}:latest"
+
+
+def render_files(model_image: str | None = None) -> dict[str, str]:
     """Every committed monitoring file, {path relative to the repository root: text}."""
+    model_image = model_image or default_model_image()
     local, compose = Targets.local(), Targets.compose()
     return {
         "monitoring/prometheus/prometheus.yml": _yaml(prometheus_config(local)),
