@@ -167,3 +167,49 @@ def monitoring_evidence(out: str | Path, prometheus_url: str, notifications: str
             written.append(screenshot(f"{graf}/alerting/grafana/{grafana_rule_uid(alert)}/view",
                                       out / "grafana" / f"1.rules_{alert.key}.jpg", budget_ms=15000))
     return written
+
+
+# --- MLflow UI (Kriteria 2: screenshoot_dashboard.jpg, screenshoot_artifak.jpg) ----------------------
+
+MLFLOW_DASHBOARD = "screenshoot_dashboard.jpg"
+MLFLOW_ARTIFACTS = "screenshoot_artifak.jpg"
+
+
+def mlflow_evidence(settings, out: str | Path, mlflow_url: str | None = None) -> list[Path]:
+    """Screenshot the MLflow UI: the experiment's runs page and the champion run's artifacts page.
+
+    Uses `mlflow_url` when given (a server already showing the settings' store); otherwise starts
+    `mlflow server` on a free loopback port over the settings' store and stops it afterwards.
+    """
+    import socket
+
+    from mlflow import MlflowClient
+
+    from msml.monitoring.stack import wait_ready
+    from msml.registry import CHAMPION
+    from msml.serving.processes import spawn, stop_process
+    from msml.tracking import server_command, setup_tracking
+
+    out = Path(out)
+    experiment_id = setup_tracking(settings)
+    champion = MlflowClient().get_model_version_by_alias(settings.model_name, CHAMPION)
+    proc = None
+    if mlflow_url is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = settings.run_dir / "evidence-mlflow-ui.log"
+        proc = spawn(server_command(settings.tracking_uri, settings.artifact_root, port), log)
+        mlflow_url = f"http://127.0.0.1:{port}"
+    try:
+        if proc is not None:
+            wait_ready(f"{mlflow_url}/health", timeout=90, log=log)
+        base = mlflow_url.rstrip("/")
+        return [
+            screenshot(f"{base}/#/experiments/{experiment_id}", out / MLFLOW_DASHBOARD, budget_ms=15000),
+            screenshot(f"{base}/#/experiments/{experiment_id}/runs/{champion.run_id}/artifacts",
+                       out / MLFLOW_ARTIFACTS, budget_ms=15000),
+        ]
+    finally:
+        if proc is not None:
+            stop_process(proc)
