@@ -342,6 +342,152 @@ def evidence_monitoring(
         typer.echo(f"wrote {path}")
 
 
+@evidence_app.command("mlflow")
+@handles_errors
+def evidence_mlflow(
+    out: Path = typer.Option(Path("evidence/mlflow"), "--out", help="Directory for the JPG files."),
+    mlflow_url: Optional[str] = typer.Option(
+        None, "--mlflow-url", help="A running MLflow UI over the same store (default: start one on loopback)."),
+) -> None:
+    """The MLflow UI's runs page and the champion run's artifacts page (screenshoot_dashboard/artifak.jpg)."""
+    from mlflow.exceptions import MlflowException
+
+    from msml.evidence import mlflow_evidence
+
+    try:
+        written = mlflow_evidence(_settings(None), out, mlflow_url=mlflow_url)
+    except (RuntimeError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    except MlflowException as exc:
+        _fail(f"{exc.message} (train and tune first: `msml tune` registers a champion)")
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+# --- serving: MLflow's scoring server, the gateway, the load generator ----------------------------------------
+
+
+def _sigterm_as_interrupt() -> None:
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+@app.command()
+def serve(
+    port: int = typer.Option(5001, "--port", help="Port of MLflow's scoring server."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    workers: int = typer.Option(1, "--workers", min=1, help="gunicorn workers."),
+    model_uri: Optional[str] = typer.Option(None, "--model-uri", help="Default: models:/<model name>@champion."),
+    wait: float = typer.Option(180.0, "--wait", help="Seconds to wait for /ping."),
+) -> None:
+    """Serve the champion with `mlflow models serve --env-manager local` (foreground; Ctrl-C stops)."""
+    from msml.serving.model_server import ModelServer, champion_uri
+
+    settings = _settings(None)
+    uri = model_uri or champion_uri(settings.model_name)
+    server = ModelServer(uri, settings.tracking_uri, port, settings.run_dir / "model-server.log", host=host,
+                         workers=workers)
+    typer.echo(f"starting: {' '.join(server.command)} (log: {server.log})")
+    _sigterm_as_interrupt()  # `kill <pid>` stops the model server too, not only Ctrl-C
+    try:
+        server.start(wait=wait)
+        typer.echo(f"model server ready: {server.url} (/ping, /invocations); Ctrl-C stops it")
+        server.proc.wait()
+        _fail(f"model server exited with code {server.proc.returncode} (log: {server.log})", code=1)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("stopping the model server")
+    finally:
+        server.stop()
+
+
+@app.command()
+def gateway(
+    port: int = typer.Option(8000, "--port", help="Gateway port."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    model_url: str = typer.Option("http://127.0.0.1:5001", "--model-url",
+                                  help="MLflow scoring server or the model's Docker image (/ping, /invocations)."),
+    model_uri: Optional[str] = typer.Option(None, "--model-uri",
+                                            help="Registry URI for model info and drift reference "
+                                                 "(default: models:/<model name>@champion; '' for none)."),
+    drift_reference: Optional[Path] = typer.Option(None, "--drift-reference", help="Reference JSON file instead."),
+    max_batch_rows: int = typer.Option(256, "--max-batch-rows", min=1),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0),
+    max_concurrent_batches: int = typer.Option(1, "--max-concurrent-batches", min=1,
+                                                help="Model calls in flight at a time (match the server's workers)."),
+    probe_interval: float = typer.Option(1.0, "--probe-interval", min=0.05),
+    drift_window: int = typer.Option(1000, "--drift-window", min=10),
+) -> None:
+    """The validating, micro-batching gateway with /metrics (the course's prometheus_exporter; foreground)."""
+    from msml.serving.gateway import GatewayConfig, run
+    from msml.serving.model_server import champion_uri
+
+    settings = _settings(None)
+    config = GatewayConfig(
+        model_url=model_url, contract=settings.contract, tracking_uri=settings.tracking_uri,
+        model_uri=champion_uri(settings.model_name) if model_uri is None else (model_uri or None),
+        drift_reference=drift_reference, max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms,
+        max_concurrent_batches=max_concurrent_batches, probe_interval=probe_interval, drift_window=drift_window,
+    )
+    typer.echo(f"gateway on http://{host}:{port} → {model_url} (/invocations, /feedback, /metrics, /health, /docs)")
+    run(config, host=host, port=port)
+
+
+@app.command()
+def loadgen(
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="Gateway (or model server) base URL."),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=1024),
+    rate: Optional[float] = typer.Option(None, "--rate", min=0.1, help="Target requests/s (open loop)."),
+    duration: Optional[float] = typer.Option(None, "--duration", min=0.1, max=3600, help="Seconds."),
+    count: Optional[int] = typer.Option(None, "--count", min=1, help="Requests (default 1000 without --duration)."),
+    drift_share: float = typer.Option(0.0, "--drift-share", min=0.0, max=1.0, help="Share of drifted rows."),
+    invalid_share: float = typer.Option(0.0, "--invalid-share", min=0.0, max=1.0, help="Share of invalid rows."),
+    feedback: bool = typer.Option(False, "--feedback/--no-feedback", help="Send ground truth to /feedback."),
+    batch_rows: int = typer.Option(1, "--batch-rows", min=1, max=1000, help="Rows per request."),
+    seed: int = SeedOpt,
+    data: Optional[Path] = typer.Option(None, "--data", help="Processed directory (default from settings)."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback URL."),
+    progress_bar: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Send real test-split rows (the course's inference.py); print throughput, latency and errors."""
+    import asyncio
+    from urllib.parse import urlparse
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from msml.loadgen import load_test_rows, run_load
+
+    if invalid_share + drift_share > 1:
+        _fail("--invalid-share + --drift-share must be at most 1")
+    if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
+        _fail(f"{url} is not loopback; pass --allow-remote to load another host")
+    if duration is None and count is None:
+        count = 1000
+    settings = _settings(None).with_overrides(processed_dir=data)
+    try:
+        rows, truths = load_test_rows(settings.processed_dir, settings.contract)
+    except DataError as exc:
+        _fail(str(exc))
+    mode = f"{rate} req/s" if rate else f"concurrency {concurrency}"
+    bound = " and ".join(x for x in (f"{count} requests" if count else "", f"{duration} s" if duration else "") if x)
+    typer.echo(f"loading {url} with {len(rows)} test rows: {mode}, up to {bound}")
+    with Progress(TextColumn("requests"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not progress_bar, transient=False) as bar:
+        task = bar.add_task("load", total=count)
+        report = asyncio.run(run_load(
+            url, rows, truths, concurrency=concurrency, rate=rate, duration=duration, count=count,
+            drift_share=drift_share, invalid_share=invalid_share, feedback=feedback, batch_rows=batch_rows,
+            seed=seed, contract=settings.contract, progress=lambda n: bar.advance(task, n)))
+    typer.echo(report.summary())
+    if report.failed:
+        _fail(f"{report.errors} request(s) failed", code=1)
+
+
 def main() -> None:
     app(prog_name="msml")
 

@@ -26,7 +26,7 @@ class _Item:
 
 class MicroBatcher:
     def __init__(self, call: Callable[[Rows], Awaitable[Sequence[Any]]], max_batch_rows: int = 256,
-                 max_wait: float = 0.002, max_concurrent: int = 2,
+                 max_wait: float = 0.002, max_concurrent: int = 1,
                  on_batch: Callable[[int], None] | None = None) -> None:
         if max_batch_rows < 1 or max_concurrent < 1 or max_wait < 0:
             raise ValueError("max_batch_rows and max_concurrent must be ≥ 1, max_wait ≥ 0")

@@ -76,7 +76,7 @@ class GatewayConfig:
     drift_reference: Optional[Path] = None  # a reference JSON file instead of the model's run artifact
     max_batch_rows: int = 256
     max_wait_ms: float = 2.0
-    max_concurrent_batches: int = 2
+    max_concurrent_batches: int = 1  # model calls at a time: the model server's workers
     max_body_bytes: int = 1_000_000
     max_rows_per_request: int = 1000
     connect_timeout: float = 0.5
@@ -413,6 +413,10 @@ class Gateway:
             raise self._row_errors(exc, prepared) from None
         return [m.model_dump() for m in models]
 
+    def count_failures(self, exc: ClientError) -> None:
+        for d in exc.details:
+            self.metrics.validation_failures.labels(field=d["field"], reason=d["reason"]).inc()
+
     def _row_errors(self, exc: pydantic.ValidationError, rows: list[Any]) -> ClientError:
         details = []
         features = set(self.features)
@@ -430,8 +434,8 @@ class Gateway:
                           "message": f"a row must be an object of feature values ({err['msg']})"}
             else:
                 reason = _REASONS.get(err["type"], "wrong_type")
-                if reason == "wrong_type" and isinstance(row, dict) and row.get(name, ...) is None:
-                    reason = "missing"  # null for a required feature
+                if isinstance(row, dict) and name in row and row[name] is None:
+                    reason = "missing"  # null (or a missing marker) for a required feature
                 detail = {"row": i, "field": name if name in features else ROW, "reason": reason,
                           "message": err["msg"]}
                 if reason == "unexpected_field":
@@ -441,8 +445,6 @@ class Gateway:
                 if name not in features and reason != "unexpected_field":
                     detail["name"] = name
             details.append(detail)
-        for d in details:
-            self.metrics.validation_failures.labels(field=d["field"], reason=d["reason"]).inc()
         first = details[0]
         where = f"row {first['row']}, field {first.get('name', first['field'])!r}" if first["field"] != ROW \
             else f"row {first['row']}"
@@ -638,7 +640,10 @@ def create_app(config: GatewayConfig, metrics: GatewayMetrics | None = None) -> 
             features = g.features
             probabilities = await g.batcher.submit([[r[f] for f in features] for r in rows])
             return _json(g.record(rows, probabilities))
-        except (ClientError, ModelServerError) as exc:
+        except ClientError as exc:
+            g.count_failures(exc)
+            return _error(exc)
+        except ModelServerError as exc:
             return _error(exc)
         finally:
             if not queued:

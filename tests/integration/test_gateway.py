@@ -1,0 +1,374 @@
+"""The gateway for real: MLflow's scoring server + `msml gateway` on free loopback ports.
+
+Request formats, each validation failure and its metric, batching under concurrency, drift, feedback
+accuracy, the model server going away and coming back, the metrics page, and a schemathesis fuzz of
+the gateway's OpenAPI schema (no 5xx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from msml.loadgen import RowMaker, frame_to_rows
+from msml.monitoring import metrics as M
+from msml.preprocessing import load_clean_splits
+from msml.serving.model_server import ModelServer
+from msml.serving.processes import stop_process
+from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway, train_and_register
+
+pytestmark = pytest.mark.slow
+
+DRIFT_WINDOW = 1000  # smaller windows make PSI noisy for features with many rare categories
+
+
+@pytest.fixture(scope="session")
+def registered_model(processed, contract, tmp_path_factory):
+    return train_and_register(processed, contract, tmp_path_factory.mktemp("registry"), contract.model_name)
+
+
+@pytest.fixture(scope="module")
+def model_server(registered_model, tmp_path_factory, test_rows):
+    log = tmp_path_factory.mktemp("model-server") / "model-server.log"
+    server = ModelServer(registered_model.uri, registered_model.tracking_uri, free_port(), log)
+    server.start(wait=180)
+    # the first calls of a fresh server are slow (lazy imports); keep them out of the timed tests
+    body = {"dataframe_records": test_rows[0][:2]}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.post("/invocations", json=body)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(model_server, registered_model, tmp_path_factory):
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    proc, url = start_gateway(model_server.url, registered_model.tracking_uri, log, "--probe-interval", "0.2",
+                              "--drift-window", str(DRIFT_WINDOW), "--model-uri", registered_model.uri)
+    yield url
+    stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def client(gateway):
+    with httpx.Client(base_url=gateway, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def test_rows(processed, contract):
+    _, test = load_clean_splits(processed, contract)
+    return frame_to_rows(test[contract.features]), test[contract.target].astype(str).tolist()
+
+
+def metrics_of(client) -> dict:
+    return parse_metrics(client.get("/metrics").text)
+
+
+def value(metrics: dict, name: str, **labels) -> float:
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def predict(client, body, **kw) -> httpx.Response:
+    return client.post("/invocations", json=body, **kw)
+
+
+# ---- request formats ------------------------------------------------------------------------------
+
+
+def test_every_request_format_round_trips(client, model_server, contract, test_rows):
+    rows = test_rows[0][:5]
+    features = contract.features
+    direct = httpx.post(f"{model_server.url}/invocations", json={"dataframe_records": rows}, timeout=30)
+    expected = [p[1] for p in direct.json()["predictions"]]
+    bodies = {
+        "rows": {"rows": rows},
+        "dataframe_records": {"dataframe_records": rows},
+        "dataframe_split": {"dataframe_split": {"columns": features, "data": [[r[f] for f in features] for r in rows]}},
+        "dataframe_split (other column order)": {"dataframe_split": {
+            "columns": features[::-1], "data": [[r[f] for f in features[::-1]] for r in rows]}},
+        "instances": {"instances": rows},
+        "instances (lists)": {"instances": [[r[f] for f in features] for r in rows]},
+        "inputs": {"inputs": rows},
+        "inputs (columnar)": {"inputs": {f: [r[f] for r in rows] for f in features}},
+    }
+    ids = set()
+    for name, body in bodies.items():
+        resp = predict(client, body)
+        assert resp.status_code == 200, (name, resp.text)
+        answer = resp.json()
+        assert answer["predictions"] == pytest.approx(expected, abs=1e-9), name
+        assert answer["labels"] == [contract.positive if p >= 0.5 else contract.negative for p in expected]
+        ids.update(answer["ids"])
+    assert len(ids) == len(bodies) * len(rows)  # every prediction has its own id
+
+
+def test_missing_marker_is_a_missing_value(client, contract, test_rows):
+    row = dict(test_rows[0][0])
+    nullable = next(c.name for c in contract.columns if c.nullable)
+    with_marker = predict(client, {"rows": [{**row, nullable: contract.missing_markers[0]}]})
+    with_null = predict(client, {"rows": [{**row, nullable: None}]})
+    assert with_marker.status_code == with_null.status_code == 200
+    assert with_marker.json()["predictions"] == with_null.json()["predictions"]
+
+
+# ---- validation ------------------------------------------------------------------------------------------
+
+ROW_CASES = {
+    # kind: (change to a valid row, expected field, expected reason)
+    "out_of_range": (lambda r: {**r, "age": 500}, "age", "out_of_range"),
+    "below_range": (lambda r: {**r, "hours-per-week": 0}, "hours-per-week", "out_of_range"),
+    "unknown_category": (lambda r: {**r, "education": "Kindergarten"}, "education", "unknown_category"),
+    "missing_field": (lambda r: {k: v for k, v in r.items() if k != "sex"}, "sex", "missing"),
+    "null_required": (lambda r: {**r, "age": None}, "age", "missing"),
+    "marker_required": (lambda r: {**r, "race": "?"}, "race", "missing"),
+    "wrong_type": (lambda r: {**r, "fnlwgt": "many"}, "fnlwgt", "wrong_type"),
+    "float_for_int": (lambda r: {**r, "education-num": 9.5}, "education-num", "wrong_type"),
+    "unexpected_field": (lambda r: {**r, "salary": 1}, "_row", "unexpected_field"),
+    "row_not_object": (lambda r: [1, 2, 3], "_row", "wrong_type"),
+}
+
+
+@pytest.mark.parametrize("kind", list(ROW_CASES))
+def test_each_validation_failure_gives_422_names_row_field_reason_and_counts(client, test_rows, kind):
+    change, field, reason = ROW_CASES[kind]
+    rows = test_rows[0][:3]
+    bad = [rows[0], change(dict(rows[1])), rows[2]]
+    before = value(metrics_of(client), M.VALIDATION_FAILURES, field=field, reason=reason)
+    resp = predict(client, {"rows": bad})
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert body["details"] == [{**d, "row": 1, "field": field, "reason": reason} for d in body["details"]]
+    assert len(body["details"]) == 1
+    assert "row 1" in body["error"] and reason in body["error"]
+    after = value(metrics_of(client), M.VALIDATION_FAILURES, field=field, reason=reason)
+    assert after == before + 1
+
+
+def test_dataframe_split_row_of_wrong_length(client, contract, test_rows):
+    row = test_rows[0][0]
+    data = [[row[f] for f in contract.features], [row[f] for f in contract.features][:-1]]
+    resp = predict(client, {"dataframe_split": {"columns": contract.features, "data": data}})
+    assert resp.status_code == 422
+    detail = resp.json()["details"][0]
+    assert (detail["row"], detail["field"], detail["reason"]) == (1, "_row", "wrong_type")
+    assert f"list of {len(contract.features)} values" in detail["message"]
+
+
+BODY_CASES = {
+    # name: (request kwargs, status, reason)
+    "malformed_json": ({"content": b'{"rows": [', "headers": {"Content-Type": "application/json"}}, 400,
+                       "malformed_json"),
+    "unknown_format": ({"json": {"records": []}}, 400, "unknown_format"),
+    "two_formats": ({"json": {"rows": [], "instances": []}}, 400, "unknown_format"),
+    "not_an_object": ({"json": [1, 2]}, 400, "unknown_format"),
+    "empty_rows": ({"json": {"rows": []}}, 400, "empty"),
+    "empty_body": ({"content": b"", "headers": {"Content-Type": "application/json"}}, 400, "malformed_json"),
+    "wrong_content_type": ({"content": b'{"rows": []}', "headers": {"Content-Type": "text/plain"}}, 415,
+                           "content_type"),
+    "missing_content_type": ({"content": b'{"rows": []}'}, 415, "content_type"),
+    "too_large": ({"content": b'{"rows": [' + b" " * 1_100_000 + b"]}",
+                   "headers": {"Content-Type": "application/json"}}, 413, "too_large"),
+}
+
+
+@pytest.mark.parametrize("case", list(BODY_CASES))
+def test_bad_bodies_get_their_4xx_and_count(client, case):
+    kwargs, status, reason = BODY_CASES[case]
+    before = value(metrics_of(client), M.VALIDATION_FAILURES, field="_body", reason=reason)
+    resp = client.post("/invocations", **kwargs)
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["error"] and body["details"][0]["field"] == "_body" and body["details"][0]["reason"] == reason
+    assert value(metrics_of(client), M.VALIDATION_FAILURES, field="_body", reason=reason) == before + 1
+
+
+def test_too_many_rows_is_413(client, test_rows):
+    resp = predict(client, {"rows": [test_rows[0][0]] * 1001})
+    assert resp.status_code == 413 and "1001 rows" in resp.json()["error"]
+
+
+# ---- batching ------------------------------------------------------------------------------------------
+
+
+def test_batching_gives_each_concurrent_caller_its_own_predictions(gateway, client, test_rows):
+    rows = test_rows[0][:120]
+    # one request each, sequentially: the reference answer per row
+    single = [predict(client, {"rows": [r]}).json()["predictions"][0] for r in rows[:60]]
+    before = metrics_of(client)
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=gateway, timeout=20,
+                                     limits=httpx.Limits(max_connections=64)) as ac:
+            # requests of 1–3 rows, so batches mix request sizes
+            chunks = [rows[i:i + 1 + i % 3] for i in range(0, 60)]
+            resps = await asyncio.gather(*(ac.post("/invocations", json={"rows": c}) for c in chunks))
+            return chunks, resps
+
+    chunks, resps = asyncio.run(burst())
+    for i, (chunk, resp) in enumerate(zip(chunks, resps)):
+        assert resp.status_code == 200
+        expected = [single[i + k] if i + k < 60 else None for k in range(len(chunk))]
+        got = resp.json()["predictions"]
+        assert len(got) == len(chunk)
+        for e, g in zip(expected, got):
+            if e is not None:
+                assert g == pytest.approx(e, abs=1e-9)
+    after = metrics_of(client)
+    batches = value(after, M.BATCH_ROWS + "_count") - value(before, M.BATCH_ROWS + "_count")
+    batched_rows = value(after, M.BATCH_ROWS + "_sum") - value(before, M.BATCH_ROWS + "_sum")
+    assert batched_rows == sum(len(c) for c in chunks)
+    assert batches < len(chunks), "concurrent requests were not coalesced into fewer model calls"
+
+
+# ---- drift --------------------------------------------------------------------------------------------------
+
+
+def test_drift_stays_low_for_test_rows_and_moves_for_drifted_rows(client, contract, test_rows):
+    rows = test_rows[0]
+    for start in range(0, DRIFT_WINDOW, 100):  # fill the window with real test-split rows
+        assert predict(client, {"rows": rows[start:start + 100]}).status_code == 200
+    m = metrics_of(client)
+    clean = {f: value(m, M.DRIFT_PSI, feature=f) for f in contract.features}
+    assert all((M.DRIFT_PSI, (("feature", f),)) in m for f in contract.features)
+    assert max(clean.values()) < 0.1, clean
+
+    maker = RowMaker(contract, rows)
+    drifted = [maker.drifted(r) for r in rows[2000:2000 + DRIFT_WINDOW // 2]]
+    for start in range(0, len(drifted), 100):
+        assert predict(client, {"rows": drifted[start:start + 100]}).status_code == 200
+    m = metrics_of(client)
+    moved = {f: value(m, M.DRIFT_PSI, feature=f) for f in contract.features}
+    assert moved["age"] > 0.25 and moved["education"] > 0.25, moved
+    assert sum(v > 0.25 for v in moved.values()) >= len(contract.features) // 2, moved
+
+    for start in range(0, DRIFT_WINDOW, 100):  # real rows again push the drifted ones out of the window
+        assert predict(client, {"rows": rows[4000 + start:4000 + start + 100]}).status_code == 200
+    back = {f: value(metrics_of(client), M.DRIFT_PSI, feature=f) for f in contract.features}
+    assert max(back.values()) < 0.1, back
+
+
+# ---- feedback -----------------------------------------------------------------------------------------------
+
+
+def test_feedback_accuracy_matches_hand_computation(client, contract, test_rows):
+    rows, truths = test_rows[0][5000:5300], test_rows[1][5000:5300]
+    answer = predict(client, {"rows": rows}).json()
+    predicted = [contract.positive if p >= 0.5 else contract.negative for p in answer["predictions"]]
+    hand = sum(p == t for p, t in zip(predicted, truths)) / len(truths)
+    items = [{"id": i, "label": t} for i, t in zip(answer["ids"], truths)]
+    first = client.post("/feedback", json={"feedback": items[:100]})
+    second = client.post("/feedback", json={"feedback": [*items[100:], {"id": "no-such-id", "label": 1}]})
+    assert first.status_code == second.status_code == 200
+    assert second.json()["unknown_ids"] == ["no-such-id"]
+    assert second.json()["live_accuracy"] == pytest.approx(hand)
+    m = metrics_of(client)
+    assert value(m, M.LIVE_ACCURACY) == pytest.approx(hand)
+    correct = value(m, M.FEEDBACK, outcome="correct")
+    assert correct == round(hand * len(truths))
+    assert value(m, M.FEEDBACK, outcome="incorrect") == len(truths) - correct
+    # an id is scored once; a label outside the contract is a 422
+    again = client.post("/feedback", json={"feedback": items[:1]})
+    assert again.json()["unknown_ids"] == [items[0]["id"]]
+    bad = client.post("/feedback", json={"feedback": [{"id": answer["ids"][0], "label": "rich"}]})
+    assert bad.status_code == 422 and bad.json()["details"][0]["reason"] == "unknown_category"
+
+
+# ---- metrics ------------------------------------------------------------------------------------------------
+
+
+def test_metrics_page_has_every_series_from_real_traffic(client, registered_model, contract, test_rows):
+    predict(client, {"rows": test_rows[0][:50]})
+    text = client.get("/metrics").text
+    m = parse_metrics(text)
+    names = {name for name, _ in m}
+    expected = [
+        M.REQUESTS, M.REQUEST_SECONDS + "_bucket", M.MODEL_REQUEST_SECONDS + "_bucket", M.IN_FLIGHT,
+        M.BATCH_ROWS + "_bucket", M.VALIDATION_FAILURES, M.ROWS_SCORED, M.PREDICTIONS, M.PROBABILITY + "_bucket",
+        M.FEATURE_MISSING, M.DRIFT_PSI, M.MODEL_UP, M.MODEL_INFO + "_info", M.FEEDBACK, M.LIVE_ACCURACY,
+        M.PROCESS_CPU, M.PROCESS_MEMORY,
+    ]
+    assert [n for n in expected if n not in names] == []
+    assert len({n for n in names if n.startswith("msml_")}) >= 12
+    info = next(dict(labels) for name, labels in m if name == M.MODEL_INFO + "_info")
+    assert info["name"] == registered_model.name and info["version"] == registered_model.version
+    assert info["alias"] == "champion" and info["run_id"] == registered_model.run_id
+    assert value(m, M.MODEL_UP) == 1
+    assert value(m, M.REQUESTS, endpoint="/invocations", status="200") > 0
+    assert value(m, M.PROCESS_MEMORY) > 10_000_000
+    scored = value(m, M.ROWS_SCORED)
+    assert value(m, M.PREDICTIONS, label=contract.positive) + value(m, M.PREDICTIONS, label=contract.negative) \
+        == scored == value(m, M.PROBABILITY + "_count")
+    for c in contract.columns:
+        if c.nullable:
+            assert (M.FEATURE_MISSING, (("feature", c.name),)) in m
+
+
+def test_health_and_openapi(client, registered_model):
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["model_up"] is True
+    assert health.json()["model"]["version"] == registered_model.version
+    schema = client.get("/openapi.json").json()
+    assert {"/invocations", "/feedback", "/metrics", "/health"} <= set(schema["paths"])
+
+
+def test_schemathesis_fuzz_finds_no_server_error(gateway):
+    import hypothesis
+    import schemathesis
+    from schemathesis.checks import not_a_server_error
+
+    schema = schemathesis.openapi.from_url(f"{gateway}/openapi.json")
+    failures = []
+
+    for operation in schema.get_all_operations():
+        op = operation.ok()
+
+        @hypothesis.settings(max_examples=40, deadline=None, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck))
+        @hypothesis.given(case=op.as_strategy())
+        def fuzz(case):
+            response = case.call(base_url=gateway, timeout=10)
+            if response.status_code >= 500:
+                failures.append((op.label, response.status_code, response.text[:300], case.body))
+
+        fuzz()
+    assert failures == []
+
+
+# ---- the model server going away (last: it restarts the module's server) ---------------------------------------
+
+
+def test_model_server_down_gives_503_quickly_and_recovers_by_itself(client, model_server, test_rows):
+    row = test_rows[0][0]
+    assert predict(client, {"rows": [row]}).status_code == 200
+    model_server.stop()
+    try:
+        start = time.perf_counter()
+        resp = predict(client, {"rows": [row]})
+        elapsed = time.perf_counter() - start
+        assert resp.status_code == 503 and elapsed < 1.0, (resp.status_code, elapsed)
+        assert "unreachable" in resp.json()["error"]
+        deadline = time.monotonic() + 5
+        while value(metrics_of(client), M.MODEL_UP) != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert value(metrics_of(client), M.MODEL_UP) == 0
+        assert client.get("/health").status_code == 503
+        # a client mistake is still a 4xx while the model is away
+        assert predict(client, {"rows": [{"age": 1000}]}).status_code == 422
+    finally:
+        model_server.start(wait=180)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        resp = predict(client, {"rows": [row]})
+        if resp.status_code == 200:
+            break
+        time.sleep(0.2)
+    assert resp.status_code == 200
+    deadline = time.monotonic() + 5
+    while value(metrics_of(client), M.MODEL_UP) != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert value(metrics_of(client), M.MODEL_UP) == 1
