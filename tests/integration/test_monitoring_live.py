@@ -26,7 +26,7 @@ from msml.monitoring.render import FAST, Ports
 from msml.serving.model_server import ModelServer
 from msml.serving.processes import spawn, stop_process
 from tests.conftest import BIN, run_msml
-from tests.integration.serving_fixtures import free_port, train_and_register
+from tests.integration.serving_fixtures import free_port, start_gateway, train_and_register
 
 pytestmark = pytest.mark.slow
 
@@ -85,8 +85,7 @@ def live_system(workdir: Path, processed: Path, contract, tracking_server: bool 
     server = ModelServer(model.uri, model.tracking_uri, ports.model_server, workdir / "model-server.log")
     gateway = tracking = None
     run_dir = workdir / "run"
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": model.tracking_uri,
-           "MSML_MODEL_NAME": model.name}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": model.tracking_uri}
     try:
         if tracking_server:
             tracking = spawn([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow),
@@ -94,12 +93,9 @@ def live_system(workdir: Path, processed: Path, contract, tracking_server: bool 
                               "--expose-prometheus", str(workdir / "mlflow-metrics")],
                              workdir / "mlflow-server.log", env=env)
         server.start(wait=180)
-        gateway = spawn([str(BIN / "msml"), "gateway", "--port", str(ports.gateway), "--model-url", server.url,
-                         "--model-uri", model.uri, "--probe-interval", "0.25", "--drift-window", "200"],
-                        workdir / "gateway.log", env=env)
-        gateway_url = f"http://127.0.0.1:{ports.gateway}"
-        wait_until(lambda: _answers(f"{gateway_url}/ping") or gateway.poll() is not None, 60, 0.2, "gateway /ping")
-        assert gateway.poll() is None, (workdir / "gateway.log").read_text()[-3000:]
+        gateway, gateway_url = start_gateway(server.url, model.tracking_uri, workdir / "gateway.log",
+                                             "--model-uri", model.uri, "--probe-interval", "0.25",
+                                             "--drift-window", "200", port=ports.gateway)
         if tracking is not None:
             wait_until(lambda: _answers(f"http://127.0.0.1:{ports.mlflow}/metrics") or tracking.poll() is not None,
                        120, 0.5, "MLflow tracking server /metrics")
