@@ -172,20 +172,31 @@ def _print_summary(summary) -> None:
 
 @app.command()
 @handles_errors
-def demo(contract: Optional[Path] = ContractOpt) -> None:
-    """The main job on embedded defaults: validate and preprocess the committed raw data."""
-    from msml.preprocessing import preprocess as run
+def demo(
+    contract: Optional[Path] = ContractOpt,
+    trials: int = typer.Option(8, "--trials", min=1, help="Optuna trials for the tuned model."),
+    traffic: float = typer.Option(20.0, "--traffic-seconds", min=1, max=600, help="Seconds of demo traffic."),
+) -> None:
+    """The main job on embedded defaults: data → tracked, registered model → served, monitored, with traffic."""
+    from msml.demo import run_demo
 
     settings = _settings(contract)
-    typer.echo(f"[1/1] preprocessing {settings.raw_path}")
-    report, timings = run(settings.raw_path, settings.processed_dir, settings.contract)
-    typer.echo(
-        f"  {report['rows_in']} rows in, {report['rows_quarantined']} quarantined, "
-        f"{report['duplicates_removed']} duplicates removed, {report['train_rows']} train / "
-        f"{report['test_rows']} test rows, {len(report['features_out'])} features "
-        f"({sum(timings.values()):.2f} s)"
-    )
-    typer.echo(f"  processed dataset: {settings.processed_dir} (report: {settings.processed_dir / 'report.json'})")
+    try:
+        urls = run_demo(settings, trials=trials, traffic_seconds=traffic, echo=typer.echo)
+    except RuntimeError as exc:
+        _fail(f"{exc}\n(`make down` stops whatever was started)")
+    typer.echo("\nrunning (stop everything with `make down`):")
+    for name, url in urls.items():
+        typer.echo(f"  {name:16} {url}")
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly the servers `msml demo` started (pid files in .run/)."""
+    from msml.demo import stop_all
+
+    stopped = stop_all(_settings(None))
+    typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 # --- Kriteria 3: the MLflow Project and the CI retraining job --------------------------------------------------
