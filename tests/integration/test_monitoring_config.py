@@ -158,6 +158,9 @@ def test_grafana_provisioning_files_have_the_shape_grafana_11_reads():
         assert rule["data"][2]["model"]["conditions"][0]["evaluator"] == {"params": [a.threshold],
                                                                            "type": a.grafana_evaluator}
         assert "folderUID" not in rule and "ruleGroup" not in rule  # API-only fields
+    interval = render._duration_seconds(alerting["groups"][0]["interval"])
+    assert interval % 10 == 0  # Grafana's scheduler ticks every 10 s
+    assert all(render._duration_seconds(r["for"]) >= interval for r in rules)  # the rule editor requires it
     contact = alerting["contactPoints"][0]
     assert contact["receivers"][0]["type"] == "webhook"
     assert alerting["policies"][0]["receiver"] == contact["name"]

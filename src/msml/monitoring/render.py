@@ -90,7 +90,7 @@ class Timing:
     group_wait: str = "10s"
     group_interval: str = "1m"
     repeat_interval: str = "4h"
-    grafana_interval: str = "1m"
+    grafana_interval: str = "30s"  # Grafana: a multiple of its 10 s scheduler tick, at most the shortest `for`
     resend_delay: str = "1m"  # Prometheus --rules.alert.resend-delay
 
 
