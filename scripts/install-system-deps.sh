@@ -2,8 +2,8 @@
 # Install the Debian packages the tests and the demo run for real, when missing:
 # Prometheus (+ promtool), Alertmanager (+ amtool), headless Chromium, docker-compose (config check only).
 set -euo pipefail
-declare -A need=([prometheus]=prometheus [promtool]=prometheus [alertmanager]=prometheus-alertmanager
-                 [amtool]=prometheus-alertmanager [chromium]=chromium [docker-compose]=docker-compose)
+declare -A need=([prometheus]=prometheus [promtool]=prometheus
+                 [amtool]=prometheus-alertmanager [prometheus-alertmanager]=prometheus-alertmanager [chromium]=chromium [docker-compose]=docker-compose)
 missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
