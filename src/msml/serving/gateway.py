@@ -1,6 +1,7 @@
 """The gateway (the course's `3.prometheus_exporter.py`): validate → micro-batch → model server; /metrics.
 
-An async ASGI app (FastAPI on uvicorn) in front of MLflow's scoring server or the Docker image built
+An async ASGI app (FastAPI on uvicorn; a lean pooled client, `msml.serving.http`, for the model calls) in
+front of MLflow's scoring server or the Docker image built
 from it — it needs only their `/ping` and `/invocations`. Every row is checked against the data
 contract before anything is forwarded; client mistakes get a 4xx JSON error naming row, field and
 reason, never a 5xx. Every metric is measured from the traffic it serves (see
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import httpx
 import pydantic
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from msml.contract import Contract
 from msml.monitoring.drift import DEFAULT_WINDOW, REFERENCE_ARTIFACT, SlidingPSI
 from msml.monitoring.metrics import GatewayMetrics
+from msml.serving import http
 from msml.serving.batching import MicroBatcher
 
 try:  # orjson is several times faster; the stdlib is the fallback
@@ -217,7 +218,7 @@ class Gateway:
         self.model_up = False
         self.model_info: ModelInfo | None = None
         self.drift: SlidingPSI | None = None
-        self.client: httpx.AsyncClient | None = None
+        self.client: http.PooledHTTPClient | None = None
         self.batcher = MicroBatcher(self._score, max_batch_rows=config.max_batch_rows,
                                     max_wait=config.max_wait_ms / 1000, max_concurrent=config.max_concurrent_batches,
                                     on_batch=self.metrics.batch_rows.observe)
@@ -238,12 +239,8 @@ class Gateway:
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         c = self.config
-        self.client = httpx.AsyncClient(
-            base_url=self.model_url,
-            timeout=httpx.Timeout(c.request_timeout, connect=c.connect_timeout),
-            limits=httpx.Limits(max_connections=c.max_concurrent_batches + 2,
-                                max_keepalive_connections=c.max_concurrent_batches + 2),
-        )
+        self.client = http.PooledHTTPClient(self.model_url, connect_timeout=c.connect_timeout,
+                                            timeout=c.request_timeout, max_idle=c.max_concurrent_batches + 2)
         await self._load_model_facts()
         await self.batcher.start()
         await self._ping_once()
@@ -281,9 +278,10 @@ class Gateway:
 
     async def _ping_once(self) -> bool:
         try:
-            resp = await self.client.get("/ping", timeout=min(1.0, max(self.config.probe_interval, 0.2)))
-            up = resp.status_code == 200
-        except httpx.HTTPError:
+            status, _ = await self.client.request("GET", "/ping",
+                                                  timeout=min(1.0, max(self.config.probe_interval, 0.2)))
+            up = status == 200
+        except http.HTTPError:
             up = False
         self._set_up(up)
         return up
@@ -305,28 +303,26 @@ class Gateway:
         payload = _dumps({"dataframe_split": {"columns": self.features, "data": rows}})
         start = time.perf_counter()
         try:
-            resp = await self.client.post("/invocations", content=payload,
-                                          headers={"Content-Type": "application/json"})
-        except httpx.TimeoutException as exc:
-            kind = "connect_timeout" if isinstance(exc, httpx.ConnectTimeout) else "timeout"
-            self._model_failed(kind, connect=isinstance(exc, httpx.ConnectTimeout))
-            raise ModelServerError(503, kind, f"model server at {self.model_url} did not answer in time "
-                                              f"({type(exc).__name__})") from None
-        except httpx.ConnectError:
+            status, content = await self.client.request("POST", "/invocations", payload)
+        except http.ConnectError as exc:
             self._model_failed("unreachable", connect=True)
-            raise ModelServerError(503, "unreachable", f"model server at {self.model_url} is unreachable") from None
-        except httpx.HTTPError as exc:
+            raise ModelServerError(503, "unreachable", f"model server at {self.model_url} is unreachable "
+                                                       f"({exc})") from None
+        except http.TimeoutError_ as exc:
+            self._model_failed("timeout")
+            raise ModelServerError(503, "timeout", f"model server at {self.model_url} did not answer in time "
+                                                   f"({exc})") from None
+        except http.HTTPError as exc:
             self._model_failed("transport")
-            raise ModelServerError(502, "transport", f"model server at {self.model_url} failed: "
-                                                     f"{type(exc).__name__}") from None
+            raise ModelServerError(502, "transport", f"model server at {self.model_url} failed: {exc}") from None
         finally:
             self.metrics.model_request_seconds.observe(time.perf_counter() - start)
-        if resp.status_code != 200:
-            self._model_failed(f"http_{resp.status_code // 100}xx")
-            raise ModelServerError(502, "bad_status", f"model server answered {resp.status_code}: "
-                                                      f"{resp.text[:300]}")
+        if status != 200:
+            self._model_failed(f"http_{status // 100}xx")
+            raise ModelServerError(502, "bad_status", f"model server answered {status}: "
+                                                      f"{content[:300].decode(errors='replace')}")
         try:
-            predictions = _loads(resp.content)["predictions"]
+            predictions = _loads(content)["predictions"]
             return [_positive_probability(p) for p in predictions]
         except Exception as exc:
             self._model_failed("bad_response")
