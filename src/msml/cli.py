@@ -499,6 +499,47 @@ def loadgen(
         _fail(f"{report.errors} request(s) failed", code=1)
 
 
+# --- the course's repositories and submission folder -----------------------------------------------------------
+
+
+@app.command()
+@handles_errors
+def export(
+    out: Path = typer.Option(Path("dist"), "--out", help="Directory for the repositories, folder and zip."),
+    student: Optional[str] = typer.Option(None, "--student", help="Student name (default: MSML_STUDENT / config)."),
+    github_user: Optional[str] = typer.Option(None, "--github-user", help="GitHub user of the repository links."),
+    dockerhub_user: Optional[str] = typer.Option(None, "--dockerhub-user", help="Docker Hub user of the image."),
+    evidence: bool = typer.Option(True, "--evidence/--no-evidence",
+                                  help="Screenshot the running system (what is not running is listed as missing)."),
+    model_url: str = typer.Option("http://127.0.0.1:5001", "--model-url", help="Running model server."),
+    gateway_url: str = typer.Option("http://127.0.0.1:8000", "--gateway", help="Running gateway."),
+    prometheus: str = typer.Option("http://127.0.0.1:9090", "--prometheus", help="Running Prometheus."),
+    notifications: Optional[Path] = typer.Option(
+        None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."),
+    grafana: Optional[str] = typer.Option(None, "--grafana", help="Running Grafana (e.g. docker compose)."),
+) -> None:
+    """Write Eksperimen_SML_<student>/, Workflow-CI/ (git repositories), SMSML_<student>/ and its zip."""
+    from msml.export import ExportError, MISSING_FILE, export as run
+
+    settings = _settings(None).with_overrides(student=student, github_user=github_user, dockerhub_user=dockerhub_user)
+    try:
+        result = run(settings, out, evidence=evidence, model_url=model_url, gateway_url=gateway_url,
+                     prometheus_url=prometheus, notifications=notifications, grafana_url=grafana, echo=typer.echo)
+    except ExportError as exc:
+        _fail(str(exc))
+    for name, path in result.repositories.items():
+        typer.echo(f"repository {path}  (push: cd '{path}' && git remote add origin "
+                   f"https://github.com/{settings.github_user}/{name}.git && git push -u origin main)")
+    typer.echo(f"submission {result.submission}\nzip        {result.archive}")
+    for path in result.evidence:
+        typer.echo(f"evidence   {path}")
+    if result.missing:
+        typer.echo(f"\nnot produced ({len(result.missing)}; listed in {result.out / MISSING_FILE}):")
+        for item in result.missing:
+            typer.echo(f"  {item.path}: {item.what}\n      {item.command}")
+    typer.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+
+
 def main() -> None:
     app(prog_name="msml")
 

@@ -45,6 +45,8 @@ def render_mlproject(
     run_info: str = DEFAULT_RUN_INFO,
     trials: int = CI_TRIALS,
     command: str = "msml",
+    train_command: str | None = None,
+    tune_command: str | None = None,
 ) -> str:
     """The MLproject file: `main` = the autolog baseline, `tune` = the Optuna search.
 
@@ -52,7 +54,11 @@ def render_mlproject(
     parameter (its default included) against the directory `mlflow run` was called from, so a
     default relative to the project would break `mlflow run MLProject` from the repository root.
     As strings they are relative to MLProject/, where the entry point runs; absolute paths work too.
+    `train_command` / `tune_command` replace `<command> train` / `<command> tune` (the exported
+    Workflow-CI runs `python modelling.py` / `python modelling.py --tune`); the arguments stay the same.
     """
+    train_command = train_command or f"{command} train"
+    tune_command = tune_command or f"{command} tune"
     common = {
         "data_path": {"type": "string", "default": data_path or default_data_path(settings)},
         "seed": {"type": "float", "default": DEFAULT_SEED},
@@ -66,7 +72,7 @@ def render_mlproject(
         "entry_points": {
             "main": {
                 "parameters": {k: dict(v) for k, v in common.items()},
-                "command": f"{command} train {args}",
+                "command": f"{train_command} {args}",
             },
             "tune": {
                 "parameters": {
@@ -74,7 +80,7 @@ def render_mlproject(
                     "trials": {"type": "float", "default": trials},
                     "cv_folds": {"type": "float", "default": CI_CV_FOLDS},
                 },
-                "command": f"{command} tune {args} --n-trials {{trials}} --cv-folds {{cv_folds}}",
+                "command": f"{tune_command} {args} --n-trials {{trials}} --cv-folds {{cv_folds}}",
             },
         },
     }
