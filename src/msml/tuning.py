@@ -30,7 +30,7 @@ def suggest_params(trial: optuna.Trial) -> dict:
     """The search space for HistGradientBoostingClassifier."""
     return {
         "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
-        "max_iter": trial.suggest_int("max_iter", 100, 600, step=50),
+        "max_iter": trial.suggest_int("max_iter", 100, 400, step=50),
         "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 8, 64, log=True),
         "min_samples_leaf": trial.suggest_int("min_samples_leaf", 10, 120, log=True),
         "l2_regularization": trial.suggest_float("l2_regularization", 1e-3, 10.0, log=True),
