@@ -19,6 +19,7 @@ from msml.monitoring import metrics as M
 from msml.preprocessing import load_clean_splits
 from msml.serving.model_server import ModelServer
 from msml.serving.processes import stop_process
+from tests.conftest import run_msml
 from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway, train_and_register
 
 pytestmark = pytest.mark.slow
@@ -322,7 +323,7 @@ def test_schemathesis_fuzz_finds_no_server_error(gateway):
     from schemathesis.checks import not_a_server_error
 
     schema = schemathesis.openapi.from_url(f"{gateway}/openapi.json")
-    failures = []
+    failures, calls = [], []
 
     for operation in schema.get_all_operations():
         op = operation.ok()
@@ -332,17 +333,35 @@ def test_schemathesis_fuzz_finds_no_server_error(gateway):
         @hypothesis.given(case=op.as_strategy())
         def fuzz(case):
             response = case.call(base_url=gateway, timeout=10)
+            calls.append((op.label, response.status_code))
             if response.status_code >= 500:
                 failures.append((op.label, response.status_code, response.text[:300], case.body))
 
         fuzz()
     assert failures == []
+    fuzzed = {label for label, _ in calls}
+    assert {"POST /invocations", "POST /feedback"} <= fuzzed, fuzzed
+    # both valid (scored) and invalid (rejected) bodies were generated
+    statuses = {status for label, status in calls if label == "POST /invocations"}
+    assert 200 in statuses and statuses & {400, 422}, statuses
+
+
+def test_loadgen_sends_real_rows_and_reports(gateway, processed):
+    out = run_msml("loadgen", "--url", gateway, "--count", "80", "-c", "4", "--invalid-share", "0.2",
+                   "--drift-share", "0.2", "--feedback", "--no-progress", env={"MSML_PROCESSED": str(processed)},
+                   timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "requests 80 in" in out.stdout and "p99" in out.stdout
+    assert "5xx 0" in out.stdout and "unexpected 4xx 0" in out.stdout
+    rejected = int(out.stdout.split("rejected as intended ")[1].split(",")[0])
+    assert rejected > 0
+    assert "gateway live accuracy 0." in out.stdout
 
 
 # ---- the model server going away (last: it restarts the module's server) ---------------------------------------
 
 
-def test_model_server_down_gives_503_quickly_and_recovers_by_itself(client, model_server, test_rows):
+def test_model_server_down_gives_503_quickly_and_recovers_by_itself(client, model_server, test_rows, processed):
     row = test_rows[0][0]
     assert predict(client, {"rows": [row]}).status_code == 200
     model_server.stop()
@@ -359,6 +378,10 @@ def test_model_server_down_gives_503_quickly_and_recovers_by_itself(client, mode
         assert client.get("/health").status_code == 503
         # a client mistake is still a 4xx while the model is away
         assert predict(client, {"rows": [{"age": 1000}]}).status_code == 422
+        # the load generator exits non-zero on server errors
+        out = run_msml("loadgen", "--url", str(client.base_url).rstrip("/"), "--count", "5", "-c", "1",
+                       "--no-progress", env={"MSML_PROCESSED": str(processed)}, timeout=120)
+        assert out.returncode == 1 and "5xx 5" in out.stdout, out.stdout + out.stderr
     finally:
         model_server.start(wait=180)
     deadline = time.monotonic() + 10

@@ -96,6 +96,8 @@ def stop_group(pgid: int, timeout: float = 10.0, proc: subprocess.Popen | None =
         while time.monotonic() < deadline:
             if proc is not None:
                 proc.poll()  # reap our own child so it does not linger as a zombie
+            else:
+                _reap(pgid)
             if not _group_alive(pgid):
                 break
             time.sleep(0.05)
@@ -107,6 +109,13 @@ def stop_group(pgid: int, timeout: float = 10.0, proc: subprocess.Popen | None =
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: its own parent reaps it
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
