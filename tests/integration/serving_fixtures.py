@@ -1,23 +1,17 @@
-"""A champion model in a temp tracking store, and MLflow's scoring server for it.
+"""A champion model in a temp tracking store (real training + registry), and helpers to run the gateway.
 
-Stands in for the real training until `msml.training` can train and register quickly: the same
-shape of model (raw rows → fitted transformer → classifier, logged with `pyfunc_predict_fn=
-"predict_proba"` and a signature on the contract's raw features), the drift reference logged as
-the run artifact the gateway reads, registered under the settings' model name with alias champion.
+The model is what production serves: `msml.training` logs the fitted transformer + estimator with
+the contract's signature and `pyfunc_predict_fn="predict_proba"`, plus the drift reference artifact
+the gateway reads; `msml.registry` registers it under the settings' model name as @champion.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import joblib
-
 from msml.contract import Contract
-from msml.monitoring.drift import REFERENCE_ARTIFACT, build_reference
-from msml.preprocessing import TRANSFORMER_FILE, encode_target, load_clean_splits
 
 
 def free_port() -> int:
@@ -35,35 +29,27 @@ class RegisteredModel:
     uri: str  # models:/<name>@champion
 
 
-def train_and_register(processed: Path, contract: Contract, workdir: Path, model_name: str,
-                       max_iter: int = 50) -> RegisteredModel:
-    """Fit transformer+classifier on the train split, log it and the drift reference, register as champion."""
+def train_and_register(processed: Path, contract: Contract, workdir: Path, model_name: str) -> RegisteredModel:
+    """The real training (`msml.training.train_baseline`: transformer + estimator logged with the
+    contract's signature, `predict_proba` and the drift reference) and the real registry gate, in a
+    temp SQLite store; the first version becomes @champion."""
     import mlflow
-    from mlflow.models import infer_signature
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.pipeline import Pipeline
+
+    from msml.config import load_settings
+    from msml.registry import register_and_promote
+    from msml.training import train_baseline
 
     workdir.mkdir(parents=True, exist_ok=True)
-    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    train, _ = load_clean_splits(processed, contract)
-    X, y = train[contract.features], encode_target(train[contract.target], contract)
-    pipeline = Pipeline([
-        ("transform", joblib.load(processed / TRANSFORMER_FILE)),
-        ("model", HistGradientBoostingClassifier(max_iter=max_iter, random_state=0)),
-    ]).fit(X, y)
-    mlflow.set_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri)
-    experiment_id = client.create_experiment("serving-tests", artifact_location=(workdir / "artifacts").as_uri())
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        signature = infer_signature(X.head(200), pipeline.predict_proba(X.head(200)))
-        mlflow.sklearn.log_model(pipeline, "model", signature=signature, pyfunc_predict_fn="predict_proba")
-        reference = workdir / "drift_reference.json"
-        reference.write_text(json.dumps(build_reference(train, contract)))
-        mlflow.log_artifact(str(reference), Path(REFERENCE_ARTIFACT).parent.as_posix())
-    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", model_name)
-    client.set_registered_model_alias(model_name, "champion", version.version)
-    mlflow.set_tracking_uri(None)
-    return RegisteredModel(tracking_uri, model_name, str(version.version), run.info.run_id,
+    settings = load_settings(contract_path=contract.path).with_overrides(
+        processed_dir=Path(processed), tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+        artifact_root=workdir / "artifacts", experiment="serving-tests", model_name=model_name)
+    try:
+        summary = train_baseline(settings)
+        promotion = register_and_promote(summary.model_uri, model_name, summary.run_id)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert promotion.promoted, promotion.reason
+    return RegisteredModel(settings.tracking_uri, model_name, promotion.version, summary.run_id,
                            f"models:/{model_name}@champion")
 
 
