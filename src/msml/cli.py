@@ -433,6 +433,8 @@ def gateway(
                                                 help="Model calls in flight at a time (match the server's workers)."),
     probe_interval: float = typer.Option(1.0, "--probe-interval", min=0.05),
     drift_window: int = typer.Option(1000, "--drift-window", min=10),
+    model_timeout: float = typer.Option(10.0, "--model-timeout", min=0.05,
+                                        help="Seconds a model-server call may take before a 503."),
 ) -> None:
     """The validating, micro-batching gateway with /metrics (the course's prometheus_exporter; foreground)."""
     from msml.serving.gateway import GatewayConfig, run
@@ -444,6 +446,7 @@ def gateway(
         model_uri=champion_uri(settings.model_name) if model_uri is None else (model_uri or None),
         drift_reference=drift_reference, max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms,
         max_concurrent_batches=max_concurrent_batches, probe_interval=probe_interval, drift_window=drift_window,
+        request_timeout=model_timeout,
     )
     typer.echo(f"gateway on http://{host}:{port} → {model_url} (/invocations, /feedback, /metrics, /health, /docs)")
     run(config, host=host, port=port)

@@ -323,6 +323,8 @@ class Gateway:
                                                       f"{content[:300].decode(errors='replace')}")
         try:
             predictions = _loads(content)["predictions"]
+            if len(predictions) != len(rows):
+                raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows")
             return [_positive_probability(p) for p in predictions]
         except Exception as exc:
             self._model_failed("bad_response")
@@ -645,7 +647,13 @@ def create_app(config: GatewayConfig, metrics: GatewayMetrics | None = None) -> 
             g.batcher.arriving -= 1
             queued = True
             features = g.features
-            probabilities = await g.batcher.submit([[r[f] for f in features] for r in rows])
+            try:
+                probabilities = await g.batcher.submit([[r[f] for f in features] for r in rows])
+            except ModelServerError:
+                raise
+            except Exception as exc:  # whatever else breaks a batch is the server side's, reported as such
+                log.exception("model call failed")
+                raise ModelServerError(502, "internal", f"model call failed: {exc!r}") from None
             return _json(g.record(rows, probabilities))
         except ClientError as exc:
             g.count_failures(exc)
