@@ -391,7 +391,8 @@ def serving_evidence(settings: Settings, target: Path, model_url: str, label: st
     port = model_url.rstrip("/").rsplit(":", 1)[-1]
     command = serve_command(champion_uri(settings.model_name), port=int(port) if port.isdigit() else 5001)
     command[0] = Path(command[0]).name
-    text = (f"# served by ({label}):\n$ MLFLOW_TRACKING_URI={settings.tracking_uri} {shlex.join(command)}\n\n"
+    tracking = re.sub(r"//[^/@]*@", "//", settings.tracking_uri)  # never print credentials of a remote store
+    text = (f"# served by ({label}):\n$ MLFLOW_TRACKING_URI={tracking} {shlex.join(command)}\n\n"
             f"# request (a real row of the held-out test split; true label: {truths[0]}):\n"
             f"$ curl -s -X POST {url} -H 'Content-Type: application/json' -d @request.json\n"
             f"{json.dumps(body, indent=2)}\n\n"
@@ -417,8 +418,8 @@ def collect_evidence(settings: Settings, out: Path, folder: Path, model_url: str
         echo(f"  MLflow screenshots not taken: {exc}")
         for name in (MLFLOW_DASHBOARD, MLFLOW_ARTIFACTS):
             missing.append(Missing(rel(model / name), "MLflow UI: the experiment's runs / the champion's artifacts",
-                                   "make demo   # or: msml tune  (registers a champion), then: "
-                                   "msml export --evidence"))
+                                   "make demo   # or: .venv/bin/msml tune  (registers a champion), then: "
+                                   ".venv/bin/msml export --evidence"))
 
     served = None
     for url, label in ((model_url, "mlflow models serve"), (gateway_url, "msml gateway → mlflow models serve")):
@@ -432,7 +433,7 @@ def collect_evidence(settings: Settings, out: Path, folder: Path, model_url: str
         written.append(served)
     else:
         missing.append(Missing(rel(monitoring / SERVING_IMAGE), "a real request to the served model and its response",
-                               f"make demo   # serves the champion on {model_url}; then: msml export --evidence"))
+                               f"make demo   # serves the champion on {model_url}; then: .venv/bin/msml export --evidence"))
 
     if _reachable(f"{prometheus_url.rstrip('/')}/-/ready"):
         with tempfile.TemporaryDirectory(prefix="msml-evidence-") as tmp:
@@ -454,17 +455,17 @@ def collect_evidence(settings: Settings, out: Path, folder: Path, model_url: str
         if not any(p.parent.name == ALERTING_DIR and p.name.startswith("2.notifikasi_") for p in written):
             missing.append(Missing(rel(monitoring / ALERTING_DIR) + "/2.notifikasi_<metric>.jpg",
                                    f"alert notifications (none recorded in {notifications})",
-                                   "make demo && msml loadgen --duration 120 --invalid-share 0.5 "
-                                   "# until an alert fires; then: msml export --evidence"))
+                                   "make demo && .venv/bin/msml loadgen --duration 720 --rate 20 --drift-share 1.0 "
+                                   "# DataDriftPSI fires after its 10 min; then: .venv/bin/msml export --evidence"))
     else:
         for sub, what in ((PROMETHEUS_DIR, "Prometheus graphs 1.monitoring_<metric>.jpg"),
                           (ALERTING_DIR, "alert rules 1.rules_<metric>.jpg and notifications 2.notifikasi_<metric>.jpg")):
             missing.append(Missing(rel(monitoring / sub) + "/", what,
-                                   f"make demo   # Prometheus on {prometheus_url}; then: msml export --evidence"))
+                                   f"make demo   # Prometheus on {prometheus_url}; then: .venv/bin/msml export --evidence"))
 
     if not grafana_url:
-        grafana_command = (f"docker compose up -d && make demo && msml export --evidence --grafana {DEFAULT_GRAFANA_URL}"
-                           "   # on a machine with Docker")
+        grafana_command = ("docker compose up -d && make demo && "
+                           f".venv/bin/msml export --evidence --grafana {DEFAULT_GRAFANA_URL}   # on a machine with Docker")
         missing.append(Missing(rel(monitoring / GRAFANA_DIR) + "/",
                                "Grafana dashboard panels 1.monitoring_<metric>.jpg (needs a running Grafana)",
                                grafana_command))
@@ -476,7 +477,7 @@ def collect_evidence(settings: Settings, out: Path, folder: Path, model_url: str
 def not_taken(out: Path, folder: Path) -> list[Missing]:
     """`--no-evidence`: every evidence item, with the command that produces it."""
     rel = lambda p: str(p.relative_to(out))  # noqa: E731
-    command = "make demo && msml export --evidence"
+    command = "make demo && .venv/bin/msml export --evidence"
     model, monitoring = folder / MEMBANGUN, folder / MONITORING
     return [
         Missing(rel(model / "screenshoot_dashboard.jpg"), "MLflow UI: the experiment's runs", command),
@@ -484,8 +485,8 @@ def not_taken(out: Path, folder: Path) -> list[Missing]:
         Missing(rel(monitoring / SERVING_IMAGE), "a real request to the served model and its response", command),
         Missing(rel(monitoring / PROMETHEUS_DIR) + "/", "Prometheus graphs 1.monitoring_<metric>.jpg", command),
         Missing(rel(monitoring / GRAFANA_DIR) + "/", "Grafana dashboard panels (needs a running Grafana)",
-                f"docker compose up -d && make demo && msml export --evidence --grafana {DEFAULT_GRAFANA_URL}"
-                "   # on a machine with Docker"),
+                "docker compose up -d && make demo && "
+                f".venv/bin/msml export --evidence --grafana {DEFAULT_GRAFANA_URL}   # on a machine with Docker"),
         Missing(rel(monitoring / ALERTING_DIR) + "/", "alert rules 1.rules_<metric>.jpg, notifications "
                 "2.notifikasi_<metric>.jpg", f"{command} [--grafana {DEFAULT_GRAFANA_URL}]"),
     ]
