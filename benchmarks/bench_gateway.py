@@ -4,7 +4,8 @@
 
 Builds a champion model in a temp tracking store (as the integration tests do), starts MLflow's scoring
 server and `msml gateway` on free loopback ports, then drives both with 1-row requests of real test-split
-rows at each concurrency, alternating targets so both see the same machine. The client runs in its own
+rows at each concurrency, alternating the targets in half-second slices so both see the same machine (the
+2 cores are shared with other work). The client runs in its own
 process on a raw asyncio HTTP/1.1 client (uvloop), so it costs ~50 µs per request and is not what is
 measured. Prints throughput, p50/p95/p99 and errors per target and concurrency, the `/metrics` scrape
 time with every series populated, and checks the targets:
@@ -78,24 +79,40 @@ async def _worker(host: str, port: int, bodies: list[bytes], offset: int, deadli
         writer.close()
 
 
-async def _client(url: str, concurrency: int, seconds: float, bodies: list[bytes], warmup: float) -> dict:
-    u = urlparse(url)
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    start = time.perf_counter()
-    warmup_until = start + warmup
-    deadline = warmup_until + seconds
-    await asyncio.gather(*(_worker(u.hostname, u.port, bodies, k * 97, deadline, warmup_until, latencies, errors)
-                           for k in range(concurrency)))
-    measured = time.perf_counter() - warmup_until
-    latencies.sort()
-    q = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
-    return {"requests": len(latencies), "seconds": measured, "throughput": len(latencies) / measured,
-            "p50": q(0.50), "p95": q(0.95), "p99": q(0.99), "errors": sum(errors.values()), "error_kinds": errors}
+async def _client(urls: list[str], concurrency: int, seconds: float, bodies: list[bytes], warmup: float,
+                  slice_seconds: float = 0.5) -> list[dict]:
+    """Drive the targets in alternating slices (`seconds` in all for each), so a busy neighbour on the
+    machine hits both alike; returns one result per target."""
+    results = []
+    latencies: list[list[float]] = [[] for _ in urls]
+    errors: list[dict[str, int]] = [{} for _ in urls]
+    measured = [0.0 for _ in urls]
+    for k, url in enumerate(urls):  # warm-up, not measured
+        u = urlparse(url)
+        end = time.perf_counter() + warmup
+        await asyncio.gather(*(_worker(u.hostname, u.port, bodies, j * 97, end, end, [], {})
+                               for j in range(concurrency)))
+    slices = max(1, round(seconds / slice_seconds))
+    for n in range(slices * len(urls)):
+        k = n % len(urls)
+        u = urlparse(urls[k])
+        start = time.perf_counter()
+        deadline = start + slice_seconds
+        await asyncio.gather(*(_worker(u.hostname, u.port, bodies, (n * concurrency + j) * 97, deadline, start,
+                                       latencies[k], errors[k]) for j in range(concurrency)))
+        measured[k] += time.perf_counter() - start
+    for k in range(len(urls)):
+        lat = sorted(latencies[k])
+        q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
+        results.append({"requests": len(lat), "seconds": measured[k], "throughput": len(lat) / measured[k],
+                        "p50": q(0.50), "p95": q(0.95), "p99": q(0.99), "errors": sum(errors[k].values()),
+                        "error_kinds": errors[k]})
+    return results
 
 
 def client_main(argv: list[str]) -> None:
-    url, concurrency, seconds, bodies_file, warmup = argv[0], int(argv[1]), float(argv[2]), argv[3], float(argv[4])
+    urls, concurrency, seconds, bodies_file, warmup = argv[0].split(","), int(argv[1]), float(argv[2]), argv[3], \
+        float(argv[4])
     bodies = [line.encode() for line in Path(bodies_file).read_text().splitlines() if line]
     try:
         import uvloop
@@ -103,12 +120,13 @@ def client_main(argv: list[str]) -> None:
         uvloop.install()
     except ImportError:
         pass
-    print(json.dumps(asyncio.run(_client(url, concurrency, seconds, bodies, warmup))))
+    print(json.dumps(asyncio.run(_client(urls, concurrency, seconds, bodies, warmup))))
 
 
-def run_client(url: str, concurrency: int, seconds: float, bodies_file: Path, warmup: float = 1.0) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--client", url, str(concurrency), str(seconds), str(bodies_file),
-                          str(warmup)], capture_output=True, text=True, timeout=seconds + warmup + 120)
+def run_client(urls: list[str], concurrency: int, seconds: float, bodies_file: Path, warmup: float = 1.0) -> list[dict]:
+    out = subprocess.run([sys.executable, __file__, "--client", ",".join(urls), str(concurrency), str(seconds),
+                          str(bodies_file), str(warmup)], capture_output=True, text=True,
+                         timeout=len(urls) * (seconds + warmup) * 2 + 120)
     if out.returncode != 0:
         raise RuntimeError(f"client failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout)
@@ -168,13 +186,13 @@ def main() -> int:
         gateway_proc, gateway_url = start_gateway(server.url, model.tracking_uri, work / "gateway.log",
                                                   "--model-uri", model.uri)
         targets = {"direct": server.url, "gateway": gateway_url}
-        for url in targets.values():  # warm both up (the scoring server's first calls are slow)
-            run_client(url, 4, 2.0, bodies_file, warmup=1.0)
+        # warm both up (the scoring server's first calls are slow)
+        run_client(list(targets.values()), 4, 1.0, bodies_file, warmup=2.0)
         results: dict[tuple[str, int], dict] = {}
         for c in args.concurrency:
-            for name in ("direct", "gateway") if c % 2 else ("gateway", "direct"):
-                results[(name, c)] = run_client(targets[name], c, args.duration, bodies_file)
-                r = results[(name, c)]
+            measured = run_client(list(targets.values()), c, args.duration, bodies_file)
+            for name, r in zip(targets, measured):
+                results[(name, c)] = r
                 print(f"  {name:8s} c={c:<3d} {r['throughput']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
                       f"p99 {r['p99']:8.2f} ms  errors {r['errors']}", flush=True)
 
@@ -192,7 +210,7 @@ def main() -> int:
         server.stop()
 
     print()
-    print(f"1-row requests, {args.duration:.0f} s per cell, model server: mlflow models serve, 1 worker; "
+    print(f"1-row requests, {args.duration:.0f} s per cell in alternating 0.5 s slices, model server: mlflow models serve, 1 worker; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     header = f"{'target':8s} {'c':>3s} {'req/s':>9s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>9s} {'errors':>7s}"
     print(header)
