@@ -331,7 +331,7 @@ def test_schemathesis_fuzz_finds_no_server_error(gateway):
         if mode is schemathesis.GenerationMode.NEGATIVE and op.method.upper() != "POST":
             continue  # GET endpoints take no input to get wrong
 
-        @hypothesis.settings(max_examples=30, deadline=None, database=None,
+        @hypothesis.settings(max_examples=15, deadline=None, database=None,
                              suppress_health_check=list(hypothesis.HealthCheck))
         @hypothesis.given(case=op.as_strategy(generation_mode=mode))
         def fuzz(case):
