@@ -37,6 +37,7 @@ ci-local: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bench_preprocess.py
+	$(BIN)/python benchmarks/bench_gateway.py
 
 clean:
 	rm -rf $(VENV) .run mlflow.db mlartifacts dist
