@@ -249,6 +249,11 @@ def test_exported_repositories_run_on_their_own_in_a_fresh_venv(exported, tmp_pa
         return result
 
     run([str(py), "-m", "pip", "install", "-q", "-r", "requirements.txt"], cwd=work / "Workflow-CI")
+    # the scripts not run below import and describe themselves from the installed wheel
+    for folder, script, words in (("Membangun_model", "modelling_tuning.py", "--n-trials"),
+                                  ("Monitoring dan Logging", "3.prometheus_exporter.py", "--model-url"),
+                                  ("Monitoring dan Logging", "7.inference.py", "--drift-share")):
+        assert words in run([str(py), script, "--help"], cwd=work / SUB / folder).stdout, script
 
     # Kriteria 1: automate_<student>.py rewrites the processed dataset, byte-identical to this repository's
     processed = work / EKS / "preprocessing" / DATA
