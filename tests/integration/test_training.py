@@ -45,9 +45,8 @@ def home(tmp_path_factory, processed) -> dict:
     tuned = run_msml("tune", "--n-trials", str(TRIALS), "--cv-folds", str(FOLDS), "--seed", str(SEED),
                      "--run-info", str(root / "tuned.json"), env=env)
     assert tuned.returncode == 0, tuned.stderr
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     return {
-        "root": root, "env": env, "tune_stdout": tuned.stdout,
+        "root": root, "env": env, "tune_stdout": tuned.stdout, "uri": f"sqlite:///{root / 'mlflow.db'}",
         "baseline": json.loads((root / "baseline.json").read_text()),
         "tuned": json.loads((root / "tuned.json").read_text()),
     }
@@ -96,6 +95,13 @@ def test_tuning_logs_artifacts_autolog_does_not_make(home, contract):
     groups = json.loads((local / "evaluation/metrics_by_group.json").read_text())
     assert set(groups) == set(contract.sensitive)
     assert len(pd.read_csv(local / "tuning/trials.csv")) == TRIALS
+
+
+@pytest.fixture(autouse=True)
+def _home_store(request):
+    """Tests that use `home` read its store (another test points MLflow elsewhere)."""
+    if "home" in request.fixturenames:
+        mlflow.set_tracking_uri(request.getfixturevalue("home")["uri"])
 
 
 def test_manual_metrics_match_what_autolog_logs(tmp_path, processed, contract):
