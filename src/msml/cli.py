@@ -211,21 +211,27 @@ def project_render(
     check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 when a committed file is stale."),
 ) -> None:
     """Render MLProject/MLproject, conda.yaml (pins from pyproject + requirements.lock) and the Docker Hub link."""
-    from msml.project import project_files, stale, write
+    from msml.project import project_files
 
     settings = _settings(None)
     root = root or settings.root
-    files = project_files(settings, root)
-    if check:
-        out_of_date = stale(root, files)
-        for rel in out_of_date:
-            typer.echo(f"stale: {rel}")
-        if out_of_date:
-            _fail("MLProject files differ from src/msml/project.py; run `msml project render`", code=1)
-        typer.echo(f"{len(files)} MLProject files are current")
+    _render(project_files(settings, root), root, check, "MLProject", "msml project render")
+
+
+def _render(files: dict[str, str], root: Path, check: bool, what: str, command: str) -> None:
+    """Write generated files, or with `check` list the stale ones and exit 1 when there are any."""
+    from msml.generated import stale, write
+
+    if not check:
+        for path in write(root, files):
+            typer.echo(f"wrote {path}")
         return
-    for path in write(root, files):
-        typer.echo(f"wrote {path}")
+    out_of_date = stale(root, files)
+    for rel in out_of_date:
+        typer.echo(f"stale: {rel}")
+    if out_of_date:
+        _fail(f"{what} files differ from their definitions; run `{command}`", code=1)
+    typer.echo(f"{len(files)} {what} files are current")
 
 
 @app.command()
@@ -267,21 +273,10 @@ def monitoring_render(
     check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 when a committed file is stale."),
 ) -> None:
     """Render prometheus.yml, rules, promtool tests, alertmanager.yml, Grafana provisioning, docker-compose.yml."""
-    from msml.monitoring.render import render_files, stale, write
+    from msml.monitoring.render import render_files
 
-    settings = _settings(None)
-    root = root or settings.root
-    files = render_files()
-    if check:
-        out_of_date = stale(root, files)
-        for rel in out_of_date:
-            typer.echo(f"stale: {rel}")
-        if out_of_date:
-            _fail("monitoring files differ from the definitions; run `msml monitoring render`", code=1)
-        typer.echo(f"{len(files)} monitoring files are current")
-        return
-    for path in write(root, files):
-        typer.echo(f"wrote {path}")
+    root = root or _settings(None).root
+    _render(render_files(), root, check, "monitoring", "msml monitoring render")
 
 
 @monitoring_app.command("receiver")

@@ -156,18 +156,3 @@ def project_files(settings: Settings, root: Path | None = None, **mlproject_args
         f"{PROJECT_DIR}/{DOCKERHUB_FILE}": render_dockerhub_link(settings),
     }
 
-
-def write(root: Path, files: dict[str, str]) -> list[Path]:
-    written = []
-    for rel, text in files.items():
-        path = Path(root) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
-    return written
-
-
-def stale(root: Path, files: dict[str, str]) -> list[str]:
-    """Relative paths whose file under `root` is missing or differs from the rendered text."""
-    return [rel for rel, text in files.items()
-            if not (Path(root) / rel).is_file() or (Path(root) / rel).read_text() != text]

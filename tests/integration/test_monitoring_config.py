@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from msml import generated
 from msml.monitoring import definitions, metrics, render
 from msml.monitoring.receiver import make_server, read_notifications
 from tests.conftest import ROOT, run_msml
@@ -42,10 +43,10 @@ def test_committed_files_are_what_the_definitions_render():
 
 def test_render_check_fails_on_a_stale_file(tmp_path):
     files = render.render_files()
-    render.write(tmp_path, files)
-    assert render.stale(tmp_path, files) == []
+    generated.write(tmp_path, files)
+    assert generated.stale(tmp_path, files) == []
     (tmp_path / "monitoring/prometheus/rules/alerts.yml").write_text("groups: []\n")
-    assert render.stale(tmp_path, files) == ["monitoring/prometheus/rules/alerts.yml"]
+    assert generated.stale(tmp_path, files) == ["monitoring/prometheus/rules/alerts.yml"]
     result = run_msml("monitoring", "render", "--check", "--root", str(tmp_path))
     assert result.returncode == 1 and "stale: monitoring/prometheus/rules/alerts.yml" in result.stdout
 

@@ -389,22 +389,3 @@ def render_files(model_image: str | None = None) -> dict[str, str]:
         "docker-compose.yml": _yaml(compose_file(model_image)),
     }
 
-
-def write(root: Path, files: dict[str, str]) -> list[Path]:
-    written = []
-    for rel, text in files.items():
-        path = Path(root) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
-    return written
-
-
-def stale(root: Path, files: dict[str, str]) -> list[str]:
-    """Relative paths whose file under `root` is missing or differs from the rendered text."""
-    out = []
-    for rel, text in files.items():
-        path = Path(root) / rel
-        if not path.exists() or path.read_text() != text:
-            out.append(rel)
-    return out
