@@ -391,7 +391,8 @@ def serve(
     wait: float = typer.Option(180.0, "--wait", help="Seconds to wait for /ping."),
 ) -> None:
     """Serve the champion with `mlflow models serve --env-manager local` (foreground; Ctrl-C stops)."""
-    from msml.serving.model_server import ModelServer, champion_uri
+    from msml.registry import champion_uri
+    from msml.serving.model_server import ModelServer
 
     settings = _settings(None)
     uri = model_uri or champion_uri(settings.model_name)
@@ -433,7 +434,7 @@ def gateway(
 ) -> None:
     """The validating, micro-batching gateway with /metrics (the course's prometheus_exporter; foreground)."""
     from msml.serving.gateway import GatewayConfig, run
-    from msml.serving.model_server import champion_uri
+    from msml.registry import champion_uri
 
     settings = _settings(None)
     config = GatewayConfig(

@@ -15,15 +15,11 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping
 
+from msml.registry import champion_uri  # noqa: F401  (the registry owns the alias)
 from msml.serving.processes import spawn, stop_process
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
-CHAMPION_ALIAS = "champion"
-
-
-def champion_uri(model_name: str, alias: str = CHAMPION_ALIAS) -> str:
-    return f"models:/{model_name}@{alias}"
 
 
 def serve_command(model_uri: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, workers: int = 1,
