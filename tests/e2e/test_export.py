@@ -302,7 +302,7 @@ def test_serving_evidence_renders_a_live_request_and_response(processed, contrac
     from msml.serving.model_server import ModelServer
     from tests.integration.serving_fixtures import free_port, train_and_register
 
-    model = train_and_register(processed, contract, tmp_path / "registry", contract.model_name, max_iter=10)
+    model = train_and_register(processed, contract, tmp_path / "registry", contract.model_name)
     settings = load_settings(root=ROOT).with_overrides(processed_dir=processed, tracking_uri=model.tracking_uri)
     rendered = {}
     real_text_image = msml.evidence.text_image
