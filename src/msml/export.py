@@ -439,23 +439,30 @@ def collect_evidence(settings: Settings, out: Path, folder: Path, model_url: str
                                f"make demo   # serves the champion on {model_url}; "
                                "then: .venv/bin/msml export --evidence"))
 
-    if _reachable(f"{prometheus_url.rstrip('/')}/-/ready"):
-        with tempfile.TemporaryDirectory(prefix="msml-evidence-") as tmp:
-            shots = monitoring_evidence(tmp, prometheus_url, notifications, grafana_url=grafana_url)
-            for shot in shots:
-                kind, name = shot.parent.name, shot.name
-                if kind == "prometheus" and name.startswith("1.monitoring_"):
-                    target = monitoring / PROMETHEUS_DIR / name
-                elif kind == "grafana" and name.startswith("1.monitoring_"):
-                    target = monitoring / GRAFANA_DIR / name
-                elif name.startswith("1.rules_") and kind == ("grafana" if grafana_url else "prometheus"):
-                    target = monitoring / ALERTING_DIR / name
-                elif kind == "notifications":
-                    target = monitoring / ALERTING_DIR / name
-                else:
-                    continue
-                shutil.copy2(shot, target)
-                written.append(target)
+    prometheus_up = _reachable(f"{prometheus_url.rstrip('/')}/-/ready")
+    with tempfile.TemporaryDirectory(prefix="msml-evidence-") as tmp:
+        shots: list[Path] = []
+        if prometheus_up:
+            try:
+                shots = monitoring_evidence(tmp, prometheus_url, notifications, grafana_url=grafana_url)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:  # e.g. no Chromium
+                echo(f"  monitoring screenshots not taken: {exc}")
+                prometheus_up = False
+        for shot in shots:
+            kind, name = shot.parent.name, shot.name
+            if kind == "prometheus" and name.startswith("1.monitoring_"):
+                target = monitoring / PROMETHEUS_DIR / name
+            elif kind == "grafana" and name.startswith("1.monitoring_"):
+                target = monitoring / GRAFANA_DIR / name
+            elif name.startswith("1.rules_") and kind == ("grafana" if grafana_url else "prometheus"):
+                target = monitoring / ALERTING_DIR / name
+            elif kind == "notifications":
+                target = monitoring / ALERTING_DIR / name
+            else:
+                continue
+            shutil.copy2(shot, target)
+            written.append(target)
+    if prometheus_up:
         if not any(p.parent.name == ALERTING_DIR and p.name.startswith("2.notifikasi_") for p in written):
             missing.append(Missing(rel(monitoring / ALERTING_DIR) + "/2.notifikasi_<metric>.jpg",
                                    f"alert notifications (none recorded in {notifications})",
