@@ -17,6 +17,7 @@ import yaml
 from mlflow import MlflowClient
 
 from msml.ci import check_dockerfile
+from msml.generated import stale
 from msml.config import load_settings
 from msml.project import (
     CONDA_FILE,
@@ -27,7 +28,6 @@ from msml.project import (
     locked_requirements,
     project_files,
     render_mlproject,
-    stale,
 )
 from tests.conftest import ROOT, run_msml
 
