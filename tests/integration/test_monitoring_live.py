@@ -62,8 +62,7 @@ _MODELS: dict[Path, object] = {}  # one registered model per processed dir and t
 
 def registered_model(workdir: Path, processed: Path, contract):
     if processed not in _MODELS:
-        _MODELS[processed] = train_and_register(processed, contract, workdir / "model", "monitoring-live-model",
-                                                max_iter=30)
+        _MODELS[processed] = train_and_register(processed, contract, workdir / "model", "monitoring-live-model")
     return _MODELS[processed]
 
 
