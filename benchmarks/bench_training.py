@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     from msml.config import load_settings
     from msml.training import train_baseline
-    from msml.tuning import DEFAULT_TRIALS, tune
+    from msml.config import DEFAULT_TRIALS
+    from msml.tuning import tune
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS)

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from msml.config import Settings, load_settings
+from msml.config import DEFAULT_TRIALS, Settings, load_settings
 from msml.contract import DEFAULT_MAX_INVALID_SHARE, DataError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -119,7 +119,7 @@ def train(
 def tune(
     contract: Optional[Path] = ContractOpt,
     data: Optional[Path] = typer.Option(None, "--data", help="Processed directory (default from settings)."),
-    n_trials: int = typer.Option(20, "--n-trials", min=1, help="Optuna trials."),
+    n_trials: int = typer.Option(DEFAULT_TRIALS, "--n-trials", min=1, help="Optuna trials."),
     cv_folds: int = typer.Option(3, "--cv-folds", min=2, help="Stratified CV folds on the train split."),
     seed: int = SeedOpt,
     experiment: Optional[str] = ExperimentOpt,
@@ -174,7 +174,7 @@ def _print_summary(summary) -> None:
 @handles_errors
 def demo(
     contract: Optional[Path] = ContractOpt,
-    trials: int = typer.Option(8, "--trials", min=1, help="Optuna trials for the tuned model."),
+    trials: int = typer.Option(DEFAULT_TRIALS, "--trials", min=1, help="Optuna trials for the tuned model."),
     traffic: float = typer.Option(20.0, "--traffic-seconds", min=1, max=600, help="Seconds of demo traffic."),
 ) -> None:
     """The main job on embedded defaults: data → tracked, registered model → served, monitored, with traffic."""

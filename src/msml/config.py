@@ -17,6 +17,9 @@ from msml.contract import DEFAULT_CONTRACT, Contract
 DEFAULT_STUDENT = "YudhaElfransyah"
 DEFAULT_GITHUB_USER = "YudhaElfransyah"
 DEFAULT_DOCKERHUB_USER = "yudhaelfransyah"
+# Optuna trials of `msml tune`: the search plateaus by trial ~5 on Adult (benchmarks/bench_training.py),
+# and 10 trials fit the 3-minute budget on 2 cores.
+DEFAULT_TRIALS = 10
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from msml.config import Settings
+from msml.config import DEFAULT_TRIALS, Settings
 from msml.monitoring import stack
 from msml.monitoring.render import Ports
 from msml.registry import champion_uri
@@ -21,7 +21,6 @@ from msml.serving.model_server import serve_command, serve_env, wait_for_ping
 from msml.serving.processes import read_pid, start_background, stop
 
 SERVING = ("gateway", "model-server")  # stopped before the monitoring stack, in this order
-DEFAULT_DEMO_TRIALS = 8
 
 
 def _msml(*args: str) -> list[str]:
@@ -57,7 +56,7 @@ def stop_all(settings: Settings) -> list[str]:
     return stopped + stack.stop(settings.run_dir)
 
 
-def run_demo(settings: Settings, trials: int = DEFAULT_DEMO_TRIALS, traffic_seconds: float = 20.0,
+def run_demo(settings: Settings, trials: int = DEFAULT_TRIALS, traffic_seconds: float = 20.0,
              ports: Ports = Ports(), echo=print) -> dict[str, str]:
     """Run the whole path and leave the servers running. Returns the URLs."""
     from msml.ci import run_ci

@@ -17,12 +17,11 @@ import optuna
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-from msml.config import Settings
+from msml.config import DEFAULT_TRIALS, Settings
 from msml.evaluation import classifier_metrics, write_evaluation_artifacts
 from msml.training import RunSummary, load_data, log_model, log_training_dataset, test_metrics
 from msml.tracking import setup_tracking
 
-DEFAULT_TRIALS = 20
 DEFAULT_CV_FOLDS = 3
 
 
