@@ -201,14 +201,16 @@ def down() -> None:
 
 # --- Kriteria 3: the MLflow Project and the CI retraining job --------------------------------------------------
 
+RootOpt = typer.Option(None, "--root", help="Repository root to write under (default: MSML_HOME/cwd).")
+CheckOpt = typer.Option(False, "--check", help="Write nothing; exit 1 when a committed file is stale.")
 project_app = typer.Typer(no_args_is_help=True, help="The MLflow Project folder (MLProject/).")
 app.add_typer(project_app, name="project")
 
 
 @project_app.command("render")
 def project_render(
-    root: Optional[Path] = typer.Option(None, "--root", help="Repository root to write under (default: MSML_HOME/cwd)."),
-    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 when a committed file is stale."),
+    root: Optional[Path] = RootOpt,
+    check: bool = CheckOpt,
 ) -> None:
     """Render MLProject/MLproject, conda.yaml (pins from pyproject + requirements.lock) and the Docker Hub link."""
     from msml.project import project_files
@@ -269,8 +271,8 @@ app.add_typer(monitoring_app, name="monitoring")
 
 @monitoring_app.command("render")
 def monitoring_render(
-    root: Optional[Path] = typer.Option(None, "--root", help="Repository root to write under (default: MSML_HOME/cwd)."),
-    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 when a committed file is stale."),
+    root: Optional[Path] = RootOpt,
+    check: bool = CheckOpt,
 ) -> None:
     """Render prometheus.yml, rules, promtool tests, alertmanager.yml, Grafana provisioning, docker-compose.yml."""
     from msml.monitoring.render import render_files
