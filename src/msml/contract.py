@@ -9,7 +9,6 @@ lists of features the rest of the system uses. No dataset column name is written
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path

@@ -185,9 +185,8 @@ def mlflow_evidence(settings, out: str | Path, mlflow_url: str | None = None) ->
 
     from mlflow import MlflowClient
 
-    from msml.monitoring.stack import wait_ready
     from msml.registry import CHAMPION
-    from msml.serving.processes import spawn, stop_process
+    from msml.serving.processes import spawn, stop_process, wait_ready
     from msml.tracking import server_command, setup_tracking
 
     out = Path(out)

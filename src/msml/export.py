@@ -380,7 +380,8 @@ def serving_evidence(settings: Settings, target: Path, model_url: str, label: st
     """POST one real test-split row to `<model_url>/invocations` and render command, request and response to a JPG."""
     from msml.evidence import text_image
     from msml.loadgen import load_test_rows
-    from msml.serving.model_server import champion_uri, serve_command
+    from msml.registry import champion_uri
+    from msml.serving.model_server import serve_command
 
     rows, truths = load_test_rows(settings.processed_dir, settings.contract)
     body = {"dataframe_records": [rows[0]]}
@@ -509,7 +510,7 @@ def missing_report(missing: list[Missing]) -> str:
              "Run the command, then export again: the files land in place. Nothing below is filled with a placeholder.",
              ""]
     for item in missing:
-        lines += [f"- `{item.path}` — {item.what}", f"  ```", f"  {item.command}", f"  ```"]
+        lines += [f"- `{item.path}` — {item.what}", "  ```", f"  {item.command}", "  ```"]
     return "\n".join(lines) + "\n"
 
 

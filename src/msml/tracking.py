@@ -78,8 +78,6 @@ def project_experiment(requested: str) -> str | None:
 def setup_tracking(settings: Settings, experiment: str | None = None) -> str:
     """Point MLflow at the settings' store and make sure the experiment exists. Returns its id."""
     check_server(settings.tracking_uri)
-    # the SQLite store migrates its schema on first use and logs every step at INFO
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(settings.tracking_uri)
     name = experiment or settings.experiment
     project_run = project_experiment(name)

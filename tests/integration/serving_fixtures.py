@@ -58,9 +58,8 @@ def start_gateway(model_url: str, tracking_uri: str, log: Path, *extra: str, por
     """The real `msml gateway` in its own process group; returns (Popen, base URL) once /ping answers."""
     import os
     import sys
-    import time
-    import urllib.request
 
+    from msml.serving.model_server import wait_for_ping
     from msml.serving.processes import spawn, stop_process
 
     port = port or free_port()
@@ -69,18 +68,12 @@ def start_gateway(model_url: str, tracking_uri: str, log: Path, *extra: str, por
     cmd = [str(bin_dir / "msml"), "gateway", "--port", str(port), "--model-url", model_url, *extra]
     proc = spawn(cmd, log, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{Path(log).read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=1) as resp:
-                if resp.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.1)
-    stop_process(proc)
-    raise RuntimeError(f"gateway did not answer /ping within {timeout} s:\n{Path(log).read_text()[-3000:]}")
+    try:
+        wait_for_ping(url, timeout, proc=proc, log=log)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc, url
 
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

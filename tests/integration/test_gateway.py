@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 
 import httpx
@@ -321,7 +320,6 @@ def test_health_and_openapi(client, registered_model):
 def test_schemathesis_fuzz_finds_no_server_error(gateway):
     import hypothesis
     import schemathesis
-    from schemathesis.checks import not_a_server_error
 
     schema = schemathesis.openapi.from_url(f"{gateway}/openapi.json")
     failures, calls = [], []

@@ -13,14 +13,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 from mlflow import MlflowClient
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from msml.evaluation import AUTOLOG_METRICS, classifier_metrics
 from msml.preprocessing import TRAIN_FILE, load_clean_splits, load_training_data
 from msml.registry import CHAMPION
-from msml.serving.processes import spawn, stop_process
+from msml.serving.processes import spawn, stop_process, wait_ready
 from msml.tracking import server_command
 from tests.conftest import run_msml
 
@@ -183,16 +182,11 @@ def auth_server(tmp_path_factory):
         root / "server.log", env={**__import__("os").environ, "MLFLOW_AUTH_CONFIG_PATH": str(config)},
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            time.sleep(0.3)
-    else:
+    try:
+        wait_ready(f"{url}/health", timeout=90, alive=lambda: proc.poll() is None, log=root / "server.log")
+    except RuntimeError as exc:
         stop_process(proc)
-        pytest.fail(f"auth server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        pytest.fail(f"auth server did not start: {exc}")
     yield {"url": url, "user": "admin", "password": password, "root": root}
     stop_process(proc)
 

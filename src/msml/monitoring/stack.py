@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +25,7 @@ from msml.monitoring.render import (
     prometheus_config,
     recording_rules,
 )
-from msml.serving.processes import read_pid, start_background
+from msml.serving.processes import read_pid, start_background, wait_ready
 from msml.serving.processes import stop as stop_pidfile
 
 COMPONENTS = ("prometheus", "alertmanager", "receiver")
@@ -120,25 +117,6 @@ def commands(stack: Stack, paths: dict[str, Path], timing: Timing = PRODUCTION) 
     }
 
 
-def wait_ready(url: str, timeout: float = 60.0, pidfile: Path | None = None, log: Path | None = None) -> None:
-    """Block until `url` answers 200; RuntimeError (with the log's tail) if the process dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if pidfile is not None and read_pid(pidfile) is None:
-            break
-        time.sleep(0.2)
-    tail = ""
-    if log is not None and log.exists():
-        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-    raise RuntimeError(f"{url} not ready within {timeout:.0f} s (or its process exited){tail}")
-
-
 def start(run_dir: str | Path, ports: Ports = Ports(), timing: Timing = PRODUCTION,
           timeout: float = 60.0) -> Stack:
     """Start the receiver, Alertmanager and Prometheus (those not already running); wait until all are ready."""
@@ -154,7 +132,8 @@ def start(run_dir: str | Path, ports: Ports = Ports(), timing: Timing = PRODUCTI
                 start_background(cmds[name], stack.pidfile(name), stack.log(name))
                 started.append(name)
         for name in ("receiver", "alertmanager", "prometheus"):
-            wait_ready(ready[name], timeout, stack.pidfile(name), stack.log(name))
+            pidfile = stack.pidfile(name)
+            wait_ready(ready[name], timeout, alive=lambda: read_pid(pidfile) is not None, log=stack.log(name))
     except BaseException:
         for name in started:  # only what this call started
             stop_pidfile(stack.pidfile(name))

@@ -9,14 +9,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Mapping
 
-from msml.registry import champion_uri  # noqa: F401  (the registry owns the alias)
-from msml.serving.processes import spawn, stop_process
+from msml.serving.processes import spawn, stop_process, wait_ready
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
@@ -55,23 +53,8 @@ def ping(url: str, timeout: float = 1.0) -> bool:
 
 def wait_for_ping(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None,
                   log: Path | None = None) -> None:
-    """Block until `/ping` answers; raise RuntimeError (with the log's tail) if the process dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ping(url, timeout=1.0):
-            return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"model server exited with code {proc.returncode} before answering /ping"
-                               f"{_tail(log)}")
-        time.sleep(0.2)
-    raise RuntimeError(f"model server at {url} did not answer /ping within {timeout:.0f} s{_tail(log)}")
-
-
-def _tail(log: Path | None, lines: int = 30) -> str:
-    if log is None or not Path(log).exists():
-        return ""
-    text = Path(log).read_text(errors="replace").splitlines()[-lines:]
-    return "\n--- last lines of " + str(log) + " ---\n" + "\n".join(text)
+    """Block until `<url>/ping` answers; RuntimeError (with the log's tail) if `proc` dies or time runs out."""
+    wait_ready(f"{url.rstrip('/')}/ping", timeout, alive=(lambda: proc.poll() is None) if proc else None, log=log)
 
 
 class ModelServer:

@@ -11,8 +11,10 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 
 def spawn(cmd: Sequence[str], log: str | Path, env: Mapping[str, str] | None = None,
@@ -135,3 +137,28 @@ def stop(pidfile: str | Path, timeout: float = 10.0) -> bool:
         stop_group(pid, timeout=timeout)
     pidfile.unlink(missing_ok=True)
     return pid is not None
+
+
+def wait_ready(url: str, timeout: float = 60.0, alive: Callable[[], bool] | None = None,
+               log: str | Path | None = None) -> None:
+    """Block until `url` answers 200. RuntimeError, with the tail of `log`, when `alive()` turns
+    false (the server exited) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        if alive is not None and not alive():
+            raise RuntimeError(f"the server behind {url} exited before answering{_tail(log)}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f} s{_tail(log)}")
+
+
+def _tail(log: str | Path | None, lines: int = 30) -> str:
+    if log is None or not Path(log).exists():
+        return ""
+    text = Path(log).read_text(errors="replace").splitlines()[-lines:]
+    return f"\n--- last lines of {log} ---\n" + "\n".join(text)
