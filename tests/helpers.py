@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent
+# `make test` sets it: there a missing Debian binary is a broken set-up (fail); elsewhere (`make test-fast`, a bare
+# pytest on a laptop) the test skips and says which binary it lacks.
+REQUIRE_SYSTEM = "MSML_REQUIRE_SYSTEM"
+
+
+def need_binary(*names: str) -> str:
+    """Path of the first of `names` on PATH (a system binary the test runs for real); skip or fail without it."""
+    for name in names:
+        if path := shutil.which(name):
+            return path
+    message = f"{' or '.join(names)} is not installed (scripts/install-system-deps.sh installs it)"
+    if os.environ.get(REQUIRE_SYSTEM) == "1":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def lint_workflows(paths) -> list[str]:

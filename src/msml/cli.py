@@ -212,7 +212,7 @@ def project_render(
     root: Optional[Path] = RootOpt,
     check: bool = CheckOpt,
 ) -> None:
-    """Render MLProject/MLproject, conda.yaml (pins from pyproject + requirements.lock) and the Docker Hub link."""
+    """Render MLProject/MLproject, conda.yaml (pins from pyproject + the runtime lock) and the Docker Hub link."""
     from msml.project import project_files
 
     settings = _settings(None)

@@ -102,24 +102,34 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def locked_requirements(root: Path) -> list[str]:
-    """pyproject's runtime dependencies, each pinned to its requirements.lock version (extras kept)."""
-    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+# The runtime lock: pyproject's dependencies and their closure at exact versions, compiled by `make lock`.
+RUNTIME_LOCK = Path("requirements") / "runtime.txt"
+
+
+def read_lock(path: Path) -> dict[str, tuple[str, str]]:
+    """{normalised name: (name, version)} of a compiled lock (`name==version` lines; `# via` comments skipped)."""
     locked = {}
-    for line in (root / "requirements.lock").read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if "==" in line:
-            name, version = line.split("==", 1)
-            locked[_normalise(name)] = version.strip()
+            name, version = (part.strip() for part in line.split("==", 1))
+            locked[_normalise(name)] = (name, version)
+    return locked
+
+
+def locked_requirements(root: Path) -> list[str]:
+    """pyproject's runtime dependencies, each pinned to its runtime-lock version (extras kept)."""
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    locked = read_lock(root / RUNTIME_LOCK)
     pins = []
     for spec in project["dependencies"]:
         spec = spec.split("#", 1)[0].strip()
         name = _requirement_name(spec)
         extras = re.search(r"\[[^\]]*\]", spec)
-        version = locked.get(_normalise(name))
-        if version is None:
-            raise ValueError(f"{name} is a dependency in pyproject.toml but has no pin in requirements.lock")
-        pins.append(f"{name}{extras.group(0) if extras else ''}=={version}")
+        if _normalise(name) not in locked:
+            raise ValueError(f"{name} is a dependency in pyproject.toml but has no pin in {RUNTIME_LOCK} "
+                             "(run `make lock`)")
+        pins.append(f"{name}{extras.group(0) if extras else ''}=={locked[_normalise(name)][1]}")
     return pins
 
 

@@ -21,19 +21,13 @@ from msml import generated
 from msml.monitoring import definitions, metrics, render
 from msml.monitoring.receiver import make_server, read_notifications
 from tests.conftest import ROOT, run_msml
+from tests.helpers import need_binary
 
 MON = ROOT / "monitoring"
 
 
 def _run(*cmd: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail(f"{tool} is not installed: run scripts/install-system-deps.sh")
-    return path
 
 
 def test_committed_files_are_what_the_definitions_render():
@@ -51,14 +45,16 @@ def test_render_check_fails_on_a_stale_file(tmp_path):
     assert result.returncode == 1 and "stale: monitoring/prometheus/rules/alerts.yml" in result.stdout
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.compose.yml"])
 def test_promtool_check_config(config):
-    result = _run(_need("promtool"), "check", "config", str(MON / "prometheus" / config))
+    result = _run(need_binary("promtool"), "check", "config", str(MON / "prometheus" / config))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.system
 def test_promtool_rule_unit_tests_pass():
-    result = _run(_need("promtool"), "test", "rules", str(MON / "prometheus/tests/alerts_test.yml"))
+    result = _run(need_binary("promtool"), "test", "rules", str(MON / "prometheus/tests/alerts_test.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -69,6 +65,7 @@ def test_every_alert_has_a_firing_and_a_not_firing_promtool_case():
         assert (a.name, True) in cases and (a.name, False) in cases, a.name
 
 
+@pytest.mark.system
 def test_promtool_unit_tests_catch_a_broken_threshold(tmp_path):
     """The rule tests can fail: with each threshold flipped past its inputs, promtool reports the alerts."""
     broken = tuple(dataclasses.replace(a, threshold=-1 if a.op == ">" else 2) for a in definitions.ALERTS)
@@ -86,23 +83,25 @@ def test_promtool_unit_tests_catch_a_broken_threshold(tmp_path):
     tests.mkdir()
     # the committed tests (expectations from the real thresholds) against the broken rules
     shutil.copy(MON / "prometheus/tests/alerts_test.yml", tests / "alerts_test.yml")
-    result = _run(_need("promtool"), "test", "rules", str(tests / "alerts_test.yml"))
+    result = _run(need_binary("promtool"), "test", "rules", str(tests / "alerts_test.yml"))
     assert result.returncode != 0
     for a in definitions.ALERTS:
         assert a.name in result.stdout + result.stderr
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("config", ["alertmanager.yml", "alertmanager.compose.yml"])
 def test_amtool_check_config(config):
-    result = _run(_need("amtool"), "check-config", str(MON / "alertmanager" / config))
+    result = _run(need_binary("amtool"), "check-config", str(MON / "alertmanager" / config))
     assert result.returncode == 0, result.stdout + result.stderr
     routed = yaml.safe_load((MON / "alertmanager" / config).read_text())
     hook = routed["receivers"][0]["webhook_configs"][0]
     assert hook["send_resolved"] is True and hook["url"].endswith("/alerts")
 
 
+@pytest.mark.system
 def test_docker_compose_config_is_valid():
-    result = _run(_need("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "config")
+    result = _run(need_binary("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "config")
     assert result.returncode == 0, result.stdout + result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     assert {"model-server", "gateway", "mlflow", "prometheus", "alertmanager", "grafana"} <= set(services)
@@ -191,11 +190,14 @@ def test_receiver_records_posted_notifications(tmp_path):
     assert listed[0]["payload"]["alerts"][0]["labels"]["alertname"] == "X"
 
 
+@pytest.mark.system
 def test_stack_start_is_idempotent_and_stop_stops_exactly_its_processes(tmp_path):
     """Prometheus, Alertmanager and the receiver as plain processes: a second start reuses them, stop ends them."""
     from msml.monitoring import stack
     from tests.integration.serving_fixtures import free_port
 
+    need_binary("prometheus")
+    need_binary("alertmanager", "prometheus-alertmanager")
     ports = render.Ports(gateway=free_port(), mlflow=free_port(), prometheus=free_port(),
                          alertmanager=free_port(), receiver=free_port())
     try:

@@ -303,7 +303,7 @@ def compose_file(model_image: str, ports: Ports = Ports()) -> dict:
     Alertmanager, Grafana — published on 127.0.0.1 only."""
     p = ports
     msml = {"image": PYTHON_IMAGE, "working_dir": "/app", "volumes": ["./:/app"]}
-    install = "pip install -q -c requirements.lock -e . &&"
+    install = "pip install -q -c requirements/runtime.txt -e . &&"
     return {
         "version": "3.8",  # Debian's docker-compose 1.29 needs it; Compose v2 ignores it
         "services": {
