@@ -29,7 +29,8 @@ demo: venv
 test: venv system
 	MSML_REQUIRE_SYSTEM=1 $(BIN)/python -m pytest
 
-# Code and data tests: no training, no servers, no Debian binaries (measured ~?s).
+# Code and data tests (-m "not slow and not system"): no training, no servers, no Debian binaries.
+# Measured 2026-11-27: 106 tests, 61 CPU-seconds (the machine was shared, so its wall time said nothing).
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not system"
 
