@@ -49,7 +49,7 @@ def executed(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MSML_NOTEBOOK_OUT", str(out))
         mp.setenv("MPLBACKEND", "Agg")  # headless; the notebook still renders inline
-        # the `python` in the kernelspec resolves to this interpreter (the venv), so msml is importable
+        # the `python` in the kernelspec resolves to this interpreter (the venv): pandas, scikit-learn, matplotlib
         NotebookClient(
             nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(copy.parent)}}
         ).execute()  # raises CellExecutionError on the first failing cell
