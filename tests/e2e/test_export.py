@@ -199,7 +199,7 @@ def test_requirements_pin_the_runtime_closure_from_pypi_only(exported):
     lines = [line for line in next(iter(texts.values())).splitlines() if line and not line.startswith("#")]
     assert lines == runtime_requirements(ROOT)
     pins = dict(line.split("==") for line in lines)
-    assert {"mlflow", "scikit-learn", "pandas", "SQLAlchemy", "optuna", "prometheus-client"} <= set(pins)
+    assert {"mlflow", "scikit-learn", "pandas", "SQLAlchemy", "optuna", "prometheus_client"} <= set(pins)
     assert not {"msml", "pytest", "zizmor", "check-jsonschema", "nbclient", "schemathesis"} & set(pins)
     for name, version in pins.items():
         assert locked.get(name.lower().replace("_", "-")) == version, name
