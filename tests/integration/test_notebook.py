@@ -1,4 +1,5 @@
-"""The course's experiment notebook runs headless, follows the template and writes what `preprocess` writes."""
+"""The course's experiment notebook runs headless, follows the template, does its preprocessing in its own pandas /
+scikit-learn cells, and its last section shows automate_<student>.py's outputs equal its own (and `msml preprocess`'s)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from nbclient import NotebookClient
 from tests.conftest import ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "Eksperimen_YudhaElfransyah.ipynb"
+AUTOMATE = ROOT / "notebooks" / "automate_YudhaElfransyah.py"  # generated (tests/unit/test_course_files.py)
 # The course template's five sections, in this order, with these exact titles.
 TEMPLATE_HEADINGS = [
     "1. Perkenalan Dataset",
@@ -41,14 +43,15 @@ def executed(tmp_path_factory):
     (work / "data").symlink_to(ROOT / "data", target_is_directory=True)
     copy = work / "notebooks" / NOTEBOOK.name
     shutil.copy(NOTEBOOK, copy)
+    shutil.copy(AUTOMATE, work / "notebooks" / AUTOMATE.name)
     out = work / "out"
     nb = nbformat.read(copy, as_version=4)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MSML_NOTEBOOK_OUT", str(out))
         mp.setenv("MPLBACKEND", "Agg")  # headless; the notebook still renders inline
-        # the `python` in the kernelspec resolves to this interpreter (the venv), so msml is importable
+        # the `python` in the kernelspec resolves to this interpreter (the venv): pandas, scikit-learn, matplotlib
         NotebookClient(
-            nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(copy.parent)}}
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(copy.parent)}}
         ).execute()  # raises CellExecutionError on the first failing cell
     nbformat.write(nb, copy)
     return nb, out
@@ -81,8 +84,12 @@ def test_notebook_executes_without_error(executed):
 
 
 @pytest.mark.slow
-def test_notebook_writes_exactly_what_preprocess_writes(executed, processed):
-    _, out = executed
-    assert out.is_dir(), "the notebook did not write to MSML_NOTEBOOK_OUT"
-    assert digests(out) == digests(processed)
+def test_notebook_outputs_equal_the_automation_and_msml_preprocess(executed, processed):
+    nb, out = executed
+    assert out.is_dir(), "the notebook's automation section did not write to MSML_NOTEBOOK_OUT"
+    assert digests(out) == digests(processed)  # automate_<student>.py == msml preprocess, byte for byte
+    # the notebook compared its own step-by-step frames with the automation's files (assert_frame_equal, exact)
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    printed = "".join(o.get("text", "") for o in last.outputs if o.output_type == "stream")
+    assert printed.startswith("IDENTIK:"), printed
 
