@@ -114,10 +114,11 @@ class Browser:
         self._playwright.stop()
 
     def capture(self, url: str, path: str | Path, ready: str, what: str, width: int = WIDTH,
-                height: int = HEIGHT, full: bool = False) -> Path:
+                height: int = HEIGHT, full: bool = False, timeout: float | None = None) -> Path:
         """Open `url`, wait until the JavaScript expression `ready` is true, save the content as a JPG at `path`.
 
         `full`: the whole page down to its content (a list of rules); else at most one `height` viewport.
+        `timeout`: seconds to wait for the content (default: the browser's).
         """
         from playwright.sync_api import Error as PlaywrightError
         from PIL import Image
@@ -127,12 +128,13 @@ class Browser:
             raise CaptureError(f"Chromium refuses port {port} ({url}); serve it on another port")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        wait_ms = (timeout or self.timeout) * 1000
         page = self._browser.new_page(viewport={"width": width, "height": height})
         try:
             try:
-                page.goto(url, wait_until="domcontentloaded", timeout=self.timeout * 1000)
-                page.wait_for_function(ready, timeout=self.timeout * 1000)
-                page.wait_for_load_state("networkidle", timeout=self.timeout * 1000)
+                page.goto(url, wait_until="domcontentloaded", timeout=wait_ms)
+                page.wait_for_function(ready, timeout=wait_ms)
+                page.wait_for_load_state("networkidle", timeout=wait_ms)
             except PlaywrightError as exc:
                 first = str(exc).strip().splitlines()[0]
                 raise CaptureError(f"{what}: the page did not show its content ({url}): {first}") from None
