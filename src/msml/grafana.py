@@ -7,11 +7,12 @@ Steps (each a function, so the ones before the container are proven where Docker
 3. `run_command()`: Grafana alone, on the host network, with the committed provisioning files
    (`monitoring/grafana/`, rendered from the definitions) mounted read-only; the compose host names those files use
    (`prometheus`, `receiver`) are mapped to 127.0.0.1, where `make demo` serves the same ports.
-4. `fire_alerts()`: real traffic through the gateway fires `ALERT_NAMES`: fully drifted rows (DataDriftPSI), then
+4. `alerts_firing()`: real traffic through the gateway fires `ALERT_NAMES`: fully drifted rows (DataDriftPSI), then
    the demo's model server stopped while traffic flows (ModelServerDown, and HighErrorRate from the gateway's 503s);
-   each rule must be firing in Grafana and its notification recorded by the receiver. The model server is restarted.
-5. `capture()`: one image per dashboard panel into `5.bukti monitoring Grafana/`; each alert's rule page and its
-   notification into `6.bukti alerting Grafana/`, numbered as the course writes them. The zip is refreshed.
+   each rule must be firing in Grafana and its notification recorded by the receiver.
+5. `capture()`, while they fire: one image per dashboard panel into `5.bukti monitoring Grafana/`; each alert's
+   rule page and its notification into `6.bukti alerting Grafana/`, numbered as the course writes them. Then the
+   model server is restarted, Grafana stopped and the zip refreshed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 from msml.monitoring.definitions import alert
@@ -129,8 +131,10 @@ def _wait(condition, timeout: float, what: str, interval: float = 5.0) -> None:
     raise GrafanaError(f"{what} did not happen within {timeout:.0f} s")
 
 
-def fire_alerts(settings, grafana_url: str, notifications: Path, ports: Ports = Ports(), echo=print) -> None:
-    """Real traffic fires each of ALERT_NAMES in Grafana and its notification reaches the receiver."""
+@contextmanager
+def alerts_firing(settings, grafana_url: str, notifications: Path, ports: Ports = Ports(), echo=print):
+    """Real traffic fires each of ALERT_NAMES in Grafana and its notification reaches the receiver; the body of the
+    `with` runs while they fire (the rule pages show it). On exit the model server is back and the traffic stops."""
     from msml.demo import start_serving
     from msml.evidence import notifications_by_alert
     from msml.serving.processes import stop
@@ -143,19 +147,20 @@ def fire_alerts(settings, grafana_url: str, notifications: Path, ports: Ports = 
     loadgen = subprocess.Popen([str(Path(sys.executable).parent / "msml"), "loadgen", "--url", gateway,
                                 "--duration", str(int(FIRE_TIMEOUT * 2)), "--rate", "20", "--drift-share", "1.0",
                                 "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stopped = False
     try:
         echo(f"drifted traffic to {gateway} until DataDriftPSI fires (it holds for {alert('DataDriftPSI').for_})")
         _wait(lambda: firing("DataDriftPSI"), FIRE_TIMEOUT, "DataDriftPSI firing in Grafana and notified")
         echo("stopping the demo's model server while traffic flows (ModelServerDown, HighErrorRate)")
-        stop(settings.run_dir / "model-server.pid")
-        try:
-            for name in ("ModelServerDown", "HighErrorRate"):
-                _wait(lambda: firing(name), 10 * 60.0, f"{name} firing in Grafana and notified")
-        finally:
-            start_serving(settings, ports)  # the same single model server, back again
+        stopped = stop(settings.run_dir / "model-server.pid")
+        for name in ("ModelServerDown", "HighErrorRate"):
+            _wait(lambda: firing(name), 10 * 60.0, f"{name} firing in Grafana and notified")
+        yield
     finally:
         loadgen.terminate()
         loadgen.wait(timeout=30)
+        if stopped:
+            start_serving(settings, ports)  # the same single model server, back again
 
 
 # Ready once the panel drew its data (uPlot canvas for graphs and heatmaps, a value for stats) and stopped loading.
@@ -228,13 +233,13 @@ def grafana_evidence(settings, out: Path, ports: Ports = Ports(), echo=print) ->
     try:
         wait_ready(f"{grafana_url}/api/health", timeout=180)
         echo(f"Grafana {GRAFANA_IMAGE} ready on {grafana_url}")
-        fire_alerts(settings, grafana_url, notifications, ports, echo=echo)
         monitoring = submission / MONITORING
         panels_dir, alerting_dir = monitoring / GRAFANA_DIR, monitoring / ALERTING_DIR
-        for folder in (panels_dir, alerting_dir):
-            for stale in folder.glob("*.jpg"):
-                stale.unlink()
-        written = capture(grafana_url, panels_dir, alerting_dir, notifications)
+        with alerts_firing(settings, grafana_url, notifications, ports, echo=echo):
+            for folder in (panels_dir, alerting_dir):
+                for stale in folder.glob("*.jpg"):
+                    stale.unlink()
+            written = capture(grafana_url, panels_dir, alerting_dir, notifications)
     finally:
         subprocess.run([docker, "stop", CONTAINER], capture_output=True, timeout=120)
     rel = f"{submission.name}/{MONITORING}/"
