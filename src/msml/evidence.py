@@ -303,7 +303,8 @@ def prometheus_evidence(out: str | Path, prometheus_url: str, notifications: str
     with Browser() as browser:
         for panel in chosen:
             url = prometheus_graph_url(prometheus_url, [q.expr for q in panel.queries], classic=classic)
-            written.append(browser.capture(url, out / next(names), GRAPH_READY, f"Prometheus graph of {panel.key}"))
+            written.append(browser.capture(url, out / next(names), GRAPH_READY, f"Prometheus graph of {panel.key}",
+                                           full=True))
         alert_names = [a.name for a in ALERTS]
         written.append(browser.capture(f"{base}/rules", out / next(names), _text_ready(alert_names),
                                        "Prometheus rules page", full=True))
@@ -350,14 +351,16 @@ def mlflow_evidence(settings, out: str | Path, mlflow_url: str | None = None) ->
         if proc is not None:
             wait_ready(f"{mlflow_url}/health", timeout=90, log=log)
         base = mlflow_url.rstrip("/")
-        run_name = MlflowClient().get_run(champion.run_id).info.run_name
+        client = MlflowClient()
+        run_name = client.get_run(champion.run_id).info.run_name
+        artifacts = [a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(champion.run_id)][:6]
         with Browser(timeout=90) as browser:
-            # ready: the runs table lists the champion's run; the artifact tree shows the logged model
+            # ready: the runs table lists the champion's run; the artifact tree lists the run's top-level artifacts
             return [
                 browser.capture(f"{base}/#/experiments/{experiment_id}", out / MLFLOW_DASHBOARD,
                                 _text_ready([run_name]), "MLflow runs page"),
                 browser.capture(f"{base}/#/experiments/{experiment_id}/runs/{champion.run_id}/artifacts",
-                                out / MLFLOW_ARTIFACTS, _text_ready(["MLmodel", "conda.yaml"]),
+                                out / MLFLOW_ARTIFACTS, _text_ready(artifacts),
                                 "MLflow artifacts page"),
             ]
     finally:
