@@ -299,7 +299,8 @@ def test_without_running_servers_every_evidence_is_listed_and_nothing_written(tm
 
 
 def test_serving_evidence_renders_a_live_request_and_response(processed, contract, tmp_path, monkeypatch):
-    """1.bukti_serving.jpg from a real `mlflow models serve` of a registered champion: the text is the live answer."""
+    """1.bukti_serving.jpg from a real `mlflow models serve` of a registered champion: the text is the live answer;
+    then the MLflow UI screenshots of that champion, non-blank."""
     import httpx
 
     import msml.evidence
@@ -325,6 +326,16 @@ def test_serving_evidence_renders_a_live_request_and_response(processed, contrac
     assert f"mlflow models serve -m models:/{contract.model_name}@champion" in rendered["text"]
     assert "HTTP 200" in rendered["text"]
     assert set(body["dataframe_records"][0]) == set(Contract.load().features)
+
+    # the MLflow UI pages of the same store (its own `mlflow server`), each captured once its content showed
+    from msml.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, check_capture, mlflow_evidence
+
+    ui = settings.with_overrides(artifact_root=tmp_path / "registry" / "artifacts", experiment="serving-tests",
+                                 model_name=contract.model_name)
+    shots = mlflow_evidence(ui, tmp_path / "mlflow")
+    assert [p.name for p in shots] == [MLFLOW_DASHBOARD, MLFLOW_ARTIFACTS]
+    for shot in shots:
+        check_capture(shot)
 
 
 
