@@ -114,11 +114,14 @@ class Browser:
         self._playwright.stop()
 
     def capture(self, url: str, path: str | Path, ready: str, what: str, width: int = WIDTH,
-                height: int = HEIGHT, full: bool = False, timeout: float | None = None) -> Path:
+                height: int = HEIGHT, full: bool = False, timeout: float | None = None, prepare=None,
+                fit: str | None = None) -> Path:
         """Open `url`, wait until the JavaScript expression `ready` is true, save the content as a JPG at `path`.
 
         `full`: the whole page down to its content (a list of rules); else at most one `height` viewport.
-        `timeout`: seconds to wait for the content (default: the browser's).
+        `timeout`: seconds to wait for the content (default: the browser's). `prepare(page)` acts on the loaded
+        page (e.g. expands nested runs); `fit` is a JavaScript expression giving the height the content needs: the
+        viewport shrinks to it, so a page whose footer is pinned to the window's bottom leaves no empty gap.
         """
         from playwright.sync_api import Error as PlaywrightError
         from PIL import Image
@@ -135,6 +138,13 @@ class Browser:
                 page.goto(url, wait_until="domcontentloaded", timeout=wait_ms)
                 page.wait_for_function(ready, timeout=wait_ms)
                 page.wait_for_load_state("networkidle", timeout=wait_ms)
+                if prepare is not None:
+                    prepare(page)
+                    page.wait_for_function(ready, timeout=wait_ms)
+                    page.wait_for_load_state("networkidle", timeout=wait_ms)
+                if fit is not None:
+                    page.set_viewport_size({"width": width, "height": max(300, min(height, int(page.evaluate(fit))))})
+                    page.wait_for_timeout(300)  # one re-layout after the resize (not a data wait)
             except PlaywrightError as exc:
                 first = str(exc).strip().splitlines()[0]
                 raise CaptureError(f"{what}: the page did not show its content ({url}): {first}") from None
@@ -226,10 +236,10 @@ def prometheus_graph_url(prometheus_url: str, exprs: list[str], range_input: str
 
 
 def has_react_ui(prometheus_url: str) -> bool:
-    """Debian's Prometheus package ships only the classic UI (its /graph redirects to a 404)."""
+    """Debian's Prometheus package ships only the classic UI: its /graph redirects to /classic/graph (or is a 404)."""
     try:
-        with urllib.request.urlopen(f"{prometheus_url.rstrip('/')}/graph", timeout=5):
-            return True
+        with urllib.request.urlopen(f"{prometheus_url.rstrip('/')}/graph", timeout=5) as response:
+            return "/classic/" not in response.geturl()
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return False
@@ -322,6 +332,17 @@ MLFLOW_DASHBOARD = "screenshoot_dashboard.jpg"
 MLFLOW_ARTIFACTS = "screenshoot_artifak.jpg"
 
 
+# The runs table's last row, plus the "N matching runs" footer MLflow pins to the window's bottom.
+RUNS_FIT = "() => Math.max(0, ...[...document.querySelectorAll('.ag-row')].map(r => r.getBoundingClientRect().bottom)) + 80"
+
+
+def _expand_runs(page) -> None:
+    """Expand each parent run (a tuning run and its trials) in MLflow's runs table."""
+    buttons = page.locator('.ag-row [col-id="attributes.`Run Name`"] button')
+    for i in range(buttons.count()):
+        buttons.nth(i).click()
+
+
 def mlflow_evidence(settings, out: str | Path, mlflow_url: str | None = None) -> list[Path]:
     """Screenshot the MLflow UI: the experiment's runs page and the champion run's artifacts page.
 
@@ -355,10 +376,11 @@ def mlflow_evidence(settings, out: str | Path, mlflow_url: str | None = None) ->
         run_name = client.get_run(champion.run_id).info.run_name
         artifacts = [a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(champion.run_id)][:6]
         with Browser(timeout=90) as browser:
-            # ready: the runs table lists the champion's run; the artifact tree lists the run's top-level artifacts
+            # ready: the runs table lists the champion's run (its nested trials expanded); the artifact tree lists
+            # the run's top-level artifacts
             return [
                 browser.capture(f"{base}/#/experiments/{experiment_id}", out / MLFLOW_DASHBOARD,
-                                _text_ready([run_name]), "MLflow runs page"),
+                                _text_ready([run_name]), "MLflow runs page", prepare=_expand_runs, fit=RUNS_FIT),
                 browser.capture(f"{base}/#/experiments/{experiment_id}/runs/{champion.run_id}/artifacts",
                                 out / MLFLOW_ARTIFACTS, _text_ready(artifacts),
                                 "MLflow artifacts page"),
