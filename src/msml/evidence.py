@@ -142,6 +142,10 @@ class Browser:
                     prepare(page)
                     page.wait_for_function(ready, timeout=wait_ms)
                     page.wait_for_load_state("networkidle", timeout=wait_ms)
+                # the layout settled: the content's bottom edge is the same at two polls 0.5 s apart
+                page.wait_for_function(f"() => {{ const b = ({CONTENT_BOTTOM_JS})(); const same = window.__msmlBottom"
+                                       f" === b; window.__msmlBottom = b; return same; }}", polling=500,
+                                       timeout=wait_ms)
                 if fit is not None:
                     page.set_viewport_size({"width": width, "height": max(300, min(height, int(page.evaluate(fit))))})
                     page.wait_for_timeout(300)  # one re-layout after the resize (not a data wait)
@@ -382,7 +386,7 @@ def mlflow_evidence(settings, out: str | Path, mlflow_url: str | None = None) ->
                 browser.capture(f"{base}/#/experiments/{experiment_id}", out / MLFLOW_DASHBOARD,
                                 _text_ready([run_name]), "MLflow runs page", prepare=_expand_runs, fit=RUNS_FIT),
                 browser.capture(f"{base}/#/experiments/{experiment_id}/runs/{champion.run_id}/artifacts",
-                                out / MLFLOW_ARTIFACTS, _text_ready(artifacts),
+                                out / MLFLOW_ARTIFACTS, _text_ready([*artifacts, "MLflow Model"]),
                                 "MLflow artifacts page"),
             ]
     finally:
