@@ -153,7 +153,14 @@ class Browser:
                 first = str(exc).strip().splitlines()[0]
                 raise CaptureError(f"{what}: the page did not show its content ({url}): {first}") from None
             bottom = max(200, min(page.evaluate(CONTENT_BOTTOM_JS) + 16, 20000 if full else height))
-            png = page.screenshot(clip={"x": 0, "y": 0, "width": width, "height": bottom}, full_page=full)
+            if full and bottom > height:
+                # a window as tall as the content, scrolled to the top: a fixed nav bar stays at the top (a
+                # full-page screenshot of a scrolled page draws it half-way down)
+                page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }")
+                page.set_viewport_size({"width": width, "height": bottom})
+                page.wait_for_function(f"() => ({CONTENT_BOTTOM_JS})() + 16 >= {bottom} && window.scrollY === 0",
+                                       timeout=wait_ms)
+            png = page.screenshot(clip={"x": 0, "y": 0, "width": width, "height": bottom})
         finally:
             page.close()
         from io import BytesIO
