@@ -64,6 +64,7 @@ def blank_bands(image, bands: int = 6, share: float = 0.998, tolerance: int = 12
     """
     grey = image.convert("L")
     width, height = grey.size
+    bands = max(1, min(bands, height // 150))  # a band of a short image still holds a line of text or a row
     step = max(1, height // bands)
     found = []
     for i in range(bands):
@@ -86,7 +87,7 @@ def check_capture(path: str | Path) -> Path:
         blank = blank_bands(image)
         size = image.size
     if blank:
-        raise CaptureError(f"{path.name}: blank capture ({size[0]}x{size[1]}, uniform band(s) {blank} of 6)")
+        raise CaptureError(f"{path.name}: blank capture ({size[0]}x{size[1]}, uniform horizontal band(s) {blank})")
     return path
 
 
