@@ -335,16 +335,33 @@ def evidence_monitoring(
     prometheus: str = typer.Option("http://127.0.0.1:9090", "--prometheus", help="Prometheus URL."),
     notifications: Optional[Path] = typer.Option(
         None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."),
-    grafana: Optional[str] = typer.Option(None, "--grafana", help="Grafana URL, when one runs (e.g. compose)."),
 ) -> None:
-    """Prometheus graphs per dashboard metric, its alert rules, the notifications, and Grafana when given."""
-    from msml.evidence import monitoring_evidence
+    """Prometheus graphs per dashboard metric, its rules and alerts pages, Alertmanager's notifications."""
+    from msml.evidence import prometheus_evidence
 
     settings = _settings(None)
     notifications = notifications or settings.run_dir / "monitoring" / "notifications.jsonl"
     try:
-        written = monitoring_evidence(out, prometheus, notifications, grafana_url=grafana)
+        written = prometheus_evidence(out, prometheus, notifications)
     except (RuntimeError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+@evidence_app.command("grafana")
+def evidence_grafana(
+    out: Path = typer.Option(Path("dist"), "--out", help="The `msml export --out` directory to complete."),
+    student: Optional[str] = typer.Option(None, "--student", help="Student name (default: MSML_STUDENT / config)."),
+) -> None:
+    """Grafana 11.6 in Docker against `make demo`'s stack: fire 3 alerts, capture panels, rules and notifications."""
+    from msml.export import ExportError
+    from msml.grafana import GrafanaError, grafana_evidence
+
+    settings = _settings(None).with_overrides(student=student)
+    try:
+        written = grafana_evidence(settings, out, echo=typer.echo)
+    except (GrafanaError, ExportError, RuntimeError) as exc:
         _fail(str(exc))
     for path in written:
         typer.echo(f"wrote {path}")
@@ -517,7 +534,6 @@ def export(
     prometheus: str = typer.Option("http://127.0.0.1:9090", "--prometheus", help="Running Prometheus."),
     notifications: Optional[Path] = typer.Option(
         None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."),
-    grafana: Optional[str] = typer.Option(None, "--grafana", help="Running Grafana (e.g. docker compose)."),
 ) -> None:
     """Write Eksperimen_SML_<student>/, Workflow-CI/ (git repositories), SMSML_<student>/ and its zip."""
     from msml.export import ExportError, MISSING_FILE, export as run
@@ -525,7 +541,7 @@ def export(
     settings = _settings(None).with_overrides(student=student, github_user=github_user, dockerhub_user=dockerhub_user)
     try:
         result = run(settings, out, evidence=evidence, model_url=model_url, gateway_url=gateway_url,
-                     prometheus_url=prometheus, notifications=notifications, grafana_url=grafana, echo=typer.echo)
+                     prometheus_url=prometheus, notifications=notifications, echo=typer.echo)
     except ExportError as exc:
         _fail(str(exc))
     for name, path in result.repositories.items():

@@ -1,29 +1,49 @@
-"""Evidence: screenshots of the running system with headless Chromium, saved as JPG.
+"""Evidence: screenshots of the running system, taken with the Debian Chromium driven by Playwright, saved as JPG.
 
-`screenshot()` is shared by every evidence command. `monitoring_evidence()` saves what the course's
-monitoring folders want: a Prometheus graph per dashboard metric (`1.monitoring_<metric>`), each alert's
-rule and state (`1.rules_<metric>`), the received webhook notifications rendered to an image
-(`2.notifikasi_<metric>`), and, given a Grafana URL, the Grafana dashboard panels and alert rules.
+Each capture waits for the page's own content (a JavaScript condition that holds once the data is drawn: a graph
+path, a rule's name, a table row), never for a fixed time; the image is cut to the content's height, then checked:
+`blank_bands()` rejects a capture with a mostly uniform band (an empty graph area, a page drawn half-way down).
+
+File names follow the course, numbered 1., 2., 3. ... within each folder and derived from
+`msml.monitoring.definitions` (never a hand-typed list): `prometheus_names()` for `4.bukti monitoring Prometheus/`
+(one graph per dashboard panel, then the Prometheus rules and alerts pages and Alertmanager's notifications) and
+`grafana_panel_names()` / `grafana_alert_names()` for the Grafana folders (`msml.grafana` fills those).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import tempfile
 import textwrap
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-)
+CHROMIUM_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--hide-scrollbars")
 BLOCKED_PORTS = (5060, 5061)  # Chromium refuses these (SIP) with ERR_UNSAFE_PORT
+WIDTH, HEIGHT = 1400, 900
+# The lowest bottom edge of anything visible that carries content: the capture is cut there (no empty tail).
+CONTENT_BOTTOM_JS = """() => {
+  let bottom = 0;
+  for (const el of document.querySelectorAll('body *')) {
+    const r = el.getBoundingClientRect();
+    if (!r.width || !r.height) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === 'hidden' || style.display === 'none') continue;
+    const leaf = ['svg', 'canvas', 'img', 'input', 'textarea', 'button', 'table'].includes(el.tagName.toLowerCase())
+      || [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    if (leaf) bottom = Math.max(bottom, r.bottom + window.scrollY);
+  }
+  return Math.ceil(bottom);
+}"""
+
+
+class CaptureError(RuntimeError):
+    """A page did not show its content, or the image came out blank; the message says which and where."""
 
 
 def chromium() -> str:
@@ -31,34 +51,137 @@ def chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    raise FileNotFoundError("headless Chromium is not installed (run scripts/install-system-deps.sh)")
+    raise CaptureError("headless Chromium is not installed (run scripts/install-system-deps.sh)")
 
 
-def screenshot(url: str, path: str | Path, width: int = 1400, height: int = 900, budget_ms: int = 10000,
-               timeout: float = 90.0) -> Path:
-    """Load `url` in headless Chromium and save the viewport as a JPG at `path`."""
+# --- the blank-capture check --------------------------------------------------------------------------------
+
+def blank_bands(image, bands: int = 6, share: float = 0.998, tolerance: int = 12) -> list[int]:
+    """Indexes of the horizontal bands (top to bottom) in which `share` of the pixels are one grey level (±tolerance).
+
+    A page with content has text, lines or a plot in every band of its content-cut capture; a blank capture,
+    an empty graph area or a page drawn half-way down leaves at least one band uniform.
+    """
+    grey = image.convert("L")
+    width, height = grey.size
+    bands = max(1, min(bands, height // 150))  # a band of a short image still holds a line of text or a row
+    step = max(1, height // bands)
+    found = []
+    for i in range(bands):
+        band = grey.crop((0, i * step, width, height if i == bands - 1 else (i + 1) * step))
+        histogram = band.histogram()
+        total = sum(histogram)
+        peak = max(range(256), key=histogram.__getitem__)
+        near = sum(histogram[max(0, peak - tolerance):peak + tolerance + 1])
+        if total and near / total >= share:
+            found.append(i)
+    return found
+
+
+def check_capture(path: str | Path) -> Path:
+    """Raise CaptureError when the image at `path` is blank or has a blank band; return the path."""
     from PIL import Image
 
-    port = urllib.parse.urlsplit(url).port
-    if port in BLOCKED_PORTS:
-        raise RuntimeError(f"Chromium refuses port {port} ({url}); serve it on another port")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="msml-chromium-") as tmp:
-        png = Path(tmp) / "shot.png"
-        cmd = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={Path(tmp) / 'profile'}",
-               f"--window-size={width},{height}", f"--virtual-time-budget={budget_ms}",
-               f"--screenshot={png}", url]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if not png.exists():
-            raise RuntimeError(f"Chromium saved no screenshot of {url} (exit {result.returncode}): "
-                               f"{result.stderr.strip()[-500:]}")
-        with Image.open(png) as image:
-            image.convert("RGB").save(path, "JPEG", quality=90)
+    with Image.open(path) as image:
+        blank = blank_bands(image)
+        size = image.size
+    if blank:
+        raise CaptureError(f"{path.name}: blank capture ({size[0]}x{size[1]}, uniform horizontal band(s) {blank})")
     return path
 
 
-def text_image(text: str, path: str | Path, title: str = "", width: int = 1400) -> Path:
+# --- capturing pages ----------------------------------------------------------------------------------------
+
+class Browser:
+    """One headless Chromium for a batch of captures (the Debian binary through Playwright's executable_path)."""
+
+    def __init__(self, timeout: float = 60.0) -> None:
+        self.timeout = timeout
+
+    def __enter__(self) -> "Browser":
+        from playwright.sync_api import sync_playwright
+
+        self._playwright = sync_playwright().start()
+        try:
+            self._browser = self._playwright.chromium.launch(executable_path=chromium(), args=list(CHROMIUM_FLAGS))
+        except Exception:
+            self._playwright.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._browser.close()
+        self._playwright.stop()
+
+    def capture(self, url: str, path: str | Path, ready: str, what: str, width: int = WIDTH,
+                height: int = HEIGHT, full: bool = False, timeout: float | None = None, prepare=None,
+                fit: str | None = None) -> Path:
+        """Open `url`, wait until the JavaScript expression `ready` is true, save the content as a JPG at `path`.
+
+        `full`: the whole page down to its content (a list of rules); else at most one `height` viewport.
+        `timeout`: seconds to wait for the content (default: the browser's). `prepare(page)` acts on the loaded
+        page (e.g. expands nested runs); `fit` is a JavaScript expression giving the height the content needs: the
+        viewport shrinks to it, so a page whose footer is pinned to the window's bottom leaves no empty gap.
+        """
+        from playwright.sync_api import Error as PlaywrightError
+        from PIL import Image
+
+        port = urllib.parse.urlsplit(url).port
+        if port in BLOCKED_PORTS:
+            raise CaptureError(f"Chromium refuses port {port} ({url}); serve it on another port")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        wait_ms = (timeout or self.timeout) * 1000
+        page = self._browser.new_page(viewport={"width": width, "height": height})
+        try:
+            try:
+                page.goto(url, wait_until="domcontentloaded", timeout=wait_ms)
+                page.wait_for_function(ready, timeout=wait_ms)
+                page.wait_for_load_state("networkidle", timeout=wait_ms)
+                if prepare is not None:
+                    prepare(page)
+                    page.wait_for_function(ready, timeout=wait_ms)
+                    page.wait_for_load_state("networkidle", timeout=wait_ms)
+                # the layout settled: the content's bottom edge is the same at two polls 0.5 s apart
+                page.wait_for_function(f"() => {{ const b = ({CONTENT_BOTTOM_JS})(); const same = window.__msmlBottom"
+                                       f" === b; window.__msmlBottom = b; return same; }}", polling=500,
+                                       timeout=wait_ms)
+                if fit is not None:
+                    page.set_viewport_size({"width": width, "height": max(300, min(height, int(page.evaluate(fit))))})
+                    page.wait_for_timeout(300)  # one re-layout after the resize (not a data wait)
+            except PlaywrightError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise CaptureError(f"{what}: the page did not show its content ({url}): {first}") from None
+            bottom = max(200, min(page.evaluate(CONTENT_BOTTOM_JS) + 16, 20000 if full else height))
+            if full and bottom > height:
+                # a window as tall as the content, scrolled to the top: a fixed nav bar stays at the top (a
+                # full-page screenshot of a scrolled page draws it half-way down)
+                page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }")
+                page.set_viewport_size({"width": width, "height": bottom})
+                page.wait_for_function(f"() => ({CONTENT_BOTTOM_JS})() + 16 >= {bottom} && window.scrollY === 0",
+                                       timeout=wait_ms)
+            png = page.screenshot(clip={"x": 0, "y": 0, "width": width, "height": bottom})
+        finally:
+            page.close()
+        from io import BytesIO
+
+        with Image.open(BytesIO(png)) as image:
+            image.convert("RGB").save(path, "JPEG", quality=90)
+        try:
+            return check_capture(path)
+        except CaptureError as exc:
+            path.unlink(missing_ok=True)
+            raise CaptureError(f"{what} ({url}): {exc}") from None
+
+
+def screenshot(url: str, path: str | Path, ready: str, what: str, **kw) -> Path:
+    """One capture in its own browser (see `Browser.capture`)."""
+    with Browser() as browser:
+        return browser.capture(url, path, ready, what, **kw)
+
+
+def text_image(text: str, path: str | Path, title: str = "", width: int = WIDTH) -> Path:
     """Render monospaced text (e.g. a JSON payload) to a JPG, for evidence that is data, not a page."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -84,88 +207,134 @@ def text_image(text: str, path: str | Path, title: str = "", width: int = 1400) 
     return path
 
 
-def prometheus_graph_url(prometheus_url: str, exprs: list[str], range_input: str = "15m") -> str:
-    """The Prometheus UI graph page with one panel per expression."""
+# --- names, from the definitions ------------------------------------------------------------------------------
+
+def numbered(stems: list[str]) -> list[str]:
+    """`1.<stem>.jpg`, `2.<stem>.jpg`, ...: the course numbers the files of each folder from 1."""
+    return [f"{i}.{stem}.jpg" for i, stem in enumerate(stems, start=1)]
+
+
+def prometheus_stems(notified: list[str] | None = None) -> list[str]:
+    """`4.bukti monitoring Prometheus/`: a graph per dashboard panel, the rules and alerts pages, then the
+    Alertmanager notification of each alert key in `notified` (default: every alert)."""
+    from msml.monitoring.definitions import ALERTS, PANELS
+
+    keys = [a.key for a in ALERTS if notified is None or a.key in notified]
+    return ([f"monitoring_{p.key}" for p in PANELS] + ["rules_prometheus", "alerts_prometheus"]
+            + [f"notifikasi_alertmanager_{k}" for k in keys])
+
+
+def grafana_panel_stems() -> list[str]:
+    """`5.bukti monitoring Grafana/`: one Grafana panel per dashboard metric."""
+    from msml.monitoring.definitions import PANELS
+
+    return [f"monitoring_{p.key}" for p in PANELS]
+
+
+def grafana_alert_stems(alert_keys: list[str]) -> list[str]:
+    """`6.bukti alerting Grafana/`: each alert's Grafana rule page, then its notification."""
+    return [stem for key in alert_keys for stem in (f"rules_{key}", f"notifikasi_{key}")]
+
+
+# --- Prometheus ---------------------------------------------------------------------------------------------
+
+def prometheus_graph_url(prometheus_url: str, exprs: list[str], range_input: str = "15m", classic: bool = True) -> str:
+    """The Prometheus graph page with one panel per expression (the classic UI where the React one is not built)."""
     params = {}
     for i, expr in enumerate(exprs):
         params.update({f"g{i}.expr": expr, f"g{i}.tab": "0", f"g{i}.range_input": range_input})
-    return f"{prometheus_url.rstrip('/')}/graph?{urllib.parse.urlencode(params)}"
+    page = "classic/graph" if classic else "graph"
+    return f"{prometheus_url.rstrip('/')}/{page}?{urllib.parse.urlencode(params)}"
 
 
-def prometheus_page(prometheus_url: str, page: str) -> str:
-    """`/<page>` of the React UI, or `/classic/<page>` where only the classic UI is built in (Debian's package)."""
-    base = prometheus_url.rstrip("/")
+def has_react_ui(prometheus_url: str) -> bool:
+    """Debian's Prometheus package ships only the classic UI: its /graph redirects to /classic/graph (or is a 404)."""
     try:
-        with urllib.request.urlopen(f"{base}/{page}", timeout=5):
-            return f"{base}/{page}"
+        with urllib.request.urlopen(f"{prometheus_url.rstrip('/')}/graph", timeout=5) as response:
+            return "/classic/" not in response.geturl()
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            return f"{base}/classic/{page}"
+            return False
         raise
+
+
+# Ready once every graph panel drew a line and its legend (classic: rickshaw SVG; React: flot canvas).
+GRAPH_READY = ("() => { const n = document.querySelectorAll('.graph_wrapper, .panel .graph-chart').length;"
+               " const drawn = document.querySelectorAll('.graph_area svg path.path').length"
+               " + document.querySelectorAll('.graph-chart canvas.flot-base').length;"
+               " const legend = [...document.querySelectorAll('.legend, .graph-legend')].every(l => l.textContent.trim());"
+               " return n > 0 && drawn >= n && legend; }")
+
+
+def _text_ready(words: list[str]) -> str:
+    return f"() => {{ const t = document.body.innerText; return {json.dumps(words)}.every(w => t.includes(w)); }}"
 
 
 def _alert_names(record: dict) -> set[str]:
     return {a.get("labels", {}).get("alertname", "") for a in record.get("payload", {}).get("alerts", [])}
 
 
-def notification_images(notifications: Path, out: Path) -> list[Path]:
-    """`2.notifikasi_<metric>.jpg` per alert with a received notification: its firing and resolved payloads."""
+def from_grafana(record: dict) -> bool:
+    """Grafana's webhook payload carries `orgId`; Alertmanager's does not."""
+    return "orgId" in record.get("payload", {})
+
+
+def notification_text(records: list[dict]) -> str | None:
+    """The first firing and first resolved notification of one alert, as text; None when none was firing."""
+    chosen = [r for status in ("firing", "resolved")
+              for r in [next((r for r in records if r["payload"].get("status") == status), None)] if r]
+    if not any(r["payload"].get("status") == "firing" for r in chosen):
+        return None
+    return "\n\n".join(f"POST {r['path']}  received_at={r['received_at']:.0f}\n" + json.dumps(r["payload"], indent=2)
+                        for r in chosen)
+
+
+def notifications_by_alert(notifications: Path, grafana: bool) -> dict[str, str]:
+    """{alert key: notification text} for each alert whose firing notification the receiver recorded, from
+    Grafana (`grafana`) or from Alertmanager."""
     from msml.monitoring.definitions import ALERTS
     from msml.monitoring.receiver import read_notifications
 
-    records = read_notifications(notifications)
-    written = []
+    records = [r for r in read_notifications(notifications) if from_grafana(r) == grafana]
+    found = {}
     for alert in ALERTS:
-        mine = [r for r in records if alert.name in _alert_names(r)]
-        if not mine:
-            continue
-        # the first firing and the first resolved notification tell the story; more would only repeat it
-        chosen = [r for status in ("firing", "resolved")
-                  for r in [next((r for r in mine if r["payload"].get("status") == status), None)] if r]
-        text = "\n\n".join(f"POST {r['path']}  received_at={r['received_at']:.0f}\n"
-                           + json.dumps(r["payload"], indent=2) for r in chosen)
-        written.append(text_image(text, out / f"2.notifikasi_{alert.key}.jpg",
-                                  title=f"Webhook notifications received for {alert.name}"))
-    return written
+        text = notification_text([r for r in records if alert.name in _alert_names(r)])
+        if text:
+            found[alert.key] = text
+    return found
 
 
-def monitoring_evidence(out: str | Path, prometheus_url: str, notifications: str | Path | None = None,
-                        grafana_url: str | None = None, panels: list[str] | None = None,
-                        alerts: list[str] | None = None) -> list[Path]:
-    """Save the monitoring screenshots under `out` ({prometheus,grafana,notifications}/...); return the paths.
+def prometheus_evidence(out: str | Path, prometheus_url: str, notifications: str | Path | None = None,
+                        panels: list[str] | None = None) -> list[Path]:
+    """`out/<n>.monitoring_<panel>.jpg` (a graph of each panel's queries), `<n>.rules_prometheus.jpg`,
+    `<n>.alerts_prometheus.jpg` and `<n>.notifikasi_alertmanager_<alert>.jpg`, numbered 1., 2., ... in that order.
 
-    `panels` / `alerts` limit which panel and alert keys are captured (default: all).
+    `panels` limits the panels captured (default: all). A panel whose queries return no data cannot be drawn:
+    CaptureError names it.
     """
     from msml.monitoring.definitions import ALERTS, PANELS
-    from msml.monitoring.render import DASHBOARD_UID, grafana_rule_uid, panel_ids
 
     out = Path(out)
-    chosen_panels = [p for p in PANELS if panels is None or p.key in panels]
-    chosen_alerts = [a for a in ALERTS if alerts is None or a.key in alerts]
+    texts = notifications_by_alert(Path(notifications), grafana=False) if notifications else {}
+    classic = not has_react_ui(prometheus_url)
+    base = prometheus_url.rstrip("/") + ("/classic" if classic else "")
+    chosen = [p for p in PANELS if panels is None or p.key in panels]
+    stems = [f"monitoring_{p.key}" for p in chosen] + prometheus_stems(list(texts))[len(PANELS):]
+    names = iter(numbered(stems))
     written = []
-    prom = out / "prometheus"
-    for panel in chosen_panels:
-        url = prometheus_graph_url(prometheus_url, [q.expr for q in panel.queries])
-        written.append(screenshot(url, prom / f"1.monitoring_{panel.key}.jpg"))
-    for alert in chosen_alerts:
-        url = prometheus_graph_url(prometheus_url, [alert.expr, f'ALERTS{{alertname="{alert.name}"}}'])
-        written.append(screenshot(url, prom / f"1.rules_{alert.key}.jpg"))
-    written.append(screenshot(prometheus_page(prometheus_url, "alerts"), prom / "alerts.jpg", height=1400))
-    written.append(screenshot(prometheus_page(prometheus_url, "rules"), prom / "rules.jpg", height=1400))
-    if notifications is not None:
-        written.extend(notification_images(Path(notifications), out / "notifications"))
-    if grafana_url:
-        graf = grafana_url.rstrip("/")
-        written.append(screenshot(f"{graf}/d/{DASHBOARD_UID}?orgId=1&kiosk", out / "grafana" / "dashboard.jpg",
-                                  height=2400, budget_ms=20000))
-        ids = panel_ids()
-        for panel in chosen_panels:
-            written.append(screenshot(f"{graf}/d-solo/{DASHBOARD_UID}?orgId=1&panelId={ids[panel.key]}",
-                                      out / "grafana" / f"1.monitoring_{panel.key}.jpg", budget_ms=15000))
-        written.append(screenshot(f"{graf}/alerting/list", out / "grafana" / "alert_rules.jpg", budget_ms=15000))
-        for alert in chosen_alerts:
-            written.append(screenshot(f"{graf}/alerting/grafana/{grafana_rule_uid(alert)}/view",
-                                      out / "grafana" / f"1.rules_{alert.key}.jpg", budget_ms=15000))
+    with Browser() as browser:
+        for panel in chosen:
+            url = prometheus_graph_url(prometheus_url, [q.expr for q in panel.queries], classic=classic)
+            written.append(browser.capture(url, out / next(names), GRAPH_READY, f"Prometheus graph of {panel.key}",
+                                           full=True))
+        alert_names = [a.name for a in ALERTS]
+        written.append(browser.capture(f"{base}/rules", out / next(names), _text_ready(alert_names),
+                                       "Prometheus rules page", full=True))
+        written.append(browser.capture(f"{base}/alerts", out / next(names), _text_ready(alert_names),
+                                       "Prometheus alerts page", full=True))
+    for key, text in texts.items():
+        name = next(a.name for a in ALERTS if a.key == key)
+        written.append(text_image(text, out / next(names), title=f"Alertmanager notifications received for {name}"))
     return written
 
 
@@ -173,6 +342,17 @@ def monitoring_evidence(out: str | Path, prometheus_url: str, notifications: str
 
 MLFLOW_DASHBOARD = "screenshoot_dashboard.jpg"
 MLFLOW_ARTIFACTS = "screenshoot_artifak.jpg"
+
+
+# The runs table's last row, plus the "N matching runs" footer MLflow pins to the window's bottom.
+RUNS_FIT = "() => Math.max(0, ...[...document.querySelectorAll('.ag-row')].map(r => r.getBoundingClientRect().bottom)) + 80"
+
+
+def _expand_runs(page) -> None:
+    """Expand each parent run (a tuning run and its trials) in MLflow's runs table."""
+    buttons = page.locator('.ag-row [col-id="attributes.`Run Name`"] button')
+    for i in range(buttons.count()):
+        buttons.nth(i).click()
 
 
 def mlflow_evidence(settings, out: str | Path, mlflow_url: str | None = None) -> list[Path]:
@@ -204,11 +384,19 @@ def mlflow_evidence(settings, out: str | Path, mlflow_url: str | None = None) ->
         if proc is not None:
             wait_ready(f"{mlflow_url}/health", timeout=90, log=log)
         base = mlflow_url.rstrip("/")
-        return [
-            screenshot(f"{base}/#/experiments/{experiment_id}", out / MLFLOW_DASHBOARD, budget_ms=15000),
-            screenshot(f"{base}/#/experiments/{experiment_id}/runs/{champion.run_id}/artifacts",
-                       out / MLFLOW_ARTIFACTS, budget_ms=15000),
-        ]
+        client = MlflowClient()
+        run_name = client.get_run(champion.run_id).info.run_name
+        artifacts = [a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(champion.run_id)][:6]
+        with Browser(timeout=90) as browser:
+            # ready: the runs table lists the champion's run (its nested trials expanded); the artifact tree lists
+            # the run's top-level artifacts
+            return [
+                browser.capture(f"{base}/#/experiments/{experiment_id}", out / MLFLOW_DASHBOARD,
+                                _text_ready([run_name]), "MLflow runs page", prepare=_expand_runs, fit=RUNS_FIT),
+                browser.capture(f"{base}/#/experiments/{experiment_id}/runs/{champion.run_id}/artifacts",
+                                out / MLFLOW_ARTIFACTS, _text_ready([*artifacts, "MLflow Model"]),
+                                "MLflow artifacts page"),
+            ]
     finally:
         if proc is not None:
             stop_process(proc)

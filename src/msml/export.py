@@ -55,7 +55,6 @@ GIT_AUTHOR = ("msml export", "msml-export@users.noreply.github.com")
 DEFAULT_MODEL_URL = "http://127.0.0.1:5001"
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
-DEFAULT_GRAFANA_URL = "http://127.0.0.1:3000"
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
 GITIGNORE = "__pycache__/\n.ipynb_checkpoints/\nmlflow.db\nmlartifacts/\nmlruns/\nci-output/\n.venv/\n"
 
@@ -285,7 +284,7 @@ def write_eksperimen(settings: Settings, root: Path, repo: Path, pins: list[str]
     name, student = settings.dataset, settings.student
     values = template_values(settings, root)
     course = course_files(settings, root)
-    shutil.copytree(settings.raw_path.parent, repo / f"{name}_raw", ignore=IGNORE)
+    _copy_raw(settings, repo / f"{name}_raw")
     notebooks = sorted((root / "notebooks").glob("Eksperimen_*.ipynb"))
     if not notebooks:
         raise ExportError(f"no notebooks/Eksperimen_*.ipynb in {root}")
@@ -406,10 +405,28 @@ def write_submission(settings: Settings, root: Path, folder: Path, pins: list[st
 
 
 def _copy_processed(settings: Settings, target: Path) -> None:
+    """Copy exactly the files `msml preprocess` writes (preprocessing.OUTPUT_FILES), nothing else of the folder."""
+    from msml.preprocessing import OUTPUT_FILES
+
     source = settings.processed_dir
-    if not (source / "report.json").is_file():
-        raise ExportError(f"no processed dataset in {source}: run `msml preprocess` first")
-    shutil.copytree(source, target, ignore=IGNORE)
+    absent = [name for name in OUTPUT_FILES if not (source / name).is_file()]
+    if absent:
+        raise ExportError(f"no complete processed dataset in {source} (missing {', '.join(absent)}): "
+                          "run `msml preprocess` first")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUT_FILES:
+        shutil.copy2(source / name, target / name)
+
+
+def _copy_raw(settings: Settings, target: Path) -> None:
+    """Copy the contract's raw file (and the data card README.md beside it, when there is one), nothing else."""
+    if not settings.raw_path.is_file():
+        raise ExportError(f"raw data file not found: {settings.raw_path}")
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(settings.raw_path, target / settings.raw_path.name)
+    card = settings.raw_path.parent / "README.md"
+    if card.is_file():
+        shutil.copy2(card, target / card.name)
 
 
 # --- evidence from the running system ---------------------------------------------------------------------
@@ -451,16 +468,43 @@ def serving_evidence(settings: Settings, target: Path, model_url: str, label: st
     return text_image(text, target, title=f"Serving {champion_uri(settings.model_name)}: a real request and response")
 
 
+def grafana_command(out: Path) -> str:
+    """The one command that fills the two Grafana folders (Grafana 11.6 in Docker against `make demo`'s stack)."""
+    return f"make demo && .venv/bin/msml evidence grafana --out {shlex.quote(str(out))}   # on a machine with Docker"
+
+
+def grafana_missing(out: Path, folder: Path) -> list[Missing]:
+    """The Grafana half of Kriteria 4: only a running Grafana produces it (`msml evidence grafana`)."""
+    from msml.evidence import grafana_panel_stems
+    from msml.grafana import ALERT_KEYS
+
+    rel = lambda p: str(p.relative_to(out))  # noqa: E731
+    monitoring = folder / MONITORING
+    command = grafana_command(out)
+    return [
+        Missing(rel(monitoring / GRAFANA_DIR) + "/",
+                f"Grafana dashboard panels, one per metric ({len(grafana_panel_stems())}: "
+                "1.monitoring_<metric>.jpg, 2. ...)", command),
+        Missing(rel(monitoring / ALERTING_DIR) + "/",
+                f"Grafana-managed alert rules and their notifications ({', '.join(ALERT_KEYS)}: "
+                "1.rules_<metric>.jpg, 2.notifikasi_<metric>.jpg, 3. ...)", command),
+    ]
+
+
 def collect_evidence(settings: Settings, out: Path, folder: Path, model_url: str, gateway_url: str,
-                     prometheus_url: str, notifications: Path, grafana_url: str | None,
-                     echo=print) -> tuple[list[Path], list[Missing]]:
-    """Take every screenshot the running servers allow; list the rest with the command that makes it."""
-    from msml.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, mlflow_evidence, monitoring_evidence
+                     prometheus_url: str, notifications: Path, echo=print) -> tuple[list[Path], list[Missing]]:
+    """Take every screenshot the running servers allow; list the rest with the command that makes it.
+
+    Prometheus pages go to `4.bukti monitoring Prometheus/` only; the Grafana folders are filled by
+    `msml evidence grafana` (a running Grafana), so they are always listed here.
+    """
+    from msml.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, CaptureError, mlflow_evidence, prometheus_evidence
 
     written: list[Path] = []
     missing: list[Missing] = []
     rel = lambda p: str(p.relative_to(out))  # noqa: E731
     model, monitoring = folder / MEMBANGUN, folder / MONITORING
+    again = f".venv/bin/msml export --out {shlex.quote(str(out))}"
 
     try:
         written += mlflow_evidence(settings, model)
@@ -468,8 +512,7 @@ def collect_evidence(settings: Settings, out: Path, folder: Path, model_url: str
         echo(f"  MLflow screenshots not taken: {exc}")
         for name in (MLFLOW_DASHBOARD, MLFLOW_ARTIFACTS):
             missing.append(Missing(rel(model / name), "MLflow UI: the experiment's runs / the champion's artifacts",
-                                   "make demo   # or: .venv/bin/msml tune  (registers a champion), then: "
-                                   ".venv/bin/msml export --evidence"))
+                                   f"make demo && {again}"))
 
     served = None
     for url, label in ((model_url, "mlflow models serve"), (gateway_url, "msml gateway → mlflow models serve")):
@@ -483,93 +526,99 @@ def collect_evidence(settings: Settings, out: Path, folder: Path, model_url: str
         written.append(served)
     else:
         missing.append(Missing(rel(monitoring / SERVING_IMAGE), "a real request to the served model and its response",
-                               f"make demo   # serves the champion on {model_url}; "
-                               "then: .venv/bin/msml export --evidence"))
+                               f"make demo && {again}   # make demo serves the champion on {model_url}"))
 
-    prometheus_up = _reachable(f"{prometheus_url.rstrip('/')}/-/ready")
-    with tempfile.TemporaryDirectory(prefix="msml-evidence-") as tmp:
-        shots: list[Path] = []
-        if prometheus_up:
-            try:
-                shots = monitoring_evidence(tmp, prometheus_url, notifications, grafana_url=grafana_url)
-            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:  # e.g. no Chromium
-                echo(f"  monitoring screenshots not taken: {exc}")
-                prometheus_up = False
-        for shot in shots:
-            kind, name = shot.parent.name, shot.name
-            if kind == "prometheus" and name.startswith("1.monitoring_"):
-                target = monitoring / PROMETHEUS_DIR / name
-            elif kind == "grafana" and name.startswith("1.monitoring_"):
-                target = monitoring / GRAFANA_DIR / name
-            elif name.startswith("1.rules_") and kind == ("grafana" if grafana_url else "prometheus"):
-                target = monitoring / ALERTING_DIR / name
-            elif kind == "notifications":
-                target = monitoring / ALERTING_DIR / name
-            else:
-                continue
-            shutil.copy2(shot, target)
-            written.append(target)
-    if prometheus_up:
-        if not any(p.parent.name == ALERTING_DIR and p.name.startswith("2.notifikasi_") for p in written):
-            missing.append(Missing(rel(monitoring / ALERTING_DIR) + "/2.notifikasi_<metric>.jpg",
-                                   f"alert notifications (none recorded in {notifications})",
-                                   "make demo && .venv/bin/msml loadgen --duration 720 --rate 20 --drift-share 1.0 "
-                                   "# DataDriftPSI fires after its 10 min; then: .venv/bin/msml export --evidence"))
-    else:
-        for sub, what in ((PROMETHEUS_DIR, "Prometheus graphs 1.monitoring_<metric>.jpg"),
-                          (ALERTING_DIR, "alert rules 1.rules_<metric>.jpg, notifications 2.notifikasi_<metric>.jpg")):
-            missing.append(Missing(rel(monitoring / sub) + "/", what, f"make demo   # Prometheus on {prometheus_url}; "
-                                   "then: .venv/bin/msml export --evidence"))
-
-    if not grafana_url:
-        grafana_command = ("docker compose up -d && make demo && "
-                           f".venv/bin/msml export --evidence --grafana {DEFAULT_GRAFANA_URL}   # on a machine with Docker")
-        missing.append(Missing(rel(monitoring / GRAFANA_DIR) + "/",
-                               "Grafana dashboard panels 1.monitoring_<metric>.jpg (needs a running Grafana)",
-                               grafana_command))
-        missing.append(Missing(rel(monitoring / ALERTING_DIR) + "/1.rules_<metric>.jpg (Grafana)",
-                               "Grafana alert rule pages (needs a running Grafana)", grafana_command))
-    return written, missing
+    prometheus_dir = monitoring / PROMETHEUS_DIR
+    taken: list[Path] = []
+    if _reachable(f"{prometheus_url.rstrip('/')}/-/ready"):
+        try:
+            taken = prometheus_evidence(prometheus_dir, prometheus_url, notifications)
+        except (CaptureError, OSError) as exc:
+            echo(f"  Prometheus screenshots not taken: {exc}")
+            for stale in prometheus_dir.glob("*.jpg"):  # a half-numbered folder would mislead
+                stale.unlink()
+            taken = []
+    written += taken
+    if not taken:
+        missing.append(Missing(rel(prometheus_dir) + "/",
+                               "Prometheus graphs 1.monitoring_<metric>.jpg ..., its rules and alerts pages, "
+                               "Alertmanager notifications", f"make demo && {again}   # Prometheus on {prometheus_url}"))
+    return written, missing + grafana_missing(out, folder)
 
 
 def not_taken(out: Path, folder: Path) -> list[Missing]:
     """`--no-evidence`: every evidence item, with the command that produces it."""
     rel = lambda p: str(p.relative_to(out))  # noqa: E731
-    command = "make demo && .venv/bin/msml export --evidence"
+    command = f"make demo && .venv/bin/msml export --out {shlex.quote(str(out))}"
     model, monitoring = folder / MEMBANGUN, folder / MONITORING
     return [
         Missing(rel(model / "screenshoot_dashboard.jpg"), "MLflow UI: the experiment's runs", command),
         Missing(rel(model / "screenshoot_artifak.jpg"), "MLflow UI: the champion run's artifacts", command),
         Missing(rel(monitoring / SERVING_IMAGE), "a real request to the served model and its response", command),
-        Missing(rel(monitoring / PROMETHEUS_DIR) + "/", "Prometheus graphs 1.monitoring_<metric>.jpg", command),
-        Missing(rel(monitoring / GRAFANA_DIR) + "/", "Grafana dashboard panels (needs a running Grafana)",
-                "docker compose up -d && make demo && "
-                f".venv/bin/msml export --evidence --grafana {DEFAULT_GRAFANA_URL}   # on a machine with Docker"),
-        Missing(rel(monitoring / ALERTING_DIR) + "/", "alert rules 1.rules_<metric>.jpg, notifications "
-                "2.notifikasi_<metric>.jpg", f"{command} [--grafana {DEFAULT_GRAFANA_URL}]"),
+        Missing(rel(monitoring / PROMETHEUS_DIR) + "/", "Prometheus graphs 1.monitoring_<metric>.jpg ..., its rules "
+                "and alerts pages, Alertmanager notifications", command),
+        *grafana_missing(out, folder),
     ]
 
 
 def missing_report(missing: list[Missing]) -> str:
     lines = ["# Evidence not produced by this export", "",
              "Evidence comes only from running servers; these were not running (or not reachable) during the export.",
-             "Run the command, then export again: the files land in place. Nothing below is filled with a placeholder.",
+             "Run the command: the files land in place (and the zip is refreshed). Nothing below is a placeholder.",
              ""]
     for item in missing:
         lines += [f"- `{item.path}` — {item.what}", "  ```", f"  {item.command}", "  ```"]
     return "\n".join(lines) + "\n"
 
 
-# --- git and zip ----------------------------------------------------------------------------------------------
+# --- names, git and zip ---------------------------------------------------------------------------------------
 
-def git_init(repo: Path, message: str) -> None:
-    """`git init -b main` and one commit by "msml export" (set for that commit only, not in the repo's config)."""
+NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_names(settings: Settings) -> None:
+    """Student and user names become folder, repository and image names: letters, digits, `-` and `_` only."""
+    for option, value in (("--student", settings.student), ("--github-user", settings.github_user),
+                          ("--dockerhub-user", settings.dockerhub_user)):
+        if not NAME.fullmatch(value or ""):
+            raise ExportError(f"{option} {value!r} is not a valid name: use only letters, digits, '-' and '_'")
+
+
+def clear_worktree(repo: Path) -> None:
+    """Remove everything in `repo` but its `.git`: a re-export writes the files anew on top of the history."""
+    if not repo.exists():
+        return
+    for path in repo.iterdir():
+        if path.name == ".git":
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def git_commit(repo: Path, message: str) -> bool:
+    """Commit the export on `main` by "msml export" (set for that commit only, not in the repo's config).
+
+    A new folder gets `git init -b main` and its first commit; an existing clone (a re-export) gets a commit on
+    top of its history, so pushing it fast-forwards. Returns False when nothing changed (no empty commit).
+    """
     name, email = GIT_AUTHOR
     base = ["git", "-c", f"user.name={name}", "-c", f"user.email={email}", "-c", "commit.gpgsign=false"]
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", message]):
+
+    def git(*args: str) -> str:
         result = subprocess.run([*base, *args], cwd=repo, capture_output=True, text=True)
         if result.returncode != 0:
             raise ExportError(f"git {args[0]} in {repo} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    if not (repo / ".git").exists():
+        git("init", "-q", "-b", "main")
+    git("add", "-A")
+    if not git("status", "--porcelain").strip():
+        return False
+    git("commit", "-q", "-m", message)
+    return True
 
 
 def zip_folder(folder: Path, archive: Path) -> Path:
@@ -587,18 +636,25 @@ def zip_folder(folder: Path, archive: Path) -> Path:
 
 def export(settings: Settings, out: str | Path, evidence: bool = True, model_url: str = DEFAULT_MODEL_URL,
            gateway_url: str = DEFAULT_GATEWAY_URL, prometheus_url: str = DEFAULT_PROMETHEUS_URL,
-           notifications: str | Path | None = None, grafana_url: str | None = None, echo=print) -> ExportResult:
+           notifications: str | Path | None = None, echo=print) -> ExportResult:
     """Write the three units, the zip and the missing-evidence list under `out` (replacing an earlier export)."""
     root = settings.root
+    check_names(settings)
     out = Path(out).resolve()
     student = settings.student
     eksperimen = out / eksperimen_name(student)
     workflow_ci = out / WORKFLOW_CI
     submission = out / submission_name(student)
     archive = out / f"{submission_name(student)}.zip"
-    for path in (eksperimen, workflow_ci, submission):
-        if path.exists():
-            shutil.rmtree(path)
+    for repo in (eksperimen, workflow_ci):
+        clear_worktree(repo)
+    kept = tempfile.TemporaryDirectory(prefix="msml-export-grafana-")
+    grafana_dirs = [submission / MONITORING / sub for sub in (GRAFANA_DIR, ALERTING_DIR)]
+    for i, sub in enumerate(grafana_dirs):  # `msml evidence grafana` made these: an export does not undo it
+        if sub.is_dir():
+            shutil.copytree(sub, Path(kept.name) / str(i))
+    if submission.exists():
+        shutil.rmtree(submission)
     for path in (archive, out / MISSING_FILE):
         path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -612,17 +668,26 @@ def export(settings: Settings, out: str | Path, evidence: bool = True, model_url
     write_submission(settings, root, submission, pins)
     seconds["write"] = time.perf_counter() - started
 
+    with kept:
+        for i, sub in enumerate(grafana_dirs):
+            if (Path(kept.name) / str(i)).is_dir():
+                shutil.copytree(Path(kept.name) / str(i), sub, dirs_exist_ok=True)
+
     started = time.perf_counter()
     if evidence:
         notifications = Path(notifications or settings.run_dir / "monitoring" / "notifications.jsonl")
         taken, missing = collect_evidence(settings, out, submission, model_url, gateway_url, prometheus_url,
-                                          notifications, grafana_url, echo=echo)
+                                          notifications, echo=echo)
     else:
         taken, missing = [], not_taken(out, submission)
+    from msml.grafana import grafana_evidence_complete
+
+    if grafana_evidence_complete(submission / MONITORING / GRAFANA_DIR, submission / MONITORING / ALERTING_DIR):
+        missing = [m for m in missing if m not in grafana_missing(out, submission)]
     seconds["evidence"] = time.perf_counter() - started
 
-    git_init(eksperimen, f"{eksperimen.name}: raw data, experiment notebook, automated preprocessing (msml export)")
-    git_init(workflow_ci, f"{WORKFLOW_CI}: MLflow Project and training CI (msml export)")
+    git_commit(eksperimen, f"{eksperimen.name}: raw data, experiment notebook, automated preprocessing (msml export)")
+    git_commit(workflow_ci, f"{WORKFLOW_CI}: MLflow Project and training CI (msml export)")
     zip_folder(submission, archive)
     if missing:
         (out / MISSING_FILE).write_text(missing_report(missing))

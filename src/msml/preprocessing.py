@@ -41,6 +41,8 @@ TEST_CLEAN_FILE = "test_clean.csv"
 TRANSFORMER_FILE = "transformer.joblib"
 REPORT_FILE = "report.json"
 QUARANTINE_FILE = "quarantine.csv"
+# Everything `preprocess` writes, and all an export copies of the folder.
+OUTPUT_FILES = (TRAIN_FILE, TEST_FILE, TRAIN_CLEAN_FILE, TEST_CLEAN_FILE, TRANSFORMER_FILE, REPORT_FILE, QUARANTINE_FILE)
 
 
 def load_raw(path: str | Path, contract: Contract) -> pd.DataFrame:

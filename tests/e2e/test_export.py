@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,8 @@ import yaml
 from msml.config import DEFAULT_DOCKERHUB_USER, DEFAULT_GITHUB_USER, DEFAULT_STUDENT, load_settings
 from msml.contract import Contract
 from msml.export import (ALERTING_DIR, EXPORTER, GRAFANA_DIR, INFERENCE, MISSING_FILE, PROMETHEUS_DIR, SERVING_IMAGE,
-                         collect_evidence, course_files, runtime_requirements, serving_evidence, write_eksperimen,
+                         ExportError, _copy_processed, _copy_raw, check_names, collect_evidence, course_files,
+                         runtime_requirements, serving_evidence, write_eksperimen,
                          write_submission, write_workflow_ci)
 from tests.conftest import ROOT, run_msml
 from tests.helpers import lint_workflows
@@ -122,7 +124,10 @@ def test_missing_evidence_is_listed_with_commands_not_faked(exported):
     for item in EVIDENCE:
         assert f"`{item}`" in report, item
         assert not any((exported / item).glob("*")) if item.endswith("/") else not (exported / item).exists()
-    assert "msml export --evidence" in report and "docker compose up -d" in report
+    assert "docker compose" not in report  # compose publishes make demo's ports: never both
+    grafana_items = [line for line in report.splitlines() if GRAFANA_DIR in line or ALERTING_DIR in line]
+    assert len(grafana_items) == 2
+    assert report.count(f"make demo && .venv/bin/msml evidence grafana --out {exported}") == 2
     assert not list(exported.rglob("*.jpg"))
 
 
@@ -420,7 +425,7 @@ def test_without_running_servers_every_evidence_is_listed_and_nothing_written(tm
     folder = tmp_path / SUB
     dead = "http://127.0.0.1:9"  # discard port: nothing answers
     written, missing = collect_evidence(settings, tmp_path, folder, dead, dead, dead, tmp_path / "none.jsonl",
-                                        None, echo=lambda _: None)
+                                        echo=lambda _: None)
     assert written == [] and not list(tmp_path.rglob("*.jpg"))
     listed = {m.path for m in missing}
     for item in EVIDENCE:
@@ -429,7 +434,8 @@ def test_without_running_servers_every_evidence_is_listed_and_nothing_written(tm
 
 
 def test_serving_evidence_renders_a_live_request_and_response(processed, contract, tmp_path, monkeypatch):
-    """1.bukti_serving.jpg from a real `mlflow models serve` of a registered champion: the text is the live answer."""
+    """1.bukti_serving.jpg from a real `mlflow models serve` of a registered champion: the text is the live answer;
+    then the MLflow UI screenshots of that champion, non-blank."""
     import httpx
 
     import msml.evidence
@@ -456,3 +462,81 @@ def test_serving_evidence_renders_a_live_request_and_response(processed, contrac
     assert "HTTP 200" in rendered["text"]
     assert set(body["dataframe_records"][0]) == set(Contract.load().features)
 
+    # the MLflow UI pages of the same store (its own `mlflow server`), each captured once its content showed
+    from msml.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, check_capture, mlflow_evidence
+
+    ui = settings.with_overrides(artifact_root=tmp_path / "registry" / "artifacts", experiment="serving-tests",
+                                 model_name=contract.model_name)
+    shots = mlflow_evidence(ui, tmp_path / "mlflow")
+    assert [p.name for p in shots] == [MLFLOW_DASHBOARD, MLFLOW_ARTIFACTS]
+    for shot in shots:
+        check_capture(shot)
+
+
+
+# --- re-export and safety -----------------------------------------------------------------------------------------
+
+def _git(path, *args):
+    result = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_a_second_export_into_pushed_clones_adds_a_commit_that_fast_forwards(exported, tmp_path):
+    """The student pushed the first export, cloned it back, exports again (another Docker Hub user): the clone gets
+    one new commit on top of the pushed one, and `git push` fast-forwards the remote."""
+    dist = tmp_path / "dist"
+    remotes = {}
+    for repo in (EKS, "Workflow-CI"):
+        remotes[repo] = tmp_path / f"{repo}.git"
+        subprocess.run(["git", "clone", "-q", "--bare", str(exported / repo), str(remotes[repo])], check=True)
+        subprocess.run(["git", "clone", "-q", str(remotes[repo]), str(dist / repo)], check=True)
+    (dist / "Workflow-CI" / "stale.txt").write_text("a file the new export does not write")
+    first = {repo: _git(dist / repo, "rev-parse", "HEAD") for repo in remotes}
+    result = run_msml("export", "--out", str(dist), "--no-evidence", "--dockerhub-user", "other-user", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for repo in remotes:
+        clone = dist / repo
+        assert _git(clone, "status", "--porcelain") == ""
+        assert _git(clone, "rev-parse", "HEAD~1") == first[repo]  # on top of the pushed history
+        assert _git(clone, "remote", "get-url", "origin") == str(remotes[repo])  # the clone stays a clone
+        push = subprocess.run(["git", "-C", str(clone), "push", "origin", "main"], capture_output=True, text=True)
+        assert push.returncode == 0 and "rejected" not in push.stderr, push.stderr
+        assert _git(remotes[repo], "rev-parse", "main") == _git(clone, "rev-parse", "HEAD")
+    assert not (dist / "Workflow-CI" / "stale.txt").exists()
+    assert "IMAGE: other-user/" in (dist / "Workflow-CI/.github/workflows/training.yml").read_text()
+
+
+def test_bad_names_are_refused_with_one_clear_line(tmp_path):
+    result = run_msml("export", "--out", str(tmp_path / "dist"), "--no-evidence", "--student", "Yudha Elfransyah",
+                      timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip() == ("error: --student 'Yudha Elfransyah' is not a valid name: "
+                                     "use only letters, digits, '-' and '_'")
+    assert not (tmp_path / "dist").exists()
+    settings = load_settings(root=ROOT)
+    for field, option, value in (("github_user", "--github-user", "../x"), ("dockerhub_user", "--dockerhub-user", "a;b"),
+                                 ("student", "--student", "")):
+        with pytest.raises(ExportError, match=f"^{option} {re.escape(repr(value))} is not a valid name"):
+            check_names(settings.with_overrides(**{field: value}))
+    check_names(settings.with_overrides(student="Ani_2", github_user="ani-gh"))  # letters, digits, - and _ pass
+
+
+def test_only_the_raw_file_and_the_listed_processed_outputs_are_copied(tmp_path):
+    from msml.preprocessing import OUTPUT_FILES
+
+    raw_dir, processed = tmp_path / "raw", tmp_path / "processed"
+    shutil.copytree(ROOT / "data" / "adult_raw", raw_dir)
+    shutil.copytree(ROOT / "data" / DATA, processed)
+    for folder in (raw_dir, processed):
+        (folder / "credentials.env").write_text("TOKEN=not-for-export\n")
+        (folder / "scratch").mkdir()
+        (folder / "scratch" / "big.bin").write_bytes(b"x")
+    settings = load_settings(root=ROOT).with_overrides(raw_path=raw_dir / "adult.csv", processed_dir=processed)
+    _copy_raw(settings, tmp_path / "out_raw")
+    _copy_processed(settings, tmp_path / "out_processed")
+    assert {p.name for p in (tmp_path / "out_raw").iterdir()} == {"adult.csv", "README.md"}
+    assert {p.name for p in (tmp_path / "out_processed").iterdir()} == set(OUTPUT_FILES) == PROCESSED_FILES
+    (processed / "train.csv.gz").unlink()
+    with pytest.raises(ExportError, match="missing train.csv.gz"):
+        _copy_processed(settings, tmp_path / "again")

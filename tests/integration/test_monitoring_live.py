@@ -153,18 +153,20 @@ def test_the_targets_are_scraped_and_the_rules_loaded(live):
     assert all(rule["health"] == "ok" for g in groups for rule in g["rules"]), groups
 
 
-def test_evidence_screenshot_of_a_prometheus_graph(live, tmp_path):
-    from msml.evidence import monitoring_evidence
-
-    written = monitoring_evidence(tmp_path, live.stack.prometheus_url, panels=["throughput"], alerts=[])
-    shot = tmp_path / "prometheus" / "1.monitoring_throughput.jpg"
-    assert shot in written and shot.stat().st_size > 20_000  # a rendered page, not a blank one
+def test_prometheus_evidence_is_numbered_and_every_image_shows_its_content(live, tmp_path):
+    """Every Prometheus page of `4.bukti monitoring Prometheus/`, captured after its data drew, none blank."""
     from PIL import Image
 
-    with Image.open(shot) as image:
-        assert image.format == "JPEG" and image.size == (1400, 900)
-        low, high = image.convert("L").getextrema()
-        assert high - low > 100  # not a blank page
+    from msml.evidence import check_capture, numbered, prometheus_evidence, prometheus_stems
+
+    written = prometheus_evidence(tmp_path, live.stack.prometheus_url, live.stack.notifications)
+    notified = [n.split("notifikasi_alertmanager_", 1)[1].removesuffix(".jpg") for n in
+                (p.name for p in written) if "notifikasi_alertmanager_" in n]
+    assert [p.name for p in written] == numbered(prometheus_stems(notified))
+    for shot in written:
+        check_capture(shot)  # raises on a blank or half-drawn capture
+        with Image.open(shot) as image:
+            assert image.format == "JPEG" and image.width == 1400 and image.height >= 200
 
 
 if __name__ == "__main__":  # pragma: no cover
