@@ -9,19 +9,26 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: demo test down bench system venv clean ci-local
 
+# The stamp is written last: an interrupted install is redone; a broken .venv is rebuilt by make-venv.sh.
 $(VENV)/.installed: pyproject.toml requirements.lock
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@bash scripts/make-venv.sh $(PYTHON) $(VENV)
+	@echo "installing the locked Python dependencies into $(VENV) (first time: a few minutes)"
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements.lock -e ".[dev]"
 	@touch $@
 
-venv: $(VENV)/.installed
+# make-venv.sh runs every time (it is quick): a .venv broken after its stamp was written is rebuilt too
+venv:
+	@bash scripts/make-venv.sh $(PYTHON) $(VENV)
+	@$(MAKE) --no-print-directory $(VENV)/.installed
 
 system:
 	@bash scripts/install-system-deps.sh
 
-demo: venv
-	$(BIN)/msml demo
+# system first: Prometheus/Alertmanager missing must not cost minutes of training. Ports etc.: DEMO_ARGS,
+# e.g. make demo DEMO_ARGS="--mlflow-port 5050 --trials 3" (`msml demo --help` lists them).
+demo: venv system
+	$(BIN)/msml demo $(DEMO_ARGS)
 
 test: venv system
 	$(BIN)/python -m pytest

@@ -1,10 +1,15 @@
-"""The `msml` command: one sub-command per pipeline stage. It only wires options to the modules."""
+"""The `msml` command: one sub-command per pipeline stage. It only wires options to the modules.
+
+Expected failures (`msml.errors.MsmlError`) are caught once, in `main`: one line on stderr and the
+error's exit code (0 ok, 1 check failed, 2 bad input, 3 tracking/registry, 4 port busy, 5 program
+missing, 6 server not ready, 7 export). Anything else is a bug: a traceback, without local variables.
+Credentials in any URI printed by this process are masked.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from functools import wraps
 from pathlib import Path
 from typing import Optional
 
@@ -12,8 +17,11 @@ import typer
 
 from msml.config import DEFAULT_TRIALS, Settings, load_settings
 from msml.contract import DEFAULT_MAX_INVALID_SHARE, DataError
+from msml.errors import MaskingStream, MsmlError, TrackingError, mask
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# show_locals=False: a traceback's local variables can hold a tracking password or token
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0],
+                  pretty_exceptions_show_locals=False)
 
 ContractOpt = typer.Option(None, "--contract", help="Dataset contract YAML (default: the Adult contract).")
 RawOpt = typer.Option(None, "--raw", help="Raw CSV (default: data/<dataset>_raw/<dataset>.csv).")
@@ -30,23 +38,30 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def handles_errors(func):
-    """Known failures become one clear line on stderr and a non-zero exit, not a traceback."""
+    """Marks a command whose expected failures (MsmlError) `main` turns into one line and an exit code.
 
-    @wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except DataError as exc:
-            _fail(str(exc))
+    Kept as a marker so commands written before the single handler need no change; it adds nothing."""
+    return func
 
-    return wrapper
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"msml {version('msml')} (mlflow {version('mlflow')}, Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the versions of msml, MLflow and Python, then exit."),
+) -> None:
+    pass
 
 
 def _settings(contract: Optional[Path]) -> Settings:
-    try:
-        return load_settings(contract_path=contract)
-    except DataError as exc:
-        _fail(str(exc))
+    return load_settings(contract_path=contract)
 
 
 @app.command()
@@ -160,7 +175,7 @@ def _register(settings: Settings, model_uri: str, run_id: str) -> None:
     try:
         promotion = register_and_promote(model_uri, settings.model_name, run_id)
     except MlflowException as exc:
-        _fail(f"registry: {exc.message}")
+        raise TrackingError(f"registry: {exc.message}") from None
     state = "promoted to @champion" if promotion.promoted else "registered, not promoted"
     typer.echo(f"{promotion.uri}: {state} ({promotion.reason})")
 
@@ -176,15 +191,25 @@ def demo(
     contract: Optional[Path] = ContractOpt,
     trials: int = typer.Option(DEFAULT_TRIALS, "--trials", min=1, help="Optuna trials for the tuned model."),
     traffic: float = typer.Option(20.0, "--traffic-seconds", min=1, max=600, help="Seconds of demo traffic."),
+    gateway_port: int = typer.Option(8000, "--gateway-port", help="Port of the gateway (API, /metrics)."),
+    model_port: int = typer.Option(5001, "--model-port", help="Port of MLflow's scoring server."),
+    mlflow_port: int = typer.Option(5000, "--mlflow-port", help="Port of the MLflow tracking server and UI."),
+    prometheus_port: int = typer.Option(9090, "--prometheus-port", help="Port of Prometheus."),
+    alertmanager_port: int = typer.Option(9093, "--alertmanager-port", help="Port of Alertmanager."),
+    receiver_port: int = typer.Option(9095, "--receiver-port", help="Port of the alert webhook receiver."),
 ) -> None:
     """The main job on embedded defaults: data → tracked, registered model → served, monitored, with traffic."""
     from msml.demo import run_demo
+    from msml.monitoring.render import Ports
 
     settings = _settings(contract)
+    ports = Ports(gateway=gateway_port, model_server=model_port, mlflow=mlflow_port, prometheus=prometheus_port,
+                  alertmanager=alertmanager_port, receiver=receiver_port)
     try:
-        urls = run_demo(settings, trials=trials, traffic_seconds=traffic, echo=typer.echo)
-    except RuntimeError as exc:
-        _fail(f"{exc}\n(`make down` stops whatever was started)")
+        urls = run_demo(settings, trials=trials, traffic_seconds=traffic, ports=ports, echo=typer.echo)
+    except MsmlError as exc:
+        exc.args = (f"{exc} (`make down` stops whatever was started)",)
+        raise
     typer.echo("\nrunning (stop everything with `make down`):")
     for name, url in urls.items():
         typer.echo(f"  {name:16} {url}")
@@ -192,11 +217,17 @@ def demo(
 
 @app.command()
 def down() -> None:
-    """Stop exactly the servers `msml demo` started (pid files in .run/)."""
+    """Stop exactly the servers `msml demo` started (pid files in .run/) and report the pid files it left alone."""
     from msml.demo import stop_all
 
-    stopped = stop_all(_settings(None))
+    found = stop_all(_settings(None))
+    stopped = [name for name, f in found.items() if f.state == "ours"]
     typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    for name, f in found.items():
+        if f.state == "gone":
+            typer.echo(f"{name}: pid {f.pid} had already exited; removed {f.path}")
+        elif f.state in ("foreign", "unreadable"):
+            typer.echo(f"{name}: left alone ({f.detail}); removed {f.path}")
 
 
 # --- Kriteria 3: the MLflow Project and the CI retraining job --------------------------------------------------
@@ -308,10 +339,7 @@ def monitoring_up(
     settings = _settings(None)
     ports = Ports(gateway=gateway_port, prometheus=prometheus_port, alertmanager=alertmanager_port,
                   receiver=receiver_port)
-    try:
-        started = stack.start(settings.run_dir, ports, FAST if fast else PRODUCTION)
-    except (RuntimeError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    started = stack.start(settings.run_dir, ports, FAST if fast else PRODUCTION)
     for name, url in started.urls().items():
         typer.echo(f"{name:13s} {url}")
 
@@ -407,8 +435,6 @@ def serve(
         typer.echo(f"model server ready: {server.url} (/ping, /invocations); Ctrl-C stops it")
         server.proc.wait()
         _fail(f"model server exited with code {server.proc.returncode} (log: {server.log})", code=1)
-    except RuntimeError as exc:
-        _fail(str(exc))
     except KeyboardInterrupt:
         typer.echo("stopping the model server")
     finally:
@@ -541,8 +567,19 @@ def export(
     typer.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
 
 
+def _one_line(text: str, limit: int = 1000) -> str:
+    flat = " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def main() -> None:
-    app(prog_name="msml")
+    # every line this process prints passes the credential mask (MLflow's own "View run at <uri>" too)
+    sys.stdout, sys.stderr = MaskingStream(sys.stdout), MaskingStream(sys.stderr)
+    try:
+        app(prog_name="msml")
+    except MsmlError as exc:  # the one place expected failures are caught
+        typer.secho(f"error: {_one_line(mask(str(exc)))}", fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -61,8 +61,7 @@ IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
 GITIGNORE = "__pycache__/\n.ipynb_checkpoints/\nmlflow.db\nmlartifacts/\nmlruns/\nci-output/\n.venv/\n"
 
 
-class ExportError(RuntimeError):
-    """The export cannot be written; the message says why."""
+from msml.errors import ExportError  # noqa: E402,F401  (exit code 7; see msml.errors)
 
 
 def eksperimen_name(student: str) -> str:
@@ -561,6 +560,7 @@ def export(settings: Settings, out: str | Path, evidence: bool = True, model_url
     started = time.perf_counter()
     pins = runtime_requirements(root)
     with tempfile.TemporaryDirectory(prefix="msml-export-") as tmp:
+        echo("building the msml wheel (the exported scripts install it)…")  # progress: this takes a while
         wheel = build_wheel(root, Path(tmp))
         seconds["wheel"] = time.perf_counter() - started
         echo(f"built {wheel.name} ({len(pins)} pinned runtime dependencies)")
@@ -572,6 +572,7 @@ def export(settings: Settings, out: str | Path, evidence: bool = True, model_url
 
     started = time.perf_counter()
     if evidence:
+        echo("taking screenshots of the running system (MLflow UI, Prometheus, alerts)…")
         notifications = Path(notifications or settings.run_dir / "monitoring" / "notifications.jsonl")
         taken, missing = collect_evidence(settings, out, submission, model_url, gateway_url, prometheus_url,
                                           notifications, grafana_url, echo=echo)
