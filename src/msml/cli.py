@@ -546,14 +546,11 @@ def export(
     grafana: Optional[str] = typer.Option(None, "--grafana", help="Running Grafana (e.g. docker compose)."),
 ) -> None:
     """Write Eksperimen_SML_<student>/, Workflow-CI/ (git repositories), SMSML_<student>/ and its zip."""
-    from msml.export import ExportError, MISSING_FILE, export as run
+    from msml.export import MISSING_FILE, export as run
 
     settings = _settings(None).with_overrides(student=student, github_user=github_user, dockerhub_user=dockerhub_user)
-    try:
-        result = run(settings, out, evidence=evidence, model_url=model_url, gateway_url=gateway_url,
-                     prometheus_url=prometheus, notifications=notifications, grafana_url=grafana, echo=typer.echo)
-    except ExportError as exc:
-        _fail(str(exc))
+    result = run(settings, out, evidence=evidence, model_url=model_url, gateway_url=gateway_url,
+                 prometheus_url=prometheus, notifications=notifications, grafana_url=grafana, echo=typer.echo)
     for name, path in result.repositories.items():
         typer.echo(f"repository {path}  (push: cd '{path}' && git remote add origin "
                    f"https://github.com/{settings.github_user}/{name}.git && git push -u origin main)")

@@ -20,10 +20,10 @@ from msml.config import DEFAULT_TRIALS, Settings
 from msml.errors import mask
 from msml.monitoring import stack
 from msml.monitoring.render import Ports
-from msml.registry import champion_uri
 from msml.serving.model_server import serve_command, serve_env
 from msml.serving.processes import PidFile, check_port, read_pid, start_background, stop, wait_ready
-from msml.tracking import is_remote, server_command
+
+# msml.registry and msml.tracking import MLflow (seconds): imported where used, so `msml down` stays quick
 
 # The demo's own servers (stopped before the monitoring stack, in this order), each with the port it
 # listens on and the `msml demo` option that moves it.
@@ -35,12 +35,18 @@ def _pidfile(settings: Settings, name: str) -> Path:
     return settings.run_dir / f"{name}.pid"
 
 
+def _is_remote(uri: str) -> bool:
+    from msml.tracking import is_remote
+
+    return is_remote(uri)
+
+
 def preflight(settings: Settings, ports: Ports) -> None:
     """Before any training: the system programs are installed and every port is free (or already ours)."""
     stack.binary("prometheus")
     stack.binary("alertmanager", "prometheus-alertmanager")
     for name, (field, option) in SERVERS.items():
-        if name == "mlflow" and is_remote(settings.tracking_uri):
+        if name == "mlflow" and _is_remote(settings.tracking_uri):
             continue  # tracking goes to a remote server: no local one to start
         if read_pid(_pidfile(settings, name)) is None:
             check_port(getattr(ports, field), name, option)
@@ -72,6 +78,8 @@ def _step(echo, n: int, total: int, text: str) -> float:
 
 def start_serving(settings: Settings, ports: Ports) -> dict[str, str]:
     """Start the champion's model server and the gateway in front of it (unless already running)."""
+    from msml.registry import champion_uri
+
     model_url = f"http://127.0.0.1:{ports.model_server}"
     gateway_url = f"http://127.0.0.1:{ports.gateway}"
     _start(settings, "model-server", serve_command(champion_uri(settings.model_name), port=ports.model_server),
@@ -86,6 +94,8 @@ def start_tracking_server(settings: Settings, ports: Ports) -> str:
     """MLflow's tracking server and UI over the demo's store, with `--expose-prometheus` (a scrape target).
 
     Returns the UI's URL; with a remote tracking URI there is nothing to start and that URI is the UI."""
+    from msml.tracking import is_remote, server_command
+
     if is_remote(settings.tracking_uri):
         return settings.tracking_uri
     url = f"http://127.0.0.1:{ports.mlflow}"
@@ -108,6 +118,7 @@ def stop_all(settings: Settings) -> dict[str, PidFile]:
 def run_demo(settings: Settings, trials: int = DEFAULT_TRIALS, traffic_seconds: float = 20.0,
              ports: Ports = Ports(), echo=print) -> dict[str, str]:
     """Run the whole path and leave the servers running. Returns the URLs."""
+    preflight(settings, ports)  # before minutes of training: a busy port or a missing program stops us now
     from msml.ci import run_ci
     from msml.preprocessing import preprocess
     from msml.tuning import tune
@@ -115,7 +126,6 @@ def run_demo(settings: Settings, trials: int = DEFAULT_TRIALS, traffic_seconds: 
     from msml.tracking import setup_tracking
 
     total = 8
-    preflight(settings, ports)  # before minutes of training: a busy port or a missing program stops us now
     start = _step(echo, 1, total, f"preprocess {settings.raw_path}")
     report, _ = preprocess(settings.raw_path, settings.processed_dir, settings.contract)
     echo(f"      {report['rows_in']} rows in, {report['rows_quarantined']} quarantined, "

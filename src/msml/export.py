@@ -543,6 +543,9 @@ def export(settings: Settings, out: str | Path, evidence: bool = True, model_url
            notifications: str | Path | None = None, grafana_url: str | None = None, echo=print) -> ExportResult:
     """Write the three units, the zip and the missing-evidence list under `out` (replacing an earlier export)."""
     root = settings.root
+    for needed in ("pyproject.toml", "requirements.lock"):  # the wheel and the pins come from the checkout
+        if not (root / needed).is_file():
+            raise ExportError(f"{root} has no {needed}: run `msml export` in the msml repository (or set MSML_HOME)")
     out = Path(out).resolve()
     student = settings.student
     eksperimen = out / eksperimen_name(student)

@@ -59,13 +59,13 @@ def _champion(client: MlflowClient, name: str):
 
 
 def _best(client: MlflowClient, name: str):
-    """Among the champion and the versions still contending (scored, not yet decided), the one with the
-    highest score; the earliest on a tie, so a tie never moves the alias. Decided versions (an old
-    rejected one, or a champion rolled back by hand) do not come back."""
+    """The best scored version that was not rejected (the champion always counts); the earliest on a tie,
+    so a tie never moves the alias. A rejected version lost to one at least as good, so leaving it out
+    loses nothing; to roll a champion back by hand, tag the bad version `promotion=rejected` too."""
     champion = _champion(client, name)
     contenders = [v for v in client.search_model_versions(f"name='{name}'")
-                  if (champion is not None and v.version == champion.version)
-                  or (GATE_METRIC in v.tags and "promotion" not in v.tags)]
+                  if (champion is not None and str(v.version) == str(champion.version))
+                  or (GATE_METRIC in v.tags and v.tags.get("promotion") != "rejected")]
     scored = [(score, -int(v.version), v) for v in contenders if (score := _score(client, v)) is not None]
     return max(scored, key=lambda t: t[:2])[2]
 
@@ -85,12 +85,12 @@ def register_and_promote(model_uri: str, name: str, run_id: str, max_rounds: int
     previous = _champion(client, name)
     for _ in range(max_rounds):
         best, current = _best(client, name), _champion(client, name)
-        if current is not None and current.version == best.version:
+        if current is not None and str(current.version) == str(best.version):
             break
         client.set_registered_model_alias(name, CHAMPION, best.version)
     else:
         raise MlflowException(f"@{CHAMPION} of {name} kept changing under {max_rounds} promotion rounds")
-    promoted = current.version == version
+    promoted = str(current.version) == version
     if promoted and previous is None:
         reason = f"no champion yet; {GATE_METRIC}={new_score:.4f}"
     else:

@@ -223,8 +223,9 @@ def wait_ready(url: str, timeout: float = 60.0, alive: Callable[[], bool] | None
     raise ServerError(f"{url} did not answer 200 within {timeout:.0f} s{_tail(log)}")
 
 
-def _tail(log: str | Path | None, lines: int = 8) -> str:
+def _tail(log: str | Path | None) -> str:
+    """The log's last line and where the rest is: enough for a one-line error."""
     if log is None or not Path(log).exists():
         return ""
-    text = Path(log).read_text(errors="replace").splitlines()[-lines:]
-    return f"\n--- last lines of {log} ---\n" + "\n".join(text)
+    lines = [line.strip() for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
+    return f"; its log ends: {lines[-1][:300]!r} (full log: {log})" if lines else f" (empty log: {log})"
