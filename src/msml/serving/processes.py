@@ -109,9 +109,12 @@ def inspect(pidfile: str | Path) -> PidFile:
         return PidFile(path, None, "absent")
     except (ValueError, KeyError, TypeError):  # a bare PID (older msml) or garbage: identity unknown
         return PidFile(path, None, "unreadable", "no process identity recorded")
+    # Identity is PID + start time: a reused PID cannot have the same start time. The command line is
+    # recorded for the report but not compared: exec changes it legitimately (`mlflow models serve`
+    # execs gunicorn, which renames itself; a script runs under its interpreter).
     try:
         proc = psutil.Process(pid)
-        same = abs(proc.create_time() - created) < 0.05 and proc.cmdline() == cmdline
+        same = abs(proc.create_time() - created) < 0.05
         if proc.status() == psutil.STATUS_ZOMBIE:
             return PidFile(path, pid, "gone", "exited (zombie)")
     except psutil.NoSuchProcess:
@@ -119,7 +122,8 @@ def inspect(pidfile: str | Path) -> PidFile:
     except psutil.AccessDenied:
         return PidFile(path, pid, "foreign", "another user's process")
     if not same:
-        return PidFile(path, pid, "foreign", f"PID {pid} is now another process: {_describe(pid)}")
+        return PidFile(path, pid, "foreign", f"PID {pid} is now another process: {_describe(pid)}; "
+                                             f"it was: {' '.join(cmdline)[:120]}")
     return PidFile(path, pid, "ours")
 
 
