@@ -88,7 +88,8 @@ def preprocess(
     contract: Optional[Path] = ContractOpt,
     out: Optional[Path] = OutOpt,
     seed: int = SeedOpt,
-    test_size: float = typer.Option(0.2, "--test-size", min=0.05, max=0.5),
+    test_size: float = typer.Option(0.2, "--test-size", min=0.05, max=0.5,
+                                    help="Share of rows held out as the test split."),
     max_invalid_share: float = MaxInvalidOpt,
 ) -> None:
     """Load → validate → clean → split → fit the transformer on train → write the processed dataset."""
@@ -314,8 +315,8 @@ def monitoring_render(
 
 @monitoring_app.command("receiver")
 def monitoring_receiver(
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(9095, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(9095, "--port", help="Port to listen on (Alertmanager's webhook URL points here)."),
     out: Path = typer.Option(Path(".run/notifications.jsonl"), "--out", help="JSON-lines file of notifications."),
 ) -> None:
     """Record every webhook notification POSTed to it (Alertmanager, Grafana) as JSON lines."""
@@ -327,9 +328,9 @@ def monitoring_receiver(
 @monitoring_app.command("up")
 def monitoring_up(
     gateway_port: int = typer.Option(8000, "--gateway-port", help="Where Prometheus scrapes the gateway."),
-    prometheus_port: int = typer.Option(9090, "--prometheus-port"),
-    alertmanager_port: int = typer.Option(9093, "--alertmanager-port"),
-    receiver_port: int = typer.Option(9095, "--receiver-port"),
+    prometheus_port: int = typer.Option(9090, "--prometheus-port", help="Port of Prometheus."),
+    alertmanager_port: int = typer.Option(9093, "--alertmanager-port", help="Port of Alertmanager."),
+    receiver_port: int = typer.Option(9095, "--receiver-port", help="Port of the alert webhook receiver."),
     fast: bool = typer.Option(False, "--fast", help="1 s scrapes and 2 s alert delays (demos, tests)."),
 ) -> None:
     """Start Prometheus, Alertmanager and the webhook receiver on 127.0.0.1 (pid files in .run/)."""
@@ -415,7 +416,7 @@ def _sigterm_as_interrupt() -> None:
 @app.command()
 def serve(
     port: int = typer.Option(5001, "--port", help="Port of MLflow's scoring server."),
-    host: str = typer.Option("127.0.0.1", "--host"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     workers: int = typer.Option(1, "--workers", min=1, help="gunicorn workers."),
     model_uri: Optional[str] = typer.Option(None, "--model-uri", help="Default: models:/<model name>@champion."),
     wait: float = typer.Option(180.0, "--wait", help="Seconds to wait for /ping."),
@@ -444,19 +445,21 @@ def serve(
 @app.command()
 def gateway(
     port: int = typer.Option(8000, "--port", help="Gateway port."),
-    host: str = typer.Option("127.0.0.1", "--host"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     model_url: str = typer.Option("http://127.0.0.1:5001", "--model-url",
                                   help="MLflow scoring server or the model's Docker image (/ping, /invocations)."),
     model_uri: Optional[str] = typer.Option(None, "--model-uri",
                                             help="Registry URI for model info and drift reference "
                                                  "(default: models:/<model name>@champion; '' for none)."),
     drift_reference: Optional[Path] = typer.Option(None, "--drift-reference", help="Reference JSON file instead."),
-    max_batch_rows: int = typer.Option(256, "--max-batch-rows", min=1),
-    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0),
+    max_batch_rows: int = typer.Option(256, "--max-batch-rows", min=1, help="Most rows in one model call."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0,
+                                       help="How long a request waits for others to share its batch."),
     max_concurrent_batches: int = typer.Option(1, "--max-concurrent-batches", min=1,
                                                 help="Model calls in flight at a time (match the server's workers)."),
-    probe_interval: float = typer.Option(1.0, "--probe-interval", min=0.05),
-    drift_window: int = typer.Option(1000, "--drift-window", min=10),
+    probe_interval: float = typer.Option(1.0, "--probe-interval", min=0.05,
+                                          help="Seconds between health probes of the model server."),
+    drift_window: int = typer.Option(1000, "--drift-window", min=10, help="Recent rows the drift statistics cover."),
     model_timeout: float = typer.Option(10.0, "--model-timeout", min=0.05,
                                         help="Seconds a model-server call may take before a 503."),
 ) -> None:
@@ -479,7 +482,8 @@ def gateway(
 @app.command()
 def loadgen(
     url: str = typer.Option("http://127.0.0.1:8000", "--url", help="Gateway (or model server) base URL."),
-    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=1024),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=1024,
+                                     help="Requests in flight at a time (closed loop)."),
     rate: Optional[float] = typer.Option(None, "--rate", min=0.1, help="Target requests/s (open loop)."),
     duration: Optional[float] = typer.Option(None, "--duration", min=0.1, max=3600, help="Seconds."),
     count: Optional[int] = typer.Option(None, "--count", min=1, help="Requests (default 1000 without --duration)."),
@@ -490,7 +494,7 @@ def loadgen(
     seed: int = SeedOpt,
     data: Optional[Path] = typer.Option(None, "--data", help="Processed directory (default from settings)."),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback URL."),
-    progress_bar: bool = typer.Option(True, "--progress/--no-progress"),
+    progress_bar: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Send real test-split rows (the course's inference.py); print throughput, latency and errors."""
     import asyncio
