@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 # make-venv.sh runs every time (it is quick): a .venv broken after its stamp was written is rebuilt too
 venv:
 	@bash scripts/make-venv.sh $(PYTHON) $(VENV)
-	@$(MAKE) --no-print-directory $(VENV)/.installed
+	@$(MAKE) -s --no-print-directory $(VENV)/.installed
 
 system:
 	@bash scripts/install-system-deps.sh
