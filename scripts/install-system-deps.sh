@@ -36,7 +36,7 @@ if ! command -v apt-get >/dev/null 2>&1; then
 fi
 packages=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
 started=$SECONDS
-echo "[system] installing Debian packages: $packages(measured here: 1–4 min, mostly chromium)"
+echo "[system] installing Debian packages: $packages(Chromium is the largest; a few minutes)"
 echo "[system] apt-get update"
 $SUDO apt-get update -qq
 # one progress line per package fetched and set up, instead of minutes of silence
