@@ -9,21 +9,28 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: demo test test-fast lint lock down bench system venv clean ci-local
 
+# The stamp is written last: an interrupted install is redone; a broken .venv is rebuilt by make-venv.sh.
 # The dev lock is the whole environment (runtime + dev extra at exact versions); msml itself comes on top.
 $(VENV)/.installed: pyproject.toml requirements/dev.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@bash scripts/make-venv.sh $(PYTHON) $(VENV)
+	@echo "installing the locked Python dependencies into $(VENV) (first time: a few minutes)"
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements/dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	@touch $@
 
-venv: $(VENV)/.installed
+# make-venv.sh runs every time (it is quick): a .venv broken after its stamp was written is rebuilt too
+venv:
+	@bash scripts/make-venv.sh $(PYTHON) $(VENV)
+	@$(MAKE) -s --no-print-directory $(VENV)/.installed
 
 system:
 	@bash scripts/install-system-deps.sh
 
-demo: venv
-	$(BIN)/msml demo
+# system first: Prometheus/Alertmanager missing must not cost minutes of training. Ports etc.: DEMO_ARGS,
+# e.g. make demo DEMO_ARGS="--mlflow-port 5050 --trials 3" (`msml demo --help` lists them).
+demo: venv system
+	$(BIN)/msml demo $(DEMO_ARGS)
 
 # Here a missing Debian binary fails its test (MSML_REQUIRE_SYSTEM); elsewhere it skips with the reason.
 test: venv system

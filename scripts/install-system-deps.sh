@@ -8,10 +8,39 @@ missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-packages=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
-echo "installing Debian packages: $packages"
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+
+# Debian's prometheus / prometheus-alertmanager start their own services (ports 9090/9093, all interfaces).
+# They are not wanted: msml runs both as plain processes on loopback, and a system Prometheus on 9090
+# would hold the demo's port. Stop and disable them (run after every install, and on every run: idempotent).
+disable_services() {
+  for svc in prometheus prometheus-alertmanager; do
+    if [ -d /run/systemd/system ] && systemctl list-unit-files "$svc.service" >/dev/null 2>&1; then
+      $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    elif [ -x "/etc/init.d/$svc" ]; then
+      # the init script stops only the PID in its own pid file (never our loopback processes)
+      ls /run/prometheus/*.pid >/dev/null 2>&1 && { $SUDO "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; }
+      $SUDO update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+  done
+}
+
+if [ ${#missing[@]} -eq 0 ]; then disable_services; exit 0; fi
+if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+  echo "error: installing ${missing[*]} needs root: run this script as root, or install sudo" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "error: no apt-get (not Debian/Ubuntu): install these yourself, then rerun: ${missing[*]}" >&2
+  exit 1
+fi
+packages=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+started=$SECONDS
+echo "[system] installing Debian packages: $packages(Chromium is the largest; a few minutes)"
+echo "[system] apt-get update"
 $SUDO apt-get update -qq
-# The packages' own services are not wanted: tests start Prometheus/Alertmanager as plain processes.
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $packages >/dev/null
+# one progress line per package fetched and set up, instead of minutes of silence
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $packages \
+  | { grep --line-buffered -E '^(Get:|Setting up)' || true; } | sed -u 's/^/[system]   /'
+disable_services
+echo "[system] done in $((SECONDS - started)) s"

@@ -1,10 +1,15 @@
-"""The `msml` command: one sub-command per pipeline stage. It only wires options to the modules."""
+"""The `msml` command: one sub-command per pipeline stage. It only wires options to the modules.
+
+Expected failures (`msml.errors.MsmlError`) are caught once, in `main`: one line on stderr and the
+error's exit code (0 ok, 1 check failed, 2 bad input, 3 tracking/registry, 4 port busy, 5 program
+missing, 6 server not ready, 7 export). Anything else is a bug: a traceback, without local variables.
+Credentials in any URI printed by this process are masked.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from functools import wraps
 from pathlib import Path
 from typing import Optional
 
@@ -12,8 +17,11 @@ import typer
 
 from msml.config import DEFAULT_TRIALS, Settings, load_settings
 from msml.contract import DEFAULT_MAX_INVALID_SHARE, DataError
+from msml.errors import MaskingStream, MsmlError, TrackingError, mask
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# show_locals=False: a traceback's local variables can hold a tracking password or token
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0],
+                  pretty_exceptions_show_locals=False)
 
 ContractOpt = typer.Option(None, "--contract", help="Dataset contract YAML (default: the Adult contract).")
 RawOpt = typer.Option(None, "--raw", help="Raw CSV (default: data/<dataset>_raw/<dataset>.csv).")
@@ -30,23 +38,30 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def handles_errors(func):
-    """Known failures become one clear line on stderr and a non-zero exit, not a traceback."""
+    """Marks a command whose expected failures (MsmlError) `main` turns into one line and an exit code.
 
-    @wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except DataError as exc:
-            _fail(str(exc))
+    Kept as a marker so commands written before the single handler need no change; it adds nothing."""
+    return func
 
-    return wrapper
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"msml {version('msml')} (mlflow {version('mlflow')}, Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the versions of msml, MLflow and Python, then exit."),
+) -> None:
+    pass
 
 
 def _settings(contract: Optional[Path]) -> Settings:
-    try:
-        return load_settings(contract_path=contract)
-    except DataError as exc:
-        _fail(str(exc))
+    return load_settings(contract_path=contract)
 
 
 @app.command()
@@ -73,7 +88,8 @@ def preprocess(
     contract: Optional[Path] = ContractOpt,
     out: Optional[Path] = OutOpt,
     seed: int = SeedOpt,
-    test_size: float = typer.Option(0.2, "--test-size", min=0.05, max=0.5),
+    test_size: float = typer.Option(0.2, "--test-size", min=0.05, max=0.5,
+                                    help="Share of rows held out as the test split."),
     max_invalid_share: float = MaxInvalidOpt,
 ) -> None:
     """Load → validate → clean → split → fit the transformer on train → write the processed dataset."""
@@ -160,7 +176,7 @@ def _register(settings: Settings, model_uri: str, run_id: str) -> None:
     try:
         promotion = register_and_promote(model_uri, settings.model_name, run_id)
     except MlflowException as exc:
-        _fail(f"registry: {exc.message}")
+        raise TrackingError(f"registry: {exc.message}") from None
     state = "promoted to @champion" if promotion.promoted else "registered, not promoted"
     typer.echo(f"{promotion.uri}: {state} ({promotion.reason})")
 
@@ -176,15 +192,25 @@ def demo(
     contract: Optional[Path] = ContractOpt,
     trials: int = typer.Option(DEFAULT_TRIALS, "--trials", min=1, help="Optuna trials for the tuned model."),
     traffic: float = typer.Option(20.0, "--traffic-seconds", min=1, max=600, help="Seconds of demo traffic."),
+    gateway_port: int = typer.Option(8000, "--gateway-port", help="Port of the gateway (API, /metrics)."),
+    model_port: int = typer.Option(5001, "--model-port", help="Port of MLflow's scoring server."),
+    mlflow_port: int = typer.Option(5000, "--mlflow-port", help="Port of the MLflow tracking server and UI."),
+    prometheus_port: int = typer.Option(9090, "--prometheus-port", help="Port of Prometheus."),
+    alertmanager_port: int = typer.Option(9093, "--alertmanager-port", help="Port of Alertmanager."),
+    receiver_port: int = typer.Option(9095, "--receiver-port", help="Port of the alert webhook receiver."),
 ) -> None:
     """The main job on embedded defaults: data → tracked, registered model → served, monitored, with traffic."""
     from msml.demo import run_demo
+    from msml.monitoring.render import Ports
 
     settings = _settings(contract)
+    ports = Ports(gateway=gateway_port, model_server=model_port, mlflow=mlflow_port, prometheus=prometheus_port,
+                  alertmanager=alertmanager_port, receiver=receiver_port)
     try:
-        urls = run_demo(settings, trials=trials, traffic_seconds=traffic, echo=typer.echo)
-    except RuntimeError as exc:
-        _fail(f"{exc}\n(`make down` stops whatever was started)")
+        urls = run_demo(settings, trials=trials, traffic_seconds=traffic, ports=ports, echo=typer.echo)
+    except MsmlError as exc:
+        exc.args = (f"{exc} (`make down` stops whatever was started)",)
+        raise
     typer.echo("\nrunning (stop everything with `make down`):")
     for name, url in urls.items():
         typer.echo(f"  {name:16} {url}")
@@ -192,11 +218,17 @@ def demo(
 
 @app.command()
 def down() -> None:
-    """Stop exactly the servers `msml demo` started (pid files in .run/)."""
+    """Stop exactly the servers `msml demo` started (pid files in .run/) and report the pid files it left alone."""
     from msml.demo import stop_all
 
-    stopped = stop_all(_settings(None))
+    found = stop_all(_settings(None))
+    stopped = [name for name, f in found.items() if f.state == "ours"]
     typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    for name, f in found.items():
+        if f.state == "gone":
+            typer.echo(f"{name}: pid {f.pid} had already exited; removed {f.path}")
+        elif f.state in ("foreign", "unreadable"):
+            typer.echo(f"{name}: left alone ({f.detail}); removed {f.path}")
 
 
 # --- Kriteria 3: the MLflow Project and the CI retraining job --------------------------------------------------
@@ -283,8 +315,8 @@ def monitoring_render(
 
 @monitoring_app.command("receiver")
 def monitoring_receiver(
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(9095, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(9095, "--port", help="Port to listen on (Alertmanager's webhook URL points here)."),
     out: Path = typer.Option(Path(".run/notifications.jsonl"), "--out", help="JSON-lines file of notifications."),
 ) -> None:
     """Record every webhook notification POSTed to it (Alertmanager, Grafana) as JSON lines."""
@@ -296,9 +328,9 @@ def monitoring_receiver(
 @monitoring_app.command("up")
 def monitoring_up(
     gateway_port: int = typer.Option(8000, "--gateway-port", help="Where Prometheus scrapes the gateway."),
-    prometheus_port: int = typer.Option(9090, "--prometheus-port"),
-    alertmanager_port: int = typer.Option(9093, "--alertmanager-port"),
-    receiver_port: int = typer.Option(9095, "--receiver-port"),
+    prometheus_port: int = typer.Option(9090, "--prometheus-port", help="Port of Prometheus."),
+    alertmanager_port: int = typer.Option(9093, "--alertmanager-port", help="Port of Alertmanager."),
+    receiver_port: int = typer.Option(9095, "--receiver-port", help="Port of the alert webhook receiver."),
     fast: bool = typer.Option(False, "--fast", help="1 s scrapes and 2 s alert delays (demos, tests)."),
 ) -> None:
     """Start Prometheus, Alertmanager and the webhook receiver on 127.0.0.1 (pid files in .run/)."""
@@ -308,10 +340,7 @@ def monitoring_up(
     settings = _settings(None)
     ports = Ports(gateway=gateway_port, prometheus=prometheus_port, alertmanager=alertmanager_port,
                   receiver=receiver_port)
-    try:
-        started = stack.start(settings.run_dir, ports, FAST if fast else PRODUCTION)
-    except (RuntimeError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    started = stack.start(settings.run_dir, ports, FAST if fast else PRODUCTION)
     for name, url in started.urls().items():
         typer.echo(f"{name:13s} {url}")
 
@@ -404,7 +433,7 @@ def _sigterm_as_interrupt() -> None:
 @app.command()
 def serve(
     port: int = typer.Option(5001, "--port", help="Port of MLflow's scoring server."),
-    host: str = typer.Option("127.0.0.1", "--host"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     workers: int = typer.Option(1, "--workers", min=1, help="gunicorn workers."),
     model_uri: Optional[str] = typer.Option(None, "--model-uri", help="Default: models:/<model name>@champion."),
     wait: float = typer.Option(180.0, "--wait", help="Seconds to wait for /ping."),
@@ -424,8 +453,6 @@ def serve(
         typer.echo(f"model server ready: {server.url} (/ping, /invocations); Ctrl-C stops it")
         server.proc.wait()
         _fail(f"model server exited with code {server.proc.returncode} (log: {server.log})", code=1)
-    except RuntimeError as exc:
-        _fail(str(exc))
     except KeyboardInterrupt:
         typer.echo("stopping the model server")
     finally:
@@ -435,19 +462,21 @@ def serve(
 @app.command()
 def gateway(
     port: int = typer.Option(8000, "--port", help="Gateway port."),
-    host: str = typer.Option("127.0.0.1", "--host"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     model_url: str = typer.Option("http://127.0.0.1:5001", "--model-url",
                                   help="MLflow scoring server or the model's Docker image (/ping, /invocations)."),
     model_uri: Optional[str] = typer.Option(None, "--model-uri",
                                             help="Registry URI for model info and drift reference "
                                                  "(default: models:/<model name>@champion; '' for none)."),
     drift_reference: Optional[Path] = typer.Option(None, "--drift-reference", help="Reference JSON file instead."),
-    max_batch_rows: int = typer.Option(256, "--max-batch-rows", min=1),
-    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0),
+    max_batch_rows: int = typer.Option(256, "--max-batch-rows", min=1, help="Most rows in one model call."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0,
+                                       help="How long a request waits for others to share its batch."),
     max_concurrent_batches: int = typer.Option(1, "--max-concurrent-batches", min=1,
                                                 help="Model calls in flight at a time (match the server's workers)."),
-    probe_interval: float = typer.Option(1.0, "--probe-interval", min=0.05),
-    drift_window: int = typer.Option(1000, "--drift-window", min=10),
+    probe_interval: float = typer.Option(1.0, "--probe-interval", min=0.05,
+                                          help="Seconds between health probes of the model server."),
+    drift_window: int = typer.Option(1000, "--drift-window", min=10, help="Recent rows the drift statistics cover."),
     model_timeout: float = typer.Option(10.0, "--model-timeout", min=0.05,
                                         help="Seconds a model-server call may take before a 503."),
 ) -> None:
@@ -470,7 +499,8 @@ def gateway(
 @app.command()
 def loadgen(
     url: str = typer.Option("http://127.0.0.1:8000", "--url", help="Gateway (or model server) base URL."),
-    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=1024),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=1024,
+                                     help="Requests in flight at a time (closed loop)."),
     rate: Optional[float] = typer.Option(None, "--rate", min=0.1, help="Target requests/s (open loop)."),
     duration: Optional[float] = typer.Option(None, "--duration", min=0.1, max=3600, help="Seconds."),
     count: Optional[int] = typer.Option(None, "--count", min=1, help="Requests (default 1000 without --duration)."),
@@ -481,7 +511,7 @@ def loadgen(
     seed: int = SeedOpt,
     data: Optional[Path] = typer.Option(None, "--data", help="Processed directory (default from settings)."),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback URL."),
-    progress_bar: bool = typer.Option(True, "--progress/--no-progress"),
+    progress_bar: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Send real test-split rows (the course's inference.py); print throughput, latency and errors."""
     import asyncio
@@ -536,14 +566,11 @@ def export(
         None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."),
 ) -> None:
     """Write Eksperimen_SML_<student>/, Workflow-CI/ (git repositories), SMSML_<student>/ and its zip."""
-    from msml.export import ExportError, MISSING_FILE, export as run
+    from msml.export import MISSING_FILE, export as run
 
     settings = _settings(None).with_overrides(student=student, github_user=github_user, dockerhub_user=dockerhub_user)
-    try:
-        result = run(settings, out, evidence=evidence, model_url=model_url, gateway_url=gateway_url,
-                     prometheus_url=prometheus, notifications=notifications, echo=typer.echo)
-    except ExportError as exc:
-        _fail(str(exc))
+    result = run(settings, out, evidence=evidence, model_url=model_url, gateway_url=gateway_url,
+                 prometheus_url=prometheus, notifications=notifications, echo=typer.echo)
     for name, path in result.repositories.items():
         typer.echo(f"repository {path}  (push: cd '{path}' && git remote add origin "
                    f"https://github.com/{settings.github_user}/{name}.git && git push -u origin main)")
@@ -557,8 +584,19 @@ def export(
     typer.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
 
 
+def _one_line(text: str, limit: int = 1000) -> str:
+    flat = " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def main() -> None:
-    app(prog_name="msml")
+    # every line this process prints passes the credential mask (MLflow's own "View run at <uri>" too)
+    sys.stdout, sys.stderr = MaskingStream(sys.stdout), MaskingStream(sys.stderr)
+    try:
+        app(prog_name="msml")
+    except MsmlError as exc:  # the one place expected failures are caught
+        typer.secho(f"error: {_one_line(mask(str(exc)))}", fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

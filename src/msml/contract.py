@@ -24,8 +24,7 @@ DEFAULT_CONTRACT = Path(__file__).parent / "contracts" / "adult.yaml"
 DEFAULT_MAX_INVALID_SHARE = 0.05
 
 
-class DataError(Exception):
-    """Input data that cannot be used; the message says exactly why."""
+from msml.errors import DataError  # noqa: E402,F401  (re-exported: the contract's failures are data errors)
 
 
 @dataclass(frozen=True)

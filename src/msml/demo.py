@@ -1,26 +1,70 @@
 """The main job (`make demo`): raw CSV → monitored model in production, on embedded defaults.
 
-preprocess → baseline through the MLflow Project → tuning + registry gate → model server →
-gateway → Prometheus + Alertmanager + webhook receiver → real traffic → URLs. Every server runs
-in the background with a pid file in `settings.run_dir`; `msml down` (`make down`) stops exactly those.
+preflight (system programs, every port) → preprocess → baseline through the MLflow Project →
+tuning + registry gate → model server → gateway → MLflow tracking server/UI → Prometheus +
+Alertmanager + webhook receiver → real traffic → every Prometheus target up → URLs. Every server
+runs in the background with a pid file (PID, start time, command line) in `settings.run_dir`;
+`msml down` (`make down`) stops exactly those and reports the rest.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from msml.config import DEFAULT_TRIALS, Settings
+from msml.errors import mask
 from msml.monitoring import stack
 from msml.monitoring.render import Ports
-from msml.registry import champion_uri
-from msml.serving.model_server import serve_command, serve_env, wait_for_ping
-from msml.serving.processes import read_pid, start_background, stop
+from msml.serving.model_server import serve_command, serve_env
+from msml.serving.processes import PidFile, check_port, read_pid, start_background, stop, wait_ready
 
-SERVING = ("gateway", "model-server")  # stopped before the monitoring stack, in this order
+# msml.registry and msml.tracking import MLflow (seconds): imported where used, so `msml down` stays quick
+
+# The demo's own servers (stopped before the monitoring stack, in this order), each with the port it
+# listens on and the `msml demo` option that moves it.
+SERVERS = {"gateway": ("gateway", "--gateway-port"), "model-server": ("model_server", "--model-port"),
+           "mlflow": ("mlflow", "--mlflow-port")}
+
+
+def _pidfile(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def _is_remote(uri: str) -> bool:
+    from msml.tracking import is_remote
+
+    return is_remote(uri)
+
+
+def preflight(settings: Settings, ports: Ports) -> None:
+    """Before any training: the system programs are installed and every port is free (or already ours)."""
+    stack.binary("prometheus")
+    stack.binary("alertmanager", "prometheus-alertmanager")
+    for name, (field, option) in SERVERS.items():
+        if name == "mlflow" and _is_remote(settings.tracking_uri):
+            continue  # tracking goes to a remote server: no local one to start
+        if read_pid(_pidfile(settings, name)) is None:
+            check_port(getattr(ports, field), name, option)
+    stack.check_ports(settings.run_dir, ports)
+
+
+def _alive(pidfile: Path):
+    return lambda: read_pid(pidfile) is not None
+
+
+def _start(settings: Settings, name: str, cmd: list[str], port: int, ready_url: str, timeout: float,
+           env: dict[str, str]) -> None:
+    """Start one server unless ours already runs; ready = that process alive and `ready_url` answering."""
+    pidfile, log = _pidfile(settings, name), settings.run_dir / f"{name}.log"
+    if read_pid(pidfile) is None:
+        check_port(port, name, SERVERS[name][1])
+        start_background(cmd, pidfile, log, env=env)
+    wait_ready(ready_url, timeout, alive=_alive(pidfile), log=log)
 
 
 def _msml(*args: str) -> list[str]:
@@ -34,38 +78,54 @@ def _step(echo, n: int, total: int, text: str) -> float:
 
 def start_serving(settings: Settings, ports: Ports) -> dict[str, str]:
     """Start the champion's model server and the gateway in front of it (unless already running)."""
-    run_dir = settings.run_dir
+    from msml.registry import champion_uri
+
     model_url = f"http://127.0.0.1:{ports.model_server}"
     gateway_url = f"http://127.0.0.1:{ports.gateway}"
-    if read_pid(run_dir / "model-server.pid") is None:
-        start_background(serve_command(champion_uri(settings.model_name), port=ports.model_server),
-                         run_dir / "model-server.pid", run_dir / "model-server.log",
-                         env=serve_env(settings.tracking_uri))
-    wait_for_ping(model_url, timeout=180, log=run_dir / "model-server.log")
-    if read_pid(run_dir / "gateway.pid") is None:
-        env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri, "MSML_HOME": str(settings.root)}
-        start_background(_msml("gateway", "--port", str(ports.gateway), "--model-url", model_url),
-                         run_dir / "gateway.pid", run_dir / "gateway.log", env=env)
-    wait_for_ping(gateway_url, timeout=60, log=run_dir / "gateway.log")
+    _start(settings, "model-server", serve_command(champion_uri(settings.model_name), port=ports.model_server),
+           ports.model_server, f"{model_url}/ping", 180, serve_env(settings.tracking_uri))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri, "MSML_HOME": str(settings.root)}
+    _start(settings, "gateway", _msml("gateway", "--port", str(ports.gateway), "--model-url", model_url),
+           ports.gateway, f"{gateway_url}/ping", 60, env)
     return {"model server": model_url, "gateway": gateway_url}
 
 
-def stop_all(settings: Settings) -> list[str]:
-    """Stop every server the demo started (by pid file), serving first, then monitoring."""
-    stopped = [name for name in SERVING if stop(settings.run_dir / f"{name}.pid")]
-    return stopped + stack.stop(settings.run_dir)
+def start_tracking_server(settings: Settings, ports: Ports) -> str:
+    """MLflow's tracking server and UI over the demo's store, with `--expose-prometheus` (a scrape target).
+
+    Returns the UI's URL; with a remote tracking URI there is nothing to start and that URI is the UI."""
+    from msml.tracking import is_remote, server_command
+
+    if is_remote(settings.tracking_uri):
+        return settings.tracking_uri
+    url = f"http://127.0.0.1:{ports.mlflow}"
+    metrics = settings.run_dir / "mlflow-metrics"  # prometheus_flask_exporter's multiprocess files
+    if read_pid(_pidfile(settings, "mlflow")) is None:
+        shutil.rmtree(metrics, ignore_errors=True)  # a dead server's counters would be merged into the new one's
+        metrics.mkdir(parents=True)
+    cmd = server_command(settings.tracking_uri, settings.artifact_root, ports.mlflow, expose_prometheus=metrics)
+    _start(settings, "mlflow", cmd, ports.mlflow, f"{url}/health", 120, serve_env(settings.tracking_uri))
+    return url
+
+
+def stop_all(settings: Settings) -> dict[str, PidFile]:
+    """Stop every server the demo started and still running as started (by pid file): serving, the
+    tracking server, then monitoring. What each pid file held, by server name."""
+    found = {name: stop(_pidfile(settings, name)) for name in SERVERS}
+    return found | stack.stop_report(settings.run_dir)
 
 
 def run_demo(settings: Settings, trials: int = DEFAULT_TRIALS, traffic_seconds: float = 20.0,
              ports: Ports = Ports(), echo=print) -> dict[str, str]:
     """Run the whole path and leave the servers running. Returns the URLs."""
+    preflight(settings, ports)  # before minutes of training: a busy port or a missing program stops us now
     from msml.ci import run_ci
     from msml.preprocessing import preprocess
     from msml.tuning import tune
     from msml.registry import register_and_promote
     from msml.tracking import setup_tracking
 
-    total = 6
+    total = 8
     start = _step(echo, 1, total, f"preprocess {settings.raw_path}")
     report, _ = preprocess(settings.raw_path, settings.processed_dir, settings.contract)
     echo(f"      {report['rows_in']} rows in, {report['rows_quarantined']} quarantined, "
@@ -90,19 +150,22 @@ def run_demo(settings: Settings, trials: int = DEFAULT_TRIALS, traffic_seconds: 
     urls = start_serving(settings, ports)
     echo(f"      ready ({time.perf_counter() - start:.1f} s)")
 
-    start = _step(echo, 5, total, "start Prometheus, Alertmanager and the webhook receiver")
+    start = _step(echo, 5, total, "start the MLflow tracking server and UI (mlflow server --expose-prometheus)")
+    urls["MLflow UI"] = start_tracking_server(settings, ports)
+    echo(f"      ready ({time.perf_counter() - start:.1f} s)")
+
+    start = _step(echo, 6, total, "start Prometheus, Alertmanager and the webhook receiver")
     monitoring = stack.start(settings.run_dir, ports)
     urls |= monitoring.urls()
     echo(f"      ready ({time.perf_counter() - start:.1f} s)")
 
-    _step(echo, 6, total, f"send {traffic_seconds:.0f} s of real test-split traffic (10 % drifted, 5 % invalid, "
+    _step(echo, 7, total, f"send {traffic_seconds:.0f} s of real test-split traffic (10 % drifted, 5 % invalid, "
                           "with feedback)")
     subprocess.run(_msml("loadgen", "--url", urls["gateway"], "--duration", str(traffic_seconds), "-c", "8",
                          "--drift-share", "0.1", "--invalid-share", "0.05", "--feedback", "--no-progress"),
                    check=False)
-    urls |= {
-        "gateway docs": f"{urls['gateway']}/docs",
-        "gateway metrics": f"{urls['gateway']}/metrics",
-        "MLflow UI": f"run: mlflow ui --backend-store-uri {settings.tracking_uri} --port {ports.mlflow}",
-    }
-    return urls
+    start = _step(echo, 8, total, "wait until Prometheus scrapes every target")
+    health = stack.wait_targets_up(monitoring.prometheus_url, timeout=90)
+    echo(f"      up: {', '.join(sorted(health))} ({time.perf_counter() - start:.1f} s)")
+    urls |= {"gateway docs": f"{urls['gateway']}/docs", "gateway metrics": f"{urls['gateway']}/metrics"}
+    return {name: mask(url) for name, url in urls.items()}

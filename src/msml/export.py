@@ -59,8 +59,7 @@ IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
 GITIGNORE = "__pycache__/\n.ipynb_checkpoints/\nmlflow.db\nmlartifacts/\nmlruns/\nci-output/\n.venv/\n"
 
 
-class ExportError(RuntimeError):
-    """The export cannot be written; the message says why."""
+from msml.errors import ExportError  # noqa: E402,F401  (exit code 7; see msml.errors)
 
 
 def eksperimen_name(student: str) -> str:
@@ -640,6 +639,9 @@ def export(settings: Settings, out: str | Path, evidence: bool = True, model_url
     """Write the three units, the zip and the missing-evidence list under `out` (replacing an earlier export)."""
     root = settings.root
     check_names(settings)
+    for needed in ("pyproject.toml", "requirements/runtime.txt"):  # the pins come from the checkout
+        if not (root / needed).is_file():
+            raise ExportError(f"{root} has no {needed}: run `msml export` in the msml repository (or set MSML_HOME)")
     out = Path(out).resolve()
     student = settings.student
     eksperimen = out / eksperimen_name(student)
@@ -675,6 +677,7 @@ def export(settings: Settings, out: str | Path, evidence: bool = True, model_url
 
     started = time.perf_counter()
     if evidence:
+        echo("taking screenshots of the running system (MLflow UI, Prometheus, alerts)…")
         notifications = Path(notifications or settings.run_dir / "monitoring" / "notifications.jsonl")
         taken, missing = collect_evidence(settings, out, submission, model_url, gateway_url, prometheus_url,
                                           notifications, echo=echo)

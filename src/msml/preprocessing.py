@@ -10,6 +10,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from sklearn.compose import ColumnTransformer
@@ -43,6 +46,9 @@ REPORT_FILE = "report.json"
 QUARANTINE_FILE = "quarantine.csv"
 # Everything `preprocess` writes, and all an export copies of the folder.
 OUTPUT_FILES = (TRAIN_FILE, TEST_FILE, TRAIN_CLEAN_FILE, TEST_CLEAN_FILE, TRANSFORMER_FILE, REPORT_FILE, QUARANTINE_FILE)
+# file → sha256 of every other file: written last, checked by every reader (a half-written or
+# edited dataset is refused, not trained on)
+MANIFEST_FILE = "manifest.json"
 
 
 def load_raw(path: str | Path, contract: Contract) -> pd.DataFrame:
@@ -107,14 +113,40 @@ class Splits:
     y_test: pd.Series
 
 
-def load_training_data(processed_dir: str | Path, contract: Contract) -> Splits:
-    """Read the train-ready files, check them against the contract, return X/y splits."""
+def write_manifest(directory: Path) -> dict[str, str]:
+    """Record the sha256 of every file in `directory` (except the manifest itself) in its manifest."""
+    manifest = {p.name: file_sha256(p) for p in sorted(directory.iterdir())
+                if p.is_file() and p.name != MANIFEST_FILE}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def verify_manifest(processed_dir: str | Path, names: tuple[str, ...]) -> None:
+    """DataError unless each of `names` is in the directory's manifest with the same sha256."""
     processed_dir = Path(processed_dir)
-    frames = []
-    for name in (TRAIN_FILE, TEST_FILE):
+    try:
+        manifest = json.loads((processed_dir / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{processed_dir} has no {MANIFEST_FILE}: it was not written by `msml preprocess` "
+                        "(or was interrupted); run `msml preprocess`") from None
+    except ValueError:
+        raise DataError(f"{processed_dir / MANIFEST_FILE} is not valid JSON; run `msml preprocess`") from None
+    for name in names:
         path = processed_dir / name
         if not path.is_file():
             raise DataError(f"processed file not found: {path} (run `msml preprocess` first)")
+        if manifest.get(name) != file_sha256(path):
+            raise DataError(f"processed file {path} does not match {MANIFEST_FILE} (changed or half-written); "
+                            "run `msml preprocess`")
+
+
+def load_training_data(processed_dir: str | Path, contract: Contract) -> Splits:
+    """Read the train-ready files, check them against the manifest and the contract, return X/y splits."""
+    processed_dir = Path(processed_dir)
+    verify_manifest(processed_dir, (TRAIN_FILE, TEST_FILE))
+    frames = []
+    for name in (TRAIN_FILE, TEST_FILE):
+        path = processed_dir / name
         df = pd.read_csv(path, float_precision="round_trip")  # exactly the values written
         feature_names = [c for c in df.columns if c != contract.target]
         if contract.target not in df.columns:
@@ -138,11 +170,10 @@ def load_training_data(processed_dir: str | Path, contract: Contract) -> Splits:
 def load_clean_splits(processed_dir: str | Path, contract: Contract) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The cleaned train/test rows in the contract's raw form (what the served model accepts)."""
     processed_dir = Path(processed_dir)
+    verify_manifest(processed_dir, (TRAIN_CLEAN_FILE, TEST_CLEAN_FILE))
     frames = []
     for name in (TRAIN_CLEAN_FILE, TEST_CLEAN_FILE):
         path = processed_dir / name
-        if not path.is_file():
-            raise DataError(f"processed file not found: {path} (run `msml preprocess` first)")
         df = pd.read_csv(path, dtype={c: str for c in contract.categorical_features}, keep_default_na=False,
                          na_values=[""])
         frames.append(contract.raw_schema.validate(df)[[*contract.features, contract.target]])
@@ -173,6 +204,41 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     path.write_bytes(data)
 
 
+def _replace_dir(new: Path, out: Path) -> None:
+    """Put the finished directory `new` at `out`: two renames on the same file system, so a reader sees
+    the old dataset or the new one, never a mix (a crash between them leaves the old one at `.old-*`,
+    which the next run puts back)."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+OUTPUT_FILES = (TRAIN_FILE, TEST_FILE, TRAIN_CLEAN_FILE, TEST_CLEAN_FILE, QUARANTINE_FILE, TRANSFORMER_FILE,
+                REPORT_FILE, MANIFEST_FILE)
+
+
+def _refuse_foreign_files(out: Path) -> None:
+    """The folder is replaced as a whole: refuse one that holds files preprocessing did not write."""
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES) if out.is_dir() else []
+    if foreign:
+        raise DataError(f"{out} holds files `msml preprocess` did not write ({', '.join(foreign[:5])}); "
+                        "choose an empty folder with --out")
+
+
+def _recover(out: Path) -> None:
+    """Undo what a killed run left: put back a dataset moved aside, drop unfinished temp folders."""
+    for leftover in sorted(out.parent.glob(f".{out.name}.*-*")):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and psutil.pid_exists(int(pid)):
+            continue  # another preprocess is writing right now
+        if ".old-" in leftover.name and not out.exists():
+            os.replace(leftover, out)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def preprocess(
     raw: str | Path,
     out: str | Path,
@@ -184,7 +250,8 @@ def preprocess(
     """Run every step and write the processed directory.
 
     Returns the report (also written as report.json) and the seconds each step took.
-    Same input and seed give byte-identical files.
+    Same input and seed give byte-identical files. Everything is written into a temporary folder next
+    to `out` and renamed into place with its manifest, so an interrupted run leaves the previous dataset.
     """
     out = Path(out)
     timings: dict[str, float] = {}
@@ -201,13 +268,18 @@ def preprocess(
         train_ready = transform(transformer, train, contract)
         test_ready = transform(transformer, test, contract)
     with _timed(timings, "write"):
-        out.mkdir(parents=True, exist_ok=True)
-        _write_csv(train_ready, out / TRAIN_FILE)
-        _write_csv(test_ready, out / TEST_FILE)
-        _write_csv(train, out / TRAIN_CLEAN_FILE)
-        _write_csv(test, out / TEST_CLEAN_FILE)
-        _write_csv(result.quarantine, out / QUARANTINE_FILE)
-        joblib.dump(transformer, out / TRANSFORMER_FILE)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _recover(out)
+        _refuse_foreign_files(out)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _write_csv(train_ready, tmp / TRAIN_FILE)
+        _write_csv(test_ready, tmp / TEST_FILE)
+        _write_csv(train, tmp / TRAIN_CLEAN_FILE)
+        _write_csv(test, tmp / TEST_CLEAN_FILE)
+        _write_csv(result.quarantine, tmp / QUARANTINE_FILE)
+        joblib.dump(transformer, tmp / TRANSFORMER_FILE)
         report = {
             "contract": contract.name,
             "raw_file": Path(raw).name,
@@ -228,5 +300,7 @@ def preprocess(
             "features_in": contract.features,
             "features_out": [c for c in train_ready.columns if c != contract.target],
         }
-        (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        write_manifest(tmp)
+        _replace_dir(tmp, out)
     return report, timings

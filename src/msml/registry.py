@@ -1,7 +1,8 @@
 """Model registry: register a run's model and promote it with the `champion` alias behind a gate.
 
 Aliases, not the deprecated stages. The gate compares the test ROC-AUC of the new version's run
-with the current champion's; the decision is recorded as tags on the new version.
+with the other versions' (the champion is the best scored); the decision is recorded as tags on the
+new version. Promotion is a compare-and-set loop, safe for concurrent tuning runs.
 """
 
 from __future__ import annotations
@@ -39,25 +40,63 @@ def _run_metric(client: MlflowClient, run_id: str) -> float:
     return value
 
 
-def register_and_promote(model_uri: str, name: str, run_id: str) -> Promotion:
-    """Register `model_uri` as a new version of `name`; alias it champion if it beats the current one."""
-    client = MlflowClient()
-    version = mlflow.register_model(model_uri, name).version
-    new_score = _run_metric(client, run_id)
+def _score(client: MlflowClient, version) -> float | None:
+    """A version's gate score: its tag (set at registration, before it competes), else its run's metric."""
+    tagged = version.tags.get(GATE_METRIC)
+    if tagged is not None:
+        return float(tagged)
     try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
+        return _run_metric(client, version.run_id)
     except MlflowException:
-        current = None
-    if current is None:
-        promoted, reason = True, f"no champion yet; {GATE_METRIC}={new_score:.4f}"
+        return None
+
+
+def _champion(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _best(client: MlflowClient, name: str):
+    """The best scored version that was not rejected (the champion always counts); the earliest on a tie,
+    so a tie never moves the alias. A rejected version lost to one at least as good, so leaving it out
+    loses nothing; to roll a champion back by hand, tag the bad version `promotion=rejected` too."""
+    champion = _champion(client, name)
+    contenders = [v for v in client.search_model_versions(f"name='{name}'")
+                  if (champion is not None and str(v.version) == str(champion.version))
+                  or (GATE_METRIC in v.tags and v.tags.get("promotion") != "rejected")]
+    scored = [(score, -int(v.version), v) for v in contenders if (score := _score(client, v)) is not None]
+    return max(scored, key=lambda t: t[:2])[2]
+
+
+def register_and_promote(model_uri: str, name: str, run_id: str, max_rounds: int = 20) -> Promotion:
+    """Register `model_uri` as a new version of `name`; alias it champion if it beats every other version.
+
+    The registry has no atomic compare-and-set, so promotion is optimistic: set the alias to the best
+    scored version, read it back, and repeat until the champion is the best this process can see.
+    Every contender does the same after registering (its score tagged first), so whichever writes last
+    has seen all the others: with two concurrent `msml tune` runs the better model holds @champion.
+    """
+    client = MlflowClient()
+    new_score = _run_metric(client, run_id)
+    version = str(mlflow.register_model(model_uri, name).version)
+    client.set_model_version_tag(name, version, GATE_METRIC, f"{new_score:.6f}")  # enters the contest
+    previous = _champion(client, name)
+    for _ in range(max_rounds):
+        best, current = _best(client, name), _champion(client, name)
+        if current is not None and str(current.version) == str(best.version):
+            break
+        client.set_registered_model_alias(name, CHAMPION, best.version)
     else:
-        old_score = _run_metric(client, current.run_id)
-        promoted = new_score > old_score
+        raise MlflowException(f"@{CHAMPION} of {name} kept changing under {max_rounds} promotion rounds")
+    promoted = str(current.version) == version
+    if promoted and previous is None:
+        reason = f"no champion yet; {GATE_METRIC}={new_score:.4f}"
+    else:
+        rival = previous if promoted else current  # whom it beat, or who holds the alias instead
         verb = "beats" if promoted else "does not beat"
-        reason = f"{GATE_METRIC} {new_score:.4f} {verb} champion v{current.version} ({old_score:.4f})"
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
+        reason = f"{GATE_METRIC} {new_score:.4f} {verb} champion v{rival.version} ({_score(client, rival):.4f})"
     client.set_model_version_tag(name, version, "promotion", "promoted" if promoted else "rejected")
     client.set_model_version_tag(name, version, "promotion_reason", reason)
-    client.set_model_version_tag(name, version, GATE_METRIC, f"{new_score:.6f}")
-    return Promotion(name, str(version), promoted, reason)
+    return Promotion(name, version, promoted, reason)

@@ -15,11 +15,9 @@ import mlflow
 import requests
 
 from msml.config import Settings
-from msml.contract import DataError
 
 
-class TrackingError(DataError):
-    """The tracking server cannot be used; the message says why."""
+from msml.errors import TrackingError  # noqa: E402  (exit code 3; see msml.errors)
 
 
 def is_remote(uri: str) -> bool:

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
-from msml.serving.processes import read_pid, start_background, stop
+from msml.serving.processes import inspect, read_pid, start_background, stop
+from tests.conftest import run_msml
 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    stat = open(f"/proc/{pid}/stat").read()
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_start_background_and_stop_the_whole_group(tmp_path):
@@ -34,17 +37,64 @@ def test_start_background_and_stop_the_whole_group(tmp_path):
     assert os.getpgid(child) == pid
     with pytest.raises(RuntimeError, match="still running"):
         start_background([sys.executable, "-c", "pass"], pidfile, log)
-    assert stop(pidfile, timeout=5) is True
+    assert stop(pidfile, timeout=5).state == "ours"
     deadline = time.monotonic() + 5
     while (_alive(pid) or _alive(child)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child)
     assert not pidfile.exists()
-    assert stop(pidfile) is False  # nothing left to stop
+    assert stop(pidfile).state == "absent"  # nothing left to stop
 
 
-def test_stale_pidfile_is_ignored(tmp_path):
-    pidfile = tmp_path / "gone.pid"
-    pidfile.write_text("999999\n")
-    assert read_pid(pidfile) is None
-    assert stop(pidfile) is False and not pidfile.exists()
+def _msml_down(root):
+    return run_msml("down", env={"MSML_HOME": str(root)})
+
+
+def _pidfile(path, pid: int, create_time: float, cmdline: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": pid, "create_time": create_time, "cmdline": cmdline}))
+
+
+def test_reused_pid_names_a_foreign_process_that_down_leaves_alone(tmp_path):
+    """A pid file whose PID now belongs to another live process (reboot, PID reuse): never signalled."""
+    foreign = subprocess.Popen(["sleep", "60"])  # a real live process that is not ours
+    try:
+        pidfile = tmp_path / ".run" / "gateway.pid"
+        real = psutil.Process(foreign.pid)
+        # what a gateway that once had this PID recorded: another start time and command line
+        _pidfile(pidfile, foreign.pid, real.create_time() - 3600, ["/venv/bin/msml", "gateway", "--port", "8000"])
+        found = inspect(pidfile)
+        assert found.state == "foreign" and "sleep 60" in found.detail, found
+        assert read_pid(pidfile) is None
+        result = _msml_down(tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert (f"gateway: left alone (PID {foreign.pid} is now another process: sleep 60; it was: /venv/bin/msml "
+                "gateway --port 8000)") in result.stdout
+        assert foreign.poll() is None and real.status() != psutil.STATUS_ZOMBIE  # still running, untouched
+        assert not pidfile.exists()
+    finally:
+        foreign.kill()
+        foreign.wait()
+
+
+def test_down_cleans_the_pid_file_of_a_killed_demo_server(tmp_path):
+    run_dir = tmp_path / ".run"
+    pid = start_background(["sleep", "60"], run_dir / "model-server.pid", run_dir / "model-server.log")
+    assert inspect(run_dir / "model-server.pid").state == "ours"
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = _msml_down(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "stopped: nothing was running" in result.stdout
+    assert f"model-server: pid {pid} had already exited; removed" in result.stdout
+    assert not (run_dir / "model-server.pid").exists()
+
+
+def test_a_bare_pid_file_is_not_trusted(tmp_path):
+    """Older pid files held only a PID: without an identity nothing is signalled."""
+    me = tmp_path / "old.pid"
+    me.write_text(f"{os.getpid()}\n")  # this very test process: alive, and certainly not to be stopped
+    assert read_pid(me) is None
+    assert stop(me).state == "unreadable" and not me.exists()

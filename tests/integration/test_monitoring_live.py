@@ -9,7 +9,6 @@ HTTP API for each expression. This is how the Grafana files are proven without a
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.parse
@@ -24,8 +23,11 @@ from msml.monitoring import stack
 from msml.monitoring.definitions import all_queries
 from msml.monitoring.render import FAST, Ports
 from msml.serving.model_server import ModelServer
-from msml.serving.processes import spawn, stop_process
-from tests.conftest import BIN, run_msml
+from msml.config import load_settings
+from msml.demo import start_tracking_server
+from msml.serving.processes import stop as stop_pidfile
+from msml.serving.processes import stop_process
+from tests.conftest import run_msml
 from tests.integration.serving_fixtures import free_port, start_gateway, train_and_register
 
 pytestmark = pytest.mark.slow
@@ -37,6 +39,7 @@ class LiveSystem:
     gateway_url: str
     stack: stack.Stack
     processed: Path
+    mlflow_url: str | None = None
 
 
 def prom_query(prometheus_url: str, expr: str) -> list[dict]:
@@ -84,27 +87,22 @@ def live_system(workdir: Path, processed: Path, contract, tracking_server: bool 
     server = ModelServer(model.uri, model.tracking_uri, ports.model_server, workdir / "model-server.log")
     gateway = tracking = None
     run_dir = workdir / "run"
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": model.tracking_uri}
+    # the tracking server exactly as `make demo` starts it (demo.start_tracking_server: pid file in run_dir)
+    settings = load_settings(contract_path=contract.path).with_overrides(
+        root=workdir, tracking_uri=model.tracking_uri, artifact_root=workdir / "model" / "artifacts")
     try:
         if tracking_server:
-            tracking = spawn([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow),
-                              "--workers", "1", "--backend-store-uri", model.tracking_uri,
-                              "--expose-prometheus", str(workdir / "mlflow-metrics")],
-                             workdir / "mlflow-server.log", env=env)
+            tracking = start_tracking_server(settings, ports)
         server.start(wait=180)
         gateway, gateway_url = start_gateway(server.url, model.tracking_uri, workdir / "gateway.log",
                                              "--model-uri", model.uri, "--probe-interval", "0.25",
                                              "--drift-window", "200", port=ports.gateway)
-        if tracking is not None:
-            wait_until(lambda: _answers(f"http://127.0.0.1:{ports.mlflow}/metrics") or tracking.poll() is not None,
-                       120, 0.5, "MLflow tracking server /metrics")
-            assert tracking.poll() is None, (workdir / "mlflow-server.log").read_text()[-3000:]
-        yield LiveSystem(server, gateway_url, stack.start(run_dir, ports, FAST), processed)
+        yield LiveSystem(server, gateway_url, stack.start(run_dir, ports, FAST), processed, tracking)
     finally:
         stack.stop(run_dir)
-        for proc in (gateway, tracking):
-            if proc is not None:
-                stop_process(proc)
+        stop_pidfile(settings.run_dir / "mlflow.pid")
+        if gateway is not None:
+            stop_process(gateway)
         server.stop()
 
 
@@ -151,6 +149,16 @@ def test_the_targets_are_scraped_and_the_rules_loaded(live):
     with urllib.request.urlopen(f"{live.stack.prometheus_url}/api/v1/rules", timeout=10) as resp:
         groups = json.loads(resp.read())["data"]["groups"]
     assert all(rule["health"] == "ok" for g in groups for rule in g["rules"]), groups
+
+
+def test_every_target_is_up_and_the_mlflow_ui_answers(live):
+    """What `make demo` ends with (its last step is the same `wait_targets_up`), the MLflow UI included."""
+    assert stack.wait_targets_up(live.stack.prometheus_url, timeout=30) == {
+        "gateway": "up", "prometheus": "up", "mlflow": "up"}
+    with urllib.request.urlopen(f"{live.mlflow_url}/", timeout=10) as resp:
+        assert resp.status == 200 and b"<title>MLflow</title>" in resp.read()
+    with urllib.request.urlopen(f"{live.mlflow_url}/api/2.0/mlflow/registered-models/search", timeout=10) as resp:
+        assert "monitoring-live-model" in {m["name"] for m in json.loads(resp.read())["registered_models"]}
 
 
 def test_prometheus_evidence_is_numbered_and_every_image_shows_its_content(live, tmp_path):

@@ -160,7 +160,7 @@ def test_tracking_server_down_is_a_clear_error(tmp_path, processed):
            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     started = time.monotonic()
     result = run_msml("train", env=env)
-    assert result.returncode == 2 and "is not reachable" in result.stderr
+    assert result.returncode == 3 and "is not reachable" in result.stderr  # 3: tracking (msml.errors)
     assert "Traceback" not in result.stderr and time.monotonic() - started < 30
 
 
@@ -210,7 +210,7 @@ def test_wrong_credentials_are_a_clear_error(auth_server, processed, tmp_path):
     env = {"MSML_HOME": str(tmp_path), "MSML_PROCESSED": str(processed), "MLFLOW_TRACKING_URI": auth_server["url"],
            "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "wrong"}
     result = run_msml("train", env=env)
-    assert result.returncode == 2 and "refused the credentials (HTTP 401)" in result.stderr
+    assert result.returncode == 3 and "refused the credentials (HTTP 401)" in result.stderr
 
 
 def test_evidence_mlflow_screenshots_the_real_ui(home, tmp_path):

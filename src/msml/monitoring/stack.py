@@ -7,8 +7,11 @@ exactly the processes its pid files name. Both are idempotent: `make demo` / `ma
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +28,8 @@ from msml.monitoring.render import (
     prometheus_config,
     recording_rules,
 )
-from msml.serving.processes import read_pid, start_background, wait_ready
+from msml.errors import MissingProgramError, ServerError
+from msml.serving.processes import PidFile, check_port, read_pid, start_background, wait_ready
 from msml.serving.processes import stop as stop_pidfile
 
 COMPONENTS = ("prometheus", "alertmanager", "receiver")
@@ -73,7 +77,24 @@ def binary(*names: str) -> str:
         found = shutil.which(name)
         if found:
             return found
-    raise FileNotFoundError(f"none of {', '.join(names)} is installed (run scripts/install-system-deps.sh)")
+    raise MissingProgramError(f"none of {', '.join(names)} is installed (run `make system`, which runs "
+                              "scripts/install-system-deps.sh)")
+
+
+# The CLI option that moves each component's port (named in the "port busy" message).
+PORT_OPTIONS = {"prometheus": "--prometheus-port", "alertmanager": "--alertmanager-port",
+                "receiver": "--receiver-port"}
+
+
+def port_of(ports: Ports, component: str) -> int:
+    return getattr(ports, component)
+
+
+def check_ports(run_dir: str | Path, ports: Ports = Ports()) -> None:
+    """PortBusyError unless each component's port is free or held by the component we already run."""
+    for name, option in PORT_OPTIONS.items():
+        if read_pid(Path(run_dir) / f"{name}.pid") is None:
+            check_port(port_of(ports, name), name, option)
 
 
 def write_configs(stack: Stack, timing: Timing = PRODUCTION) -> dict[str, Path]:
@@ -121,6 +142,7 @@ def start(run_dir: str | Path, ports: Ports = Ports(), timing: Timing = PRODUCTI
           timeout: float = 60.0) -> Stack:
     """Start the receiver, Alertmanager and Prometheus (those not already running); wait until all are ready."""
     stack = Stack(Path(run_dir), ports)
+    check_ports(run_dir, ports)
     paths = write_configs(stack, timing)
     cmds = commands(stack, paths, timing)
     ready = {"prometheus": f"{stack.prometheus_url}/-/ready", "alertmanager": f"{stack.alertmanager_url}/-/ready",
@@ -141,12 +163,40 @@ def start(run_dir: str | Path, ports: Ports = Ports(), timing: Timing = PRODUCTI
     return stack
 
 
+def stop_report(run_dir: str | Path) -> dict[str, PidFile]:
+    """Stop the stack's processes its pid files in `run_dir` still name; what each pid file held, in stop order."""
+    run_dir = Path(run_dir)
+    return {name: stop_pidfile(run_dir / f"{name}.pid") for name in ("prometheus", "alertmanager", "receiver")}
+
+
 def stop(run_dir: str | Path) -> list[str]:
     """Stop the stack's processes named by the pid files in `run_dir`; returns the names of those stopped."""
-    run_dir = Path(run_dir)
-    return [name for name in ("prometheus", "alertmanager", "receiver") if stop_pidfile(run_dir / f"{name}.pid")]
+    return [name for name, found in stop_report(run_dir).items() if found.state == "ours"]
 
 
 def running(run_dir: str | Path) -> dict[str, int | None]:
     run_dir = Path(run_dir)
     return {name: read_pid(run_dir / f"{name}.pid") for name in COMPONENTS}
+
+
+def target_health(prometheus_url: str) -> dict[str, str]:
+    """{job: health} of every active scrape target, from Prometheus's own API."""
+    with urllib.request.urlopen(f"{prometheus_url}/api/v1/targets?state=active", timeout=5) as resp:
+        targets = json.loads(resp.read())["data"]["activeTargets"]
+    return {t["labels"]["job"]: t["health"] for t in targets}
+
+
+def wait_targets_up(prometheus_url: str, timeout: float = 60.0) -> dict[str, str]:
+    """Block until Prometheus has scraped every target successfully; ServerError naming those still down."""
+    deadline = time.monotonic() + timeout
+    health: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        try:
+            health = target_health(prometheus_url)
+        except (OSError, ValueError, KeyError):
+            health = {}
+        if health and all(h == "up" for h in health.values()):
+            return health
+        time.sleep(1.0)
+    down = ", ".join(f"{job} ({h})" for job, h in health.items() if h != "up") or "no answer from Prometheus"
+    raise ServerError(f"Prometheus targets not up after {timeout:.0f} s: {down} ({prometheus_url}/targets)")
