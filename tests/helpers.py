@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -47,3 +48,12 @@ def lint_workflows(paths) -> list[str]:
                     f"{tool} {path} exited {result.returncode}:\n{result.stdout}{result.stderr}".rstrip()
                 )
     return failures
+
+
+def dataset_digests(directory: Path) -> dict[str, str]:
+    """sha256 of each file `msml preprocess` writes in `directory` (its outputs; manifest.json is msml's own
+    integrity record of them, which the standalone course scripts do not write)."""
+    from msml.preprocessing import OUTPUT_FILES
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(directory).iterdir()) if p.name in OUTPUT_FILES}

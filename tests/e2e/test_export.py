@@ -6,7 +6,6 @@ to `msml preprocess`, modelling.py's autolog metrics equal to `msml train`'s, mo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from msml.export import (ALERTING_DIR, EXPORTER, GRAFANA_DIR, INFERENCE, MISSING
                          runtime_requirements, serving_evidence, write_eksperimen,
                          write_submission, write_workflow_ci)
 from tests.conftest import ROOT, run_msml
-from tests.helpers import lint_workflows
+from tests.helpers import dataset_digests, lint_workflows
 
 pytestmark = pytest.mark.slow
 
@@ -83,8 +82,6 @@ def tree(root: Path) -> set[str]:
     return found
 
 
-def digests(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +96,10 @@ def test_exact_trees(exported):
     assert {p.name for p in exported.iterdir()} == {EKS, "Workflow-CI", SUB, f"{SUB}.zip", MISSING_FILE}
     for unit, expected in EXPECTED.items():
         assert tree(exported / unit) == expected, unit
-    committed = digests(ROOT / "data" / DATA)
+    committed = dataset_digests(ROOT / "data" / DATA)
     assert set(committed) == PROCESSED_FILES
     for folder in (f"{EKS}/preprocessing/{DATA}", f"Workflow-CI/MLProject/{DATA}", f"{SUB}/Membangun_model/{DATA}"):
-        assert digests(exported / folder) == committed, folder
+        assert dataset_digests(exported / folder) == committed, folder
     assert (exported / EKS / "adult_raw" / "adult.csv").read_bytes() == (ROOT / "data/adult_raw/adult.csv").read_bytes()
 
 
@@ -277,7 +274,7 @@ def test_automate_writes_exactly_what_msml_preprocess_writes(course_env, process
     py, _, work = course_env
     out = work / "automate-out"
     _run(course_env, [str(py), f"preprocessing/automate_{S}.py", "--out", str(out)], cwd=work / EKS)
-    assert digests(out) == digests(processed)
+    assert dataset_digests(out) == dataset_digests(processed)
 
 
 def _metrics(store: str, run_id: str) -> dict[str, float]:

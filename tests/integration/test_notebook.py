@@ -3,7 +3,6 @@ scikit-learn cells, and its last section shows automate_<student>.py's outputs e
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 
@@ -12,6 +11,7 @@ import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import ROOT
+from tests.helpers import dataset_digests
 
 NOTEBOOK = ROOT / "notebooks" / "Eksperimen_YudhaElfransyah.ipynb"
 AUTOMATE = ROOT / "notebooks" / "automate_YudhaElfransyah.py"  # generated (tests/unit/test_course_files.py)
@@ -30,8 +30,6 @@ def headings(nb) -> list[str]:
     return [h for cell in nb.cells if cell.cell_type == "markdown" for h in HEADING.findall(cell.source)]
 
 
-def digests(directory) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +85,7 @@ def test_notebook_executes_without_error(executed):
 def test_notebook_outputs_equal_the_automation_and_msml_preprocess(executed, processed):
     nb, out = executed
     assert out.is_dir(), "the notebook's automation section did not write to MSML_NOTEBOOK_OUT"
-    assert digests(out) == digests(processed)  # automate_<student>.py == msml preprocess, byte for byte
+    assert dataset_digests(out) == dataset_digests(processed)  # automate_<student>.py == msml preprocess, byte for byte
     # the notebook compared its own step-by-step frames with the automation's files (assert_frame_equal, exact)
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     printed = "".join(o.get("text", "") for o in last.outputs if o.output_type == "stream")

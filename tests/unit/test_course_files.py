@@ -12,6 +12,7 @@ import pytest
 from msml.config import load_settings
 from msml.export import EXPORTER, INFERENCE, EXPORTER_METRICS, course_files, notebook_files
 from tests.conftest import ROOT
+from tests.helpers import dataset_digests
 
 SETTINGS = load_settings(root=ROOT)
 STUDENT = SETTINGS.student
@@ -140,7 +141,6 @@ def _load_automate(files, tmp_path):
 
 def test_automate_equals_msml_preprocess_on_dirty_rows(files, tmp_path, raw_path):
     """Parity beyond the clean data: quarantined rows and their reasons are byte-identical too."""
-    import hashlib
 
     from msml.preprocessing import preprocess
 
@@ -156,8 +156,7 @@ def test_automate_equals_msml_preprocess_on_dirty_rows(files, tmp_path, raw_path
     assert report["rows_quarantined"] == len(DIRTY_EDITS)
     automate, _ = _load_automate(files, tmp_path)
     automate.preprocess(raw, tmp_path / "script")
-    digest = lambda d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}  # noqa: E731
-    assert digest(tmp_path / "script") == digest(tmp_path / "package")
+    assert dataset_digests(tmp_path / "script") == dataset_digests(tmp_path / "package")
 
 
 def test_automate_refuses_bad_input_with_one_message(files, tmp_path, capsys):
