@@ -215,13 +215,9 @@ def _replace_dir(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-OUTPUT_FILES = (TRAIN_FILE, TEST_FILE, TRAIN_CLEAN_FILE, TEST_CLEAN_FILE, QUARANTINE_FILE, TRANSFORMER_FILE,
-                REPORT_FILE, MANIFEST_FILE)
-
-
 def _refuse_foreign_files(out: Path) -> None:
     """The folder is replaced as a whole: refuse one that holds files preprocessing did not write."""
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES) if out.is_dir() else []
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in (*OUTPUT_FILES, MANIFEST_FILE)) if out.is_dir() else []
     if foreign:
         raise DataError(f"{out} holds files `msml preprocess` did not write ({', '.join(foreign[:5])}); "
                         "choose an empty folder with --out")
