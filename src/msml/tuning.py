@@ -51,25 +51,26 @@ CALIBRATION_MIN_GAIN = 1e-3
 
 
 def native_transformer(contract: Contract) -> Pipeline:
-    """The unfitted transformer of the tree families: numbers as they are, categories as ordinal codes.
+    """The unfitted transformer of the tree families: numbers as they are, categories as pandas categoricals.
 
-    Missing values and categories unseen in training become NaN, which both families route as missing.
-    Output columns: the contract's numeric features, then its categorical ones (`categorical_columns`).
+    Each category becomes its position in the contract's list (missing and unknown → NaN) with a fixed
+    categorical dtype, so both families find the categorical columns from the dtype (HGB `from_dtype`,
+    LightGBM `auto`) and the codes never depend on which categories a batch happens to contain. Only
+    sklearn and pandas callables: the pickled model needs no msml code.
     """
+    cats = contract.categorical_features
     columns = ColumnTransformer(
-        [("num", "passthrough", contract.numeric_features),
-         ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, dtype=np.float64),
-          contract.categorical_features)],
+        # numbers as float64 whatever the rows' dtype (JSON rows with a null arrive as object columns)
+        [("num", FunctionTransformer(pd.DataFrame.astype, kw_args={"dtype": np.float64}), contract.numeric_features),
+         ("cat", OrdinalEncoder(categories=[list(contract.column(c).values) for c in cats],
+                                handle_unknown="use_encoded_value", unknown_value=np.nan, dtype=np.float64), cats)],
         verbose_feature_names_out=False,
     )
     missing_to_nan = FunctionTransformer(pd.DataFrame.where, kw_args={"cond": pd.notna, "other": np.nan})
-    return Pipeline([("missing_to_nan", missing_to_nan), ("columns", columns)]).set_output(transform="pandas")
-
-
-def categorical_columns(contract: Contract) -> list[int]:
-    """Positions of the categorical columns in `native_transformer`'s output."""
-    start = len(contract.numeric_features)
-    return list(range(start, start + len(contract.categorical_features)))
+    as_categories = FunctionTransformer(pd.DataFrame.astype, kw_args={"dtype": {
+        c: pd.CategoricalDtype(list(range(len(contract.column(c).values)))) for c in cats}})
+    return Pipeline([("missing_to_nan", missing_to_nan), ("columns", columns),
+                     ("as_categories", as_categories)]).set_output(transform="pandas")
 
 
 def suggest_params(trial: optuna.Trial) -> dict:
@@ -105,32 +106,31 @@ def estimated_cost(params: dict) -> float:
     return params["n_estimators"] * params["num_leaves"] * params["colsample_bytree"]
 
 
-def make_estimator(params: dict, seed: int, categorical: list[int] | None = None):
-    """The estimator of one parameter set; `categorical`: column positions the family treats as categories."""
+def make_estimator(params: dict, seed: int):
+    """The estimator of one parameter set; categorical columns are found from their pandas dtype."""
     params = dict(params)
     family = params.pop("family", "hgb")
-    categorical = categorical or None
     if family == "hgb":
         # early stopping off: the iteration count is a tuned parameter, and results stay reproducible
-        return HistGradientBoostingClassifier(**params, categorical_features=categorical, early_stopping=False,
+        return HistGradientBoostingClassifier(**params, categorical_features="from_dtype", early_stopping=False,
                                               random_state=seed)
     if family == "lightgbm":
         from lightgbm import LGBMClassifier
 
         # subsample_freq=1: bagging every iteration (LightGBM ignores `subsample` otherwise); deterministic and
         # row-wise histograms: the same seed gives the same model on any thread count
-        return LGBMClassifier(**params, categorical_feature=categorical or "auto", subsample_freq=1,
-                              random_state=seed, deterministic=True, force_row_wise=True, verbose=-1)
+        return LGBMClassifier(**params, subsample_freq=1, random_state=seed, deterministic=True,
+                              force_row_wise=True, verbose=-1)
     raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
 
 
-def make_model(choice: dict, seed: int, categorical: list[int], folds) -> object:
+def make_model(choice: dict, seed: int, folds) -> object:
     """The final estimator: one family, or the soft vote of the best of each; calibrated when chosen."""
     if choice["family"] == ENSEMBLE:
-        model = VotingClassifier([(f, make_estimator(p, seed, categorical)) for f, p in choice["members"].items()],
+        model = VotingClassifier([(f, make_estimator(p, seed)) for f, p in choice["members"].items()],
                                  voting="soft")
     else:
-        model = make_estimator(choice["params"], seed, categorical)
+        model = make_estimator(choice["params"], seed)
     if choice["calibration"] != "none":
         model = CalibratedClassifierCV(model, method=choice["calibration"], cv=folds)
     return model
@@ -186,7 +186,6 @@ def tune(
     X_test = transformer.transform(data.test_clean[contract.features])
     y = encode_target(data.train_clean[contract.target], contract)
     y_test = encode_target(data.test_clean[contract.target], contract)
-    categorical = categorical_columns(contract)
     experiment_id = setup_tracking(settings)
     mlflow.sklearn.autolog(disable=True)
     folds = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
@@ -214,7 +213,7 @@ def tune(
                 proba = np.zeros(len(y))
                 scores = []
                 for step, (train, test) in enumerate(fold_indices):
-                    model = make_estimator(params, seed, categorical).fit(X.iloc[train], y[train])
+                    model = make_estimator(params, seed).fit(X.iloc[train], y[train])
                     proba[test] = model.predict_proba(X.iloc[test])[:, 1]
                     scores.append(roc_auc_score(y[test], proba[test]))
                     trial.report(float(np.mean(scores)), step)
@@ -239,7 +238,7 @@ def tune(
         choice, candidates = choose_model(study, out_of_fold, y, folds, X)
         progress(f"  chosen: {choice['family']} (cv roc_auc {choice['cv_roc_auc']:.4f}), calibration "
                  f"{choice['calibration']}; refitting on the whole train split")
-        best = make_model(choice, seed, categorical, folds).fit(X, y)
+        best = make_model(choice, seed, folds).fit(X, y)
         mlflow.log_params({f"best_{k}": v for k, v in study.best_params.items()})
         mlflow.log_params({"chosen_family": choice["family"], "calibration": choice["calibration"],
                            "trials_completed": len(out_of_fold)})
