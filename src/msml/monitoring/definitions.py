@@ -261,13 +261,13 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "GatewayDown", "gateway_down", f'up{{job="{GATEWAY_JOB}"}}', "<", 1, "1m", "critical",
         "Prometheus cannot scrape the gateway.",
-        "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}) for 1m: every gateway "
-        "metric is missing, so no other gateway alert can be trusted.",
+        "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}) for 1m (up = {{ $value }}): "
+        "every gateway metric is missing, so no other gateway alert can be trusted.",
         firing=AlertCase({f"up{{{_GW}}}": "0x60"}),
         healthy=AlertCase({f"up{{{_GW}}}": "1x60"}),
         labels={"job": GATEWAY_JOB, "instance": "gateway:8000"},
-        annotations={"description": "Prometheus could not scrape gateway:8000 (job gateway) for 1m: every gateway "
-                                    "metric is missing, so no other gateway alert can be trusted."},
+        annotations={"description": "Prometheus could not scrape gateway:8000 (job gateway) for 1m (up = 0): every "
+                                    "gateway metric is missing, so no other gateway alert can be trusted."},
         no_data_alerts=True,
     ),
     Alert(

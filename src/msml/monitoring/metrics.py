@@ -92,6 +92,7 @@ class GatewayMetrics:
                                           "training reference, per feature.", ["feature"], registry=r)
         self.drift_window_rows = Gauge(DRIFT_WINDOW_ROWS, "Rows in the drift window (PSI is exported once it "
                                                           "holds the minimum).", registry=r)
+        self.drift_window_rows.set(float("nan"))  # until the gateway has a drift window (track_drift_window)
         self.model_up = Gauge(MODEL_UP, "1 when the model server answered its last /ping, else 0.", registry=r)
         self.model_info = Info(MODEL_INFO, "The model being served.", registry=r)
         self.feedback = Counter(_strip_total(FEEDBACK), "Ground-truth feedback received, by outcome.",
@@ -102,5 +103,6 @@ class GatewayMetrics:
         self.live_accuracy.set(float("nan"))
 
     def track_drift_window(self, drift) -> None:
-        """Export the row count of the gateway's drift window (a `SlidingPSI`), read at each scrape."""
+        """Export the row count of the gateway's drift window (a `SlidingPSI`, anything with len()), read at each
+        scrape. The gateway calls it once it has built its window."""
         self.drift_window_rows.set_function(lambda: len(drift))
