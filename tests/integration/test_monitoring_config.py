@@ -112,7 +112,7 @@ def test_live_alertmanager_inhibits_the_error_rate_while_the_model_server_is_dow
     port = free_port()
     config = tmp_path / "alertmanager.yml"
     config.write_text(render._yaml(render.alertmanager_config(render.Targets.local(render.Ports(receiver=free_port())))))
-    proc = spawn([_need("alertmanager"), f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
+    proc = spawn([_need("prometheus-alertmanager"), f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
                   f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="], tmp_path / "am.log")
     base = f"http://127.0.0.1:{port}/api/v2/alerts"
     try:
