@@ -33,7 +33,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 
-from msml.config import DEFAULT_TRIALS, Settings
+from msml.config import DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, Settings
 from msml.contract import Contract
 from msml.evaluation import calibration_metrics, classifier_metrics, positive_class_metrics, write_evaluation_artifacts
 from msml.preprocessing import encode_target
@@ -43,9 +43,6 @@ from msml.tracking import setup_tracking
 DEFAULT_CV_FOLDS = 3
 FAMILIES = ("hgb", "lightgbm")
 ENSEMBLE = "ensemble"  # the mean probability of the best trial of each family
-# Wall-clock cap of the search: the default trial count ends well inside it on an idle 2-core machine; on a
-# busy one the search stops here (the trials completed are logged), so tuning still ends within 3 minutes.
-DEFAULT_TIME_BUDGET = 150.0
 # Calibration is applied only when it lowers the CV log loss by at least this much (noise on ~39k rows).
 CALIBRATION_MIN_GAIN = 1e-3
 
