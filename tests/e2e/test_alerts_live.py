@@ -85,7 +85,7 @@ def test_drifted_traffic_notifies_with_the_feature_and_its_value(system):
     drift = alert("DataDriftPSI")
     started = time.time()
     # only drifted rows: the window (the drift minimum) fills with them within the run
-    drive_traffic(system, seconds=4, drift_share="1.0", invalid_share="0")
+    drive_traffic(system, seconds=4, drift_share="1.0", invalid_share="0", batch_rows="50")
     wait_until(lambda: _notified(system, drift.name, "firing", started), NOTIFY_WITHIN, 0.5,
                f"{drift.name} firing notification at the receiver")
     alerts = [a for r in _notified(system, drift.name, "firing", started) for a in r["payload"]["alerts"]
