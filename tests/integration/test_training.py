@@ -113,7 +113,7 @@ def test_tuning_is_reproducible_for_a_seed(tmp_path, processed, contract):
         settings = load_settings(root=tmp_path).with_overrides(
             processed_dir=small, tracking_uri=f"sqlite:///{tmp_path / f'repro{i}.db'}",
             artifact_root=tmp_path / f"artifacts{i}")
-        summary = tune(settings, n_trials=3, cv_folds=2, seed=11, progress=lambda _: None, time_budget=None)
+        summary = tune(settings, n_trials=2, cv_folds=2, seed=11, progress=lambda _: None, time_budget=None)
         run = mlflow.get_run(summary.run_id)
         params = {k: v for k, v in run.data.params.items() if k.startswith(("best_", "chosen_", "calibration"))}
         metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("cv_", "test_", "training_", "best_"))}
