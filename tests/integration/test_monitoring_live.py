@@ -166,8 +166,10 @@ def _promtool_series(metrics_text: str, instance: str) -> dict[str, str]:
                 continue
             labels = {**sample.labels, "job": GATEWAY_JOB, "instance": instance}
             selector = sample.name + "{" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(labels.items())) + "}"
-            value = "NaN" if sample.value != sample.value else f"{sample.value:g}"
-            series[selector] = f"0+{value}x60" if cumulative and value != "NaN" else f"{value}x60"
+            if sample.value != sample.value:  # NaN: promtool's notation cannot expand it, so it is written out
+                series[selector] = " ".join(["NaN"] * 61)
+            else:
+                series[selector] = f"0+{sample.value:g}x60" if cumulative else f"{sample.value:g}x60"
     return series
 
 
