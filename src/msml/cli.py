@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from msml.config import DEFAULT_TRIALS, Settings, load_settings
+from msml.config import DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, Settings, load_settings
 from msml.contract import DEFAULT_MAX_INVALID_SHARE, DataError
 from msml.errors import MaskingStream, MsmlError, TrackingError, mask
 
@@ -141,13 +141,16 @@ def tune(
     experiment: Optional[str] = ExperimentOpt,
     run_info: Optional[Path] = RunInfoOpt,
     register: bool = typer.Option(True, "--register/--no-register", help="Register and gate-promote the model."),
+    time_budget: float = typer.Option(DEFAULT_TIME_BUDGET, "--time-budget", min=0,
+                                      help="Stop starting trials after this many seconds (0: no cap)."),
 ) -> None:
     """Optuna search with manual logging (the course's modelling_tuning.py); registers and promotes."""
     from msml.tuning import tune as run
 
     settings = _settings(contract).with_overrides(processed_dir=data, experiment=experiment)
     typer.echo(f"tuning with {n_trials} trials, {cv_folds}-fold CV (tracking: {settings.tracking_uri})")
-    summary = run(settings, n_trials=n_trials, seed=seed, cv_folds=cv_folds, run_info=run_info, progress=typer.echo)
+    summary = run(settings, n_trials=n_trials, seed=seed, cv_folds=cv_folds, run_info=run_info, progress=typer.echo,
+                  time_budget=time_budget or None)
     _print_summary(summary)
     if register:
         _register(settings, summary.model_uri, summary.run_id)

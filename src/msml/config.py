@@ -20,6 +20,8 @@ DEFAULT_DOCKERHUB_USER = "yudhaelfransyah"
 # Optuna trials of `msml tune`: the search plateaus by trial ~5 on Adult (benchmarks/bench_training.py),
 # and 10 trials fit the 3-minute budget on 2 cores.
 DEFAULT_TRIALS = 10
+# Tuning stops starting trials after this many seconds, so a busy machine still ends within ~3 minutes.
+DEFAULT_TIME_BUDGET = 150.0
 
 
 @dataclass(frozen=True)

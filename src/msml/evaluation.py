@@ -50,7 +50,28 @@ def positive_class_metrics(y, proba: np.ndarray, prefix: str) -> dict[str, float
         f"{prefix}log_loss": float(skm.log_loss(y, proba)),
         f"{prefix}average_precision": float(skm.average_precision_score(y, proba)),
         f"{prefix}brier": float(skm.brier_score_loss(y, proba)),
+        f"{prefix}ece": expected_calibration_error(y, proba),
     }
+
+
+def expected_calibration_error(y, proba: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: the row-weighted mean |observed positive rate − mean predicted probability|
+    over `bins` equal-width probability bins."""
+    y = np.asarray(y, dtype=float)
+    proba = np.asarray(proba, dtype=float)
+    which = np.minimum((proba * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.sum() * abs(y[mask].mean() - proba[mask].mean())
+    return float(total / len(y))
+
+
+def calibration_metrics(y, proba: np.ndarray) -> dict[str, float]:
+    """Calibration quality of probabilities for the positive class: log loss, Brier score and ECE."""
+    return {"log_loss": float(skm.log_loss(y, proba)), "brier": float(skm.brier_score_loss(y, proba)),
+            "ece": expected_calibration_error(y, proba)}
 
 
 def metrics_by_group(y, proba: np.ndarray, groups: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:

@@ -90,11 +90,13 @@ def log_training_dataset(data: TrainingData, contract: Contract) -> None:
         mlflow.log_input(dataset, context="training")
 
 
-def log_model(estimator, data: TrainingData, contract: Contract) -> str:
-    """Log transformer + estimator as one sklearn Pipeline, plus the drift reference. Returns the model URI."""
+def log_model(estimator, data: TrainingData, contract: Contract, transformer: Pipeline | None = None) -> str:
+    """Log transformer (the processed dir's unless another fitted one is given) + estimator as one sklearn
+    Pipeline, plus the drift reference. Returns the model URI."""
     from msml.monitoring.drift import build_reference
 
-    pipeline = Pipeline([("transform", data.transformer), ("model", estimator)])
+    pipeline = Pipeline([("transform", data.transformer if transformer is None else transformer),
+                         ("model", estimator)])
     example = data.test_clean[contract.features].head(INPUT_EXAMPLE_ROWS)
     # The signature comes from the contract, so MLflow's hint about inferring integer columns
     # from the example does not apply.

@@ -47,14 +47,13 @@ def cheapest_seed(candidates: int = 100) -> int:
     """
     import optuna
 
-    from msml.tuning import suggest_params
+    from msml.tuning import estimated_cost, suggest_params
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def cost(seed: int) -> float:
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-        p = suggest_params(study.ask())
-        return p["max_iter"] * p["max_leaf_nodes"] * p["max_features"]
+        return estimated_cost(suggest_params(study.ask()))
 
     return min(range(candidates), key=cost)
 

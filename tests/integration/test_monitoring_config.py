@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -60,9 +61,83 @@ def test_promtool_rule_unit_tests_pass():
 
 def test_every_alert_has_a_firing_and_a_not_firing_promtool_case():
     tests = yaml.safe_load((MON / "prometheus/tests/alerts_test.yml").read_text())["tests"]
-    cases = [(t["alert_rule_test"][0]["alertname"], bool(t["alert_rule_test"][0]["exp_alerts"])) for t in tests]
+    cases = [(t["alert_rule_test"][0]["alertname"], bool(t["alert_rule_test"][0]["exp_alerts"]))
+             for t in tests if "alert_rule_test" in t]
     for a in definitions.ALERTS:
         assert (a.name, True) in cases and (a.name, False) in cases, a.name
+
+
+def test_alert_annotations_are_templated_and_link_a_runbook_section():
+    """The firing promtool cases expect the description rendered from the series (labels and value), so
+    `promtool test rules` above proves the templates; here: each names what fired and has its runbook."""
+    readme = (MON / "README.md").read_text().lower()
+    for a in definitions.ALERTS:
+        assert "{{ $labels." in a.description and "{{ $value" in a.description, a.name
+        assert a.annotations["description"] not in (a.description, "")  # the rendered form differs
+        anchor = a.runbook_url.split("#")[1]
+        assert f"### {anchor}" in readme, f"monitoring/README.md has no runbook section for {a.name}"
+    drift = definitions.alert("DataDriftPSI").annotations["description"]
+    assert "age" in drift and "0.35" in drift and f"{definitions.DRIFT_PSI_THRESHOLD:g}" in drift
+
+
+@pytest.mark.system
+def test_promtool_catches_a_grafana_rule_without_its_inhibition(tmp_path):
+    """The Grafana form of an inhibited alert must be empty while its cause fires: without `unless`, the
+    committed promtool expression tests fail."""
+    inhibited = [a for a in definitions.ALERTS if a.inhibited_by]
+    assert inhibited, "no alert is inhibited by its cause"
+    tests = yaml.safe_load((MON / "prometheus/tests/alerts_test.yml").read_text())
+    for t in tests["tests"]:
+        for case in t.get("promql_expr_test", []):
+            for a in inhibited:
+                case["expr"] = case["expr"].replace(a.grafana_query, a.query)
+    tests["rule_files"] = [str(MON / "prometheus/rules" / Path(f).name) for f in tests["rule_files"]]
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(tests))
+    result = _run(need_binary("promtool"), "test", "rules", str(tmp_path / "t.yml"))
+    assert result.returncode != 0
+    assert all(f'expr: "{a.query}"' in result.stdout + result.stderr for a in inhibited)
+
+
+@pytest.mark.system
+def test_live_alertmanager_inhibits_the_error_rate_while_the_model_server_is_down(tmp_path):
+    """A real Alertmanager with the rendered config: HighErrorRate posted alongside ModelServerDown for the
+    same job is suppressed (inhibited by it); for another job it is not."""
+    import urllib.request
+
+    from msml.serving.processes import spawn, stop_process
+    from tests.integration.serving_fixtures import free_port
+
+    port = free_port()
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(render._yaml(render.alertmanager_config(render.Targets.local(render.Ports(receiver=free_port())))))
+    proc = spawn([need_binary("prometheus-alertmanager"), f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
+                  f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="], tmp_path / "am.log")
+    base = f"http://127.0.0.1:{port}/api/v2/alerts"
+    try:
+        alerts = [{"labels": {"alertname": "ModelServerDown", "job": "gateway", "severity": "critical"}},
+                  {"labels": {"alertname": "HighErrorRate", "job": "gateway", "severity": "critical"}},
+                  {"labels": {"alertname": "HighErrorRate", "job": "other", "severity": "critical"}}]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                req = urllib.request.Request(base, data=json.dumps(alerts).encode(), method="POST",
+                                             headers={"Content-Type": "application/json"})
+                urllib.request.urlopen(req, timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "am.log").read_text()
+                time.sleep(0.2)
+        def states():
+            with urllib.request.urlopen(base, timeout=5) as resp:
+                return {(a["labels"]["alertname"], a["labels"]["job"]): a["status"] for a in json.loads(resp.read())}
+        while len(got := states()) < 3 or got[("HighErrorRate", "gateway")]["state"] != "suppressed":
+            assert time.monotonic() < deadline, got
+            time.sleep(0.2)
+        assert got[("HighErrorRate", "gateway")]["inhibitedBy"]
+        assert got[("HighErrorRate", "other")]["state"] == "active"
+        assert got[("ModelServerDown", "gateway")]["state"] == "active"
+    finally:
+        stop_process(proc)
 
 
 @pytest.mark.system
@@ -130,13 +205,21 @@ def test_panels_and_alerts_are_built_on_the_metric_constants():
 def test_grafana_dashboard_has_every_panel_with_its_query():
     dash = json.loads((MON / "grafana/dashboards" / f"{render.DASHBOARD_UID}.json").read_text())
     assert dash["uid"] == render.DASHBOARD_UID and dash["schemaVersion"] >= 39
-    by_title = {p["title"]: p for p in dash["panels"]}
+    by_title = {p["title"]: p for p in dash["panels"] if p["type"] != "row"}
     assert len(by_title) == len(definitions.PANELS) >= 10
+    rows = [p["title"].lower() for p in dash["panels"] if p["type"] == "row"]
+    assert rows == list(definitions.ROWS) == ["traffic", "model", "data"]
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["job"]["type"] == "query" and variables["job"]["datasource"]["uid"] == "${datasource}"
     for panel in definitions.PANELS:
         got = by_title[panel.title]
         assert [t["expr"] for t in got["targets"]] == [q.expr for q in panel.queries]
-        assert got["datasource"]["uid"] == render.DATASOURCE_UID
+        assert got["datasource"]["uid"] == "${datasource}"
         assert got["fieldConfig"]["defaults"]["unit"] == panel.unit
+        for q in panel.queries:
+            assert '{job=~"$job"' in q.expr or ',job=~"$job"' in q.expr, panel.key
+            assert "[1m]" not in q.expr  # raw rates use $__rate_interval; recording rules carry their own window
     ids = [p["id"] for p in dash["panels"]]
     assert len(set(ids)) == len(ids)
 
@@ -154,7 +237,10 @@ def test_grafana_provisioning_files_have_the_shape_grafana_11_reads():
     for rule, a in zip(rules, definitions.ALERTS):
         assert rule["title"] == a.name and rule["condition"] == "C" and len(rule["uid"]) <= 40
         query = rule["data"][0]
-        assert query["datasourceUid"] == render.DATASOURCE_UID and query["model"]["expr"] == a.query
+        assert query["datasourceUid"] == render.DATASOURCE_UID and query["model"]["expr"] == a.grafana_query
+        # missing data alerts once, through the alert that owns it
+        assert rule["noDataState"] == ("Alerting" if a.name == "GatewayDown" else "OK"), a.name
+        assert rule["annotations"]["runbook_url"] == a.runbook_url
         assert rule["data"][2]["model"]["conditions"][0]["evaluator"] == {"params": [a.threshold],
                                                                            "type": a.grafana_evaluator}
         assert "folderUID" not in rule and "ruleGroup" not in rule  # API-only fields

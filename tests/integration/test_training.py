@@ -42,6 +42,7 @@ def home(tmp_path_factory, processed) -> dict:
     baseline = run_msml("train", "--run-info", str(root / "baseline.json"), env=env)
     assert baseline.returncode == 0, baseline.stderr
     tuned = run_msml("tune", "--n-trials", str(TRIALS), "--cv-folds", str(FOLDS), "--seed", str(SEED),
+                     "--time-budget", "0",
                      "--run-info", str(root / "tuned.json"), env=env)
     assert tuned.returncode == 0, tuned.stderr
     return {
@@ -81,6 +82,44 @@ def test_tuning_logs_parent_with_a_child_per_trial_and_autolog_names(home):
     assert {"test_roc_auc", "test_accuracy", "best_cv_roc_auc"} <= set(parent.data.metrics)
     assert any(k.startswith("best_") for k in parent.data.params)
     assert f"trial {TRIALS}/{TRIALS}" in home["tune_stdout"]  # progress is shown
+
+
+def test_tuning_logs_the_family_choice(home):
+    from msml.tuning import ENSEMBLE, FAMILIES
+
+    client = MlflowClient()
+    parent = client.get_run(home["tuned"]["run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {c.data.params["family"] for c in children} <= set(FAMILIES)
+    assert parent.data.params["chosen_family"] in (*FAMILIES, ENSEMBLE)
+    assert parent.data.tags["msml.family"] == parent.data.params["chosen_family"]
+    assert parent.data.params["calibration"] in ("none", "sigmoid", "isotonic")
+    # calibration quality, out of fold and on test
+    assert {"cv_brier", "cv_ece", "test_brier", "test_ece", "cv_log_loss_calibration_none"} <= set(parent.data.metrics)
+
+
+def test_tuning_is_reproducible_for_a_seed(tmp_path, processed, contract):
+    """Same seed, same data: the same family, parameters and metrics (a small slice keeps it quick)."""
+    from msml.config import load_settings
+    from msml.tuning import tune
+
+    small = tmp_path / "small"
+    shutil.copytree(processed, small)
+    for name, rows in (("train_clean.csv", 2500), ("test_clean.csv", 1000)):
+        lines = (processed / name).read_text().splitlines(keepends=True)
+        (small / name).write_text("".join(lines[: rows + 1]))
+    runs = []
+    for i in range(2):
+        settings = load_settings(root=tmp_path).with_overrides(
+            processed_dir=small, tracking_uri=f"sqlite:///{tmp_path / f'repro{i}.db'}",
+            artifact_root=tmp_path / f"artifacts{i}")
+        summary = tune(settings, n_trials=2, cv_folds=2, seed=11, progress=lambda _: None, time_budget=None)
+        run = mlflow.get_run(summary.run_id)
+        params = {k: v for k, v in run.data.params.items() if k.startswith(("best_", "chosen_", "calibration"))}
+        metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("cv_", "test_", "training_", "best_"))}
+        runs.append((params, metrics))
+    assert runs[0][0] == runs[1][0] and "chosen_family" in runs[0][0]
+    assert runs[0][1] == runs[1][1]
 
 
 def test_tuning_logs_artifacts_autolog_does_not_make(home, contract):
@@ -196,6 +235,7 @@ def test_train_and_tune_against_a_remote_server_with_basic_auth(auth_server, hom
            "MLFLOW_TRACKING_USERNAME": auth_server["user"], "MLFLOW_TRACKING_PASSWORD": auth_server["password"]}
     assert run_msml("train", env=env).returncode == 0
     tuned = run_msml("tune", "--n-trials", str(TRIALS), "--cv-folds", str(FOLDS), "--seed", str(SEED),
+                     "--time-budget", "0",
                      "--run-info", str(tmp_path / "tuned.json"), env=env)
     assert tuned.returncode == 0, tuned.stderr
     remote = json.loads((tmp_path / "tuned.json").read_text())

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from msml.config import DEFAULT_GITHUB_USER
+from msml.monitoring.drift import MIN_ROWS as DRIFT_MIN_ROWS
+from msml.monitoring.drift import THRESHOLD as DRIFT_PSI_THRESHOLD
 from msml.monitoring.metrics import (
     BATCH_ROWS,
     DRIFT_PSI,
+    DRIFT_WINDOW_ROWS,
     FEATURE_MISSING,
     IN_FLIGHT,
     LIVE_ACCURACY,
     MODEL_INFO,
     MODEL_REQUEST_SECONDS,
     MODEL_UP,
+    PREDICTED_CLASS,
     PREDICTIONS,
     PROBABILITY,
     PROCESS_CPU,
@@ -33,9 +38,19 @@ GATEWAY_JOB = "gateway"
 MLFLOW_JOB = "mlflow"
 PROMETHEUS_JOB = "prometheus"
 
-# Rate window of every rate() below: 4 samples at the production 15 s scrape interval.
+# Rate window of the recording rules: 4 samples at the production 15 s scrape interval. Dashboard panels that
+# rate raw counters use Grafana's $__rate_interval instead (it follows the datasource's scrape interval).
 WINDOW = "1m"
-DRIFT_PSI_THRESHOLD = 0.2  # the usual "significant shift" line for the population stability index
+# Dashboard variables: the Prometheus datasource and the gateway job(s) shown.
+RATE_INTERVAL = "$__rate_interval"
+JOB = 'job=~"$job"'
+# Where each alert's runbook lives: a section of monitoring/README.md, anchored by the alert's name.
+RUNBOOK_BASE = f"https://github.com/{DEFAULT_GITHUB_USER}/msml/blob/main/monitoring/README.md"
+
+
+def promql(expr: str, job: str = ".+", rate_interval: str = WINDOW) -> str:
+    """A dashboard expression as Prometheus evaluates it: the Grafana variables replaced by values."""
+    return expr.replace("$__rate_interval", rate_interval).replace("$job", job)
 
 
 def _base(counter: str) -> str:
@@ -104,52 +119,72 @@ class Panel:
     kind: str = "timeseries"  # timeseries | stat | heatmap
     description: str = ""
     thresholds: tuple[float, ...] = ()  # red above the first value (stat/timeseries threshold lines)
+    row: str = ""  # dashboard row (one of ROWS); stats sit above the rows
 
 
 PANELS: tuple[Panel, ...] = (
-    Panel("throughput", "Throughput by endpoint", (Query(f"sum by (endpoint) ({REQUEST_RATE.record})", "{{endpoint}}"),),
-          "reqps", description="HTTP requests per second handled by the gateway."),
-    Panel("error_rate", "Error rate (5xx share)", (Query(f"max({ERROR_RATIO.record})", "5xx share"),), "percentunit",
-          description="Share of gateway responses that were server errors.", thresholds=(0.05,)),
+    # row "traffic"
+    Panel("throughput", "Throughput by endpoint",
+          (Query(f"sum by (endpoint) ({REQUEST_RATE.record}{{{JOB}}})", "{{endpoint}}"),),
+          "reqps", description="HTTP requests per second handled by the gateway.", row="traffic"),
+    Panel("error_rate", "Error rate (5xx share)", (Query(f"max({ERROR_RATIO.record}{{{JOB}}})", "5xx share"),),
+          "percentunit", description="Share of gateway responses that were server errors.", thresholds=(0.05,),
+          row="traffic"),
     Panel("latency", "Gateway latency p50 / p95 / p99",
-          (Query(f"max by (endpoint) ({LATENCY_P50.record})", "p50 {{endpoint}}"),
-           Query(f"max by (endpoint) ({LATENCY_P95.record})", "p95 {{endpoint}}"),
-           Query(f"max by (endpoint) ({LATENCY_P99.record})", "p99 {{endpoint}}")), "s",
-          description="End-to-end request latency quantiles from the gateway's histogram."),
+          (Query(f"max by (endpoint) ({LATENCY_P50.record}{{{JOB}}})", "p50 {{endpoint}}"),
+           Query(f"max by (endpoint) ({LATENCY_P95.record}{{{JOB}}})", "p95 {{endpoint}}"),
+           Query(f"max by (endpoint) ({LATENCY_P99.record}{{{JOB}}})", "p99 {{endpoint}}")), "s",
+          description="End-to-end request latency quantiles from the gateway's histogram.", row="traffic"),
     Panel("model_latency", "Model-server latency p50 / p95",
-          (Query(f"max({MODEL_LATENCY_P50.record})", "p50"), Query(f"max({MODEL_LATENCY_P95.record})", "p95")), "s",
-          description="Latency of the gateway's calls to the model server's /invocations."),
+          (Query(f"max({MODEL_LATENCY_P50.record}{{{JOB}}})", "p50"),
+           Query(f"max({MODEL_LATENCY_P95.record}{{{JOB}}})", "p95")), "s",
+          description="Latency of the gateway's calls to the model server's /invocations.", row="traffic"),
     Panel("batch_size", "Rows per model batch (mean)",
-          (Query(f"sum(rate({BATCH_ROWS}_sum[{WINDOW}])) / sum(rate({BATCH_ROWS}_count[{WINDOW}]))", "rows/batch"),),
-          "short", description="Mean rows per micro-batch sent to the model server."),
-    Panel("in_flight", "Requests in flight", (Query(f"sum({IN_FLIGHT})", "in flight"),), "short",
-          description="Prediction requests being handled right now."),
-    Panel("predictions", "Predictions by class", (Query(f"sum by (label) (rate({PREDICTIONS}[{WINDOW}]))", "{{label}}"),),
-          "short", description="Predicted rows per second, by predicted class label."),
+          (Query(f"sum(rate({BATCH_ROWS}_sum{{{JOB}}}[{RATE_INTERVAL}])) / "
+                 f"sum(rate({BATCH_ROWS}_count{{{JOB}}}[{RATE_INTERVAL}]))", "rows/batch"),),
+          "short", description="Mean rows per micro-batch sent to the model server.", row="traffic"),
+    Panel("in_flight", "Requests in flight", (Query(f"sum({IN_FLIGHT}{{{JOB}}})", "in flight"),), "short",
+          description="Prediction requests being handled right now.", row="traffic"),
+    Panel("cpu", "Gateway CPU", (Query(f"sum(rate({PROCESS_CPU}{{{JOB}}}[{RATE_INTERVAL}]))", "cores"),),
+          "short", description="CPU seconds per second used by the gateway process.", row="traffic"),
+    Panel("memory", "Gateway memory (RSS)", (Query(f"sum({PROCESS_MEMORY}{{{JOB}}})", "rss"),), "bytes",
+          description="Resident memory of the gateway process.", row="traffic"),
+    # row "model"
+    Panel("predictions", "Predictions by class",
+          (Query(f"sum by ({PREDICTED_CLASS}) (rate({PREDICTIONS}{{{JOB}}}[{RATE_INTERVAL}]))",
+                 f"{{{{{PREDICTED_CLASS}}}}}"),),
+          "short", description="Predicted rows per second, by predicted class.", row="model"),
     Panel("probability", "Predicted probability distribution",
-          (Query(f"sum by (le) (increase({PROBABILITY}_bucket[{WINDOW}]))", "{{le}}"),), "short", kind="heatmap",
-          description="Histogram of the predicted probability of the positive class."),
-    Panel("drift_psi", "Drift PSI per feature", (Query(f"max by (feature) ({DRIFT_PSI})", "{{feature}}"),), "short",
-          description="Population stability index of recent rows against the training reference.",
-          thresholds=(DRIFT_PSI_THRESHOLD,)),
+          (Query(f"sum by (le) (increase({PROBABILITY}_bucket{{{JOB}}}[{RATE_INTERVAL}]))", "{{le}}"),), "short",
+          kind="heatmap", description="Histogram of the predicted probability of the positive class.", row="model"),
+    # `>= 0` drops the NaN a gateway exports before any feedback: the panel shows no data, not 0 %
+    Panel("live_accuracy", "Live accuracy", (Query(f"min({LIVE_ACCURACY}{{{JOB}}} >= 0)", "accuracy"),),
+          "percentunit", description="Accuracy of the predictions that received ground-truth feedback "
+                                     "(no data before any feedback).", row="model"),
+    # row "data"
+    Panel("drift_psi", "Drift PSI per feature", (Query(f"max by (feature) ({DRIFT_PSI}{{{JOB}}})", "{{feature}}"),),
+          "short", description="Population stability index of recent rows against the training reference "
+                               f"(absent until the window holds {DRIFT_MIN_ROWS} rows).",
+          thresholds=(DRIFT_PSI_THRESHOLD,), row="data"),
+    Panel("drift_window_rows", "Rows in the drift window",
+          (Query(f"max({DRIFT_WINDOW_ROWS}{{{JOB}}})", "rows"),), "short",
+          description=f"Rows the drift statistic is computed over; PSI is exported from {DRIFT_MIN_ROWS} rows.",
+          thresholds=(), row="data"),
     Panel("missing_rate", "Missing-value rate per feature",
-          (Query(f"max by (feature) ({MISSING_RATIO.record})", "{{feature}}"),), "percentunit",
-          description="Share of scored rows with the feature missing."),
+          (Query(f"max by (feature) ({MISSING_RATIO.record}{{{JOB}}})", "{{feature}}"),), "percentunit",
+          description="Share of scored rows with the feature missing.", row="data"),
     Panel("validation_failures", "Validation failures by field",
-          (Query(f"sum by (field, reason) (rate({VALIDATION_FAILURES}[{WINDOW}]))", "{{field}}: {{reason}}"),),
-          "short", description="Request rows rejected by the contract, per second."),
-    Panel("model_up", "Model server up", (Query(f"min({MODEL_UP})", "up"),), "short", kind="stat",
+          (Query(f"sum by (field, reason) (rate({VALIDATION_FAILURES}{{{JOB}}}[{RATE_INTERVAL}]))",
+                 "{{field}}: {{reason}}"),),
+          "short", description="Request rows rejected by the contract, per second.", row="data"),
+    # stats above the rows
+    Panel("model_up", "Model server up", (Query(f"min({MODEL_UP}{{{JOB}}})", "up"),), "short", kind="stat",
           description="1 when the model server answered the gateway's last /ping."),
-    Panel("live_accuracy", "Live accuracy", (Query(f"min({LIVE_ACCURACY})", "accuracy"),), "percentunit",
-          description="Accuracy of the predictions that received ground-truth feedback."),
-    Panel("cpu", "Gateway CPU", (Query(f'sum(rate({PROCESS_CPU}{{job="{GATEWAY_JOB}"}}[{WINDOW}]))', "cores"),),
-          "short", description="CPU seconds per second used by the gateway process."),
-    Panel("memory", "Gateway memory (RSS)", (Query(f'sum({PROCESS_MEMORY}{{job="{GATEWAY_JOB}"}})', "rss"),), "bytes",
-          description="Resident memory of the gateway process."),
-    Panel("model_info", "Model served", (Query(f"max by (name, version, alias) ({MODEL_INFO}_info)",
+    Panel("model_info", "Model served", (Query(f"max by (name, version, alias) ({MODEL_INFO}_info{{{JOB}}})",
                                                 "{{name}} v{{version}} @{{alias}}"),), "short", kind="stat",
           description="Name, version and alias of the model the gateway serves."),
 )
+ROWS = ("traffic", "model", "data")
 
 
 @dataclass(frozen=True)
@@ -162,7 +197,14 @@ class AlertCase:
 @dataclass(frozen=True)
 class Alert:
     """One alert: `query <op> threshold` held for `for_`. Prometheus gets the comparison in its expression;
-    Grafana evaluates `query` and applies the threshold as a server-side expression."""
+    Grafana evaluates `grafana_query` and applies the threshold as a server-side expression.
+
+    `description` is a Prometheus/Alertmanager template: `{{ $labels.x }}` and `{{ $value }}` name the series
+    and the value that fired it. `inhibited_by` lists the alerts that cause this one (same `job`): Alertmanager
+    mutes this alert's notification while a cause fires, and the Grafana rule (Grafana has no inhibition)
+    drops the series with `unless` instead. `no_data_alerts`: only the alert that owns missing data (the
+    gateway cannot be scraped) alerts on it in Grafana; every other rule treats no data as OK.
+    """
 
     name: str
     key: str  # evidence file suffix (`1.rules_<key>`, `2.notifikasi_<key>`)
@@ -172,9 +214,13 @@ class Alert:
     for_: str
     severity: str
     summary: str
+    description: str
     firing: AlertCase
     healthy: AlertCase
     labels: dict[str, str] = field(default_factory=dict)  # labels the firing test expects on the alert
+    annotations: dict[str, str] = field(default_factory=dict)  # the description as promtool expects it rendered
+    inhibited_by: tuple[str, ...] = ()
+    no_data_alerts: bool = False
 
     @property
     def expr(self) -> str:
@@ -184,37 +230,64 @@ class Alert:
     def grafana_evaluator(self) -> str:
         return {">": "gt", "<": "lt"}[self.op]
 
+    @property
+    def runbook_url(self) -> str:
+        return f"{RUNBOOK_BASE}#{self.name.lower()}"
+
+    @property
+    def grafana_query(self) -> str:
+        query = self.query
+        for cause in self.inhibited_by:
+            query = f"({query}) unless on (job) ({alert(cause).expr})"
+        return query
+
 
 _GW = f'job="{GATEWAY_JOB}",instance="gateway:8000"'
 _PREDICT = f'{_GW},endpoint="/invocations"'
+_VALUE = '{{ $value | printf "%.3g" }}'
 
 ALERTS: tuple[Alert, ...] = (
     Alert(
         "ModelServerDown", "model_server_down", f"min by (job, instance) ({MODEL_UP})", "<", 1, "30s", "critical",
         "The model server is not answering the gateway's /ping.",
+        "Gateway {{ $labels.instance }} has had no answer from the model server's /ping for 30s "
+        "(model_up = " + _VALUE + ").",
         firing=AlertCase({f"{MODEL_UP}{{{_GW}}}": "1 1 0x60"}),
         healthy=AlertCase({f"{MODEL_UP}{{{_GW}}}": "1x60"}),
         labels={"job": GATEWAY_JOB, "instance": "gateway:8000"},
+        annotations={"description": "Gateway gateway:8000 has had no answer from the model server's /ping "
+                                    "for 30s (model_up = 0)."},
     ),
     Alert(
         "GatewayDown", "gateway_down", f'up{{job="{GATEWAY_JOB}"}}', "<", 1, "1m", "critical",
         "Prometheus cannot scrape the gateway.",
+        "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}) for 1m (up = {{ $value }}): "
+        "every gateway metric is missing, so no other gateway alert can be trusted.",
         firing=AlertCase({f"up{{{_GW}}}": "0x60"}),
         healthy=AlertCase({f"up{{{_GW}}}": "1x60"}),
         labels={"job": GATEWAY_JOB, "instance": "gateway:8000"},
+        annotations={"description": "Prometheus could not scrape gateway:8000 (job gateway) for 1m (up = 0): every "
+                                    "gateway metric is missing, so no other gateway alert can be trusted."},
+        no_data_alerts=True,
     ),
     Alert(
         "HighErrorRate", "error_rate", ERROR_RATIO.record, ">", 0.05, "2m", "critical",
         "More than 5% of gateway responses are server errors.",
+        "{{ $value | humanizePercentage }} of {{ $labels.job }} responses were 5xx over the last " + WINDOW
+        + " (threshold 5%).",
         firing=AlertCase({f'{REQUESTS}{{{_PREDICT},status="200"}}': "0+30x60",
                           f'{REQUESTS}{{{_PREDICT},status="503"}}': "0+30x60"}),
         healthy=AlertCase({f'{REQUESTS}{{{_PREDICT},status="200"}}': "0+60x60",
                            f'{REQUESTS}{{{_PREDICT},status="422"}}': "0+5x60"}),
         labels={"job": GATEWAY_JOB},
+        annotations={"description": "50% of gateway responses were 5xx over the last 1m (threshold 5%)."},
+        inhibited_by=("ModelServerDown",),
     ),
     Alert(
         "HighLatencyP95", "latency_p95", LATENCY_P95.record, ">", 0.5, "5m", "warning",
         "Gateway p95 latency is above 500 ms.",
+        "p95 latency of {{ $labels.endpoint }} on {{ $labels.job }} is {{ $value | humanizeDuration }} "
+        "(threshold 500ms).",
         firing=AlertCase({f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="0.5"}}': "0+1x60",
                           f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="1.0"}}': "0+20x60",
                           f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="+Inf"}}': "0+20x60"}),
@@ -222,21 +295,30 @@ ALERTS: tuple[Alert, ...] = (
                            f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="0.5"}}': "0+20x60",
                            f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="+Inf"}}': "0+20x60"}),
         labels={"job": GATEWAY_JOB, "endpoint": "/invocations"},
+        annotations={"description": "p95 latency of /invocations on gateway is 973.7ms (threshold 500ms)."},
     ),
     Alert(
         "DataDriftPSI", "drift_psi", f"max by (job, feature) ({DRIFT_PSI})", ">", DRIFT_PSI_THRESHOLD, "10m",
-        "warning", "A feature's recent distribution drifted from the training reference (PSI > 0.2).",
+        "warning", f"A feature's recent distribution drifted from the training reference (PSI > {DRIFT_PSI_THRESHOLD:g}).",
+        "Feature {{ $labels.feature }} drifted on {{ $labels.job }}: PSI " + _VALUE + f" > {DRIFT_PSI_THRESHOLD:g} "
+        f"over the last window of recent rows (PSI is only exported from {DRIFT_MIN_ROWS} rows).",
         firing=AlertCase({f'{DRIFT_PSI}{{{_GW},feature="age"}}': "0.05 0.35x60",
                           f'{DRIFT_PSI}{{{_GW},feature="hours_per_week"}}': "0.01x60"}),
         healthy=AlertCase({f'{DRIFT_PSI}{{{_GW},feature="age"}}': "0.05x60"}),
         labels={"job": GATEWAY_JOB, "feature": "age"},
+        annotations={"description": f"Feature age drifted on gateway: PSI 0.35 > {DRIFT_PSI_THRESHOLD:g} over the "
+                                    f"last window of recent rows (PSI is only exported from {DRIFT_MIN_ROWS} rows)."},
     ),
     Alert(
-        "LiveAccuracyDrop", "accuracy", f"min by (job) ({LIVE_ACCURACY})", "<", 0.75, "10m", "warning",
+        # `>= 0` drops the NaN exported before any feedback (no evidence, no alert; also for Grafana's reducer)
+        "LiveAccuracyDrop", "accuracy", f"min by (job) ({LIVE_ACCURACY} >= 0)", "<", 0.75, "10m", "warning",
         "Accuracy on ground-truth feedback fell below 75%.",
+        "Live accuracy on {{ $labels.job }} is {{ $value | humanizePercentage }} (threshold 75%) over the "
+        "recent feedback.",
         firing=AlertCase({f"{LIVE_ACCURACY}{{{_GW}}}": "0.85 0.6x60"}),
-        healthy=AlertCase({f"{LIVE_ACCURACY}{{{_GW}}}": "0.85x60"}),
+        healthy=AlertCase({f"{LIVE_ACCURACY}{{{_GW}}}": "NaN 0.85x60"}),
         labels={"job": GATEWAY_JOB},
+        annotations={"description": "Live accuracy on gateway is 60% (threshold 75%) over the recent feedback."},
     ),
 )
 
@@ -246,11 +328,12 @@ def alert(name: str) -> Alert:
 
 
 def all_queries() -> dict[str, str]:
-    """Every PromQL expression a dashboard panel or an alert evaluates, keyed by where it is used."""
+    """Every PromQL expression a dashboard panel or an alert evaluates, keyed by where it is used (the
+    dashboard's variables replaced as `promql` does, so Prometheus can run them)."""
     out = {}
     for panel in PANELS:
         for i, q in enumerate(panel.queries):
-            out[f"panel {panel.key}[{i}]"] = q.expr
+            out[f"panel {panel.key}[{i}]"] = promql(q.expr)
     for a in ALERTS:
         out[f"alert {a.name}"] = a.query
     return out

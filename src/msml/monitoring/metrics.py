@@ -24,10 +24,11 @@ PREDICTIONS = f"{PREFIX}_predictions_total"
 PROBABILITY = f"{PREFIX}_prediction_probability"
 FEATURE_MISSING = f"{PREFIX}_feature_missing_total"
 DRIFT_PSI = f"{PREFIX}_feature_drift_psi"
+DRIFT_WINDOW_ROWS = f"{PREFIX}_drift_window_rows"
 MODEL_UP = f"{PREFIX}_model_up"
 MODEL_INFO = f"{PREFIX}_model"  # Info metric: exposed as msml_model_info
 FEEDBACK = f"{PREFIX}_feedback_total"
-LIVE_ACCURACY = f"{PREFIX}_live_accuracy"
+LIVE_ACCURACY = f"{PREFIX}_live_accuracy_ratio"  # a 0-1 ratio: Prometheus names say the unit
 # From prometheus_client's own process collector (read from /proc, no psutil in the scrape path)
 PROCESS_CPU = "process_cpu_seconds_total"
 PROCESS_MEMORY = "process_resident_memory_bytes"
@@ -35,11 +36,22 @@ PROCESS_MEMORY = "process_resident_memory_bytes"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PROBABILITY_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+PREDICTED_CLASS = "predicted_class"  # label of PREDICTIONS: `{predicted_class=">50K"}` reads as what it is
 
 
 def _strip_total(name: str) -> str:
     # prometheus_client appends _total to counters itself
     return name.removesuffix("_total")
+
+
+class _ByPredictedClass:
+    """PREDICTIONS under its label name, keeping the gateway's call `predictions.labels(label=...)`."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+
+    def labels(self, label: str):
+        return self.counter.labels(label)
 
 
 class GatewayMetrics:
@@ -69,17 +81,28 @@ class GatewayMetrics:
                                            "Rejected request rows by field and reason.", ["field", "reason"],
                                            registry=r)
         self.rows_scored = Counter(_strip_total(ROWS_SCORED), "Rows scored by the model.", registry=r)
-        self.predictions = Counter(_strip_total(PREDICTIONS), "Predictions by predicted class label.",
-                                   ["label"], registry=r)
+        self.predictions = _ByPredictedClass(Counter(_strip_total(PREDICTIONS), "Predictions by predicted class.",
+                                                     [PREDICTED_CLASS], registry=r))
         self.probability = Histogram(PROBABILITY, "Predicted probability of the positive class.",
                                      buckets=PROBABILITY_BUCKETS, registry=r)
         self.feature_missing = Counter(_strip_total(FEATURE_MISSING), "Scored rows with this feature missing.",
                                        ["feature"], registry=r)
+        # absent until the drift window holds drift.MIN_ROWS rows (SlidingPSI.values() is empty before)
         self.drift_psi = Gauge(DRIFT_PSI, "Population stability index of the recent rows against the "
                                           "training reference, per feature.", ["feature"], registry=r)
+        self.drift_window_rows = Gauge(DRIFT_WINDOW_ROWS, "Rows in the drift window (PSI is exported once it "
+                                                          "holds the minimum).", registry=r)
+        self.drift_window_rows.set(float("nan"))  # until the gateway has a drift window (track_drift_window)
         self.model_up = Gauge(MODEL_UP, "1 when the model server answered its last /ping, else 0.", registry=r)
         self.model_info = Info(MODEL_INFO, "The model being served.", registry=r)
         self.feedback = Counter(_strip_total(FEEDBACK), "Ground-truth feedback received, by outcome.",
                                 ["outcome"], registry=r)
         self.live_accuracy = Gauge(LIVE_ACCURACY, "Accuracy of the predictions that received ground truth, "
-                                                  "over the recent feedback window.", registry=r)
+                                                  "over the recent feedback window (NaN before any).", registry=r)
+        # NaN, not 0, until feedback arrives: no evidence is no value, and `NaN < 0.75` never fires
+        self.live_accuracy.set(float("nan"))
+
+    def track_drift_window(self, drift) -> None:
+        """Export the row count of the gateway's drift window (a `SlidingPSI`, anything with len()), read at each
+        scrape. The gateway calls it once it has built its window."""
+        self.drift_window_rows.set_function(lambda: len(drift))
