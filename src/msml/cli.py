@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from msml.config import DEFAULT_TRIALS, Settings, load_settings
+from msml.config import DEFAULT_TRIALS, TRACKING_POSTGRES_PORT, TRACKING_SERVER_PORT, Settings, load_settings
 from msml.contract import DEFAULT_MAX_INVALID_SHARE, DataError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -125,13 +125,20 @@ def tune(
     experiment: Optional[str] = ExperimentOpt,
     run_info: Optional[Path] = RunInfoOpt,
     register: bool = typer.Option(True, "--register/--no-register", help="Register and gate-promote the model."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (postgresql://… shares the study "
+                                          "between processes and machines; default: in memory)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Optuna study name; an existing one is joined."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Tuning worker processes (above 1: postgresql storage)."),
 ) -> None:
     """Optuna search with manual logging (the course's modelling_tuning.py); registers and promotes."""
     from msml.tuning import tune as run
 
     settings = _settings(contract).with_overrides(processed_dir=data, experiment=experiment)
     typer.echo(f"tuning with {n_trials} trials, {cv_folds}-fold CV (tracking: {settings.tracking_uri})")
-    summary = run(settings, n_trials=n_trials, seed=seed, cv_folds=cv_folds, run_info=run_info, progress=typer.echo)
+    summary = run(settings, n_trials=n_trials, seed=seed, cv_folds=cv_folds, run_info=run_info, progress=typer.echo,
+                  storage=storage, study_name=study, workers=workers)
+    if summary is None:  # joined a study another `msml tune` created: that one refits and registers
+        return
     _print_summary(summary)
     if register:
         _register(settings, summary.model_uri, summary.run_id)
@@ -196,6 +203,44 @@ def down() -> None:
     from msml.demo import stop_all
 
     stopped = stop_all(_settings(None))
+    typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+# --- the shared tracking server: mlflow server on PostgreSQL --------------------------------------------------
+
+tracking_app = typer.Typer(no_args_is_help=True, help="mlflow server on PostgreSQL with proxied artifacts.")
+app.add_typer(tracking_app, name="tracking")
+
+
+@tracking_app.command("up")
+@handles_errors
+def tracking_up(
+    port: int = typer.Option(TRACKING_SERVER_PORT, "--port", help="Tracking server port (Prometheus scrapes it)."),
+    postgres_port: int = typer.Option(TRACKING_POSTGRES_PORT, "--postgres-port", help="Port of the PostgreSQL cluster it starts."),
+    backend_store_uri: Optional[str] = typer.Option(
+        None, "--backend-store-uri", help="An existing postgresql://… database instead of starting a cluster."),
+) -> None:
+    """Start PostgreSQL and `mlflow server` (artifacts proxied, /metrics) on 127.0.0.1 (state in .run/tracking)."""
+    from msml.tracking_server import down as stop, up
+
+    run_dir = _settings(None).run_dir
+    try:
+        started = up(run_dir, port=port, postgres_port=postgres_port, backend_store_uri=backend_store_uri)
+    except RuntimeError as exc:
+        stop(run_dir)
+        _fail(str(exc))
+    typer.echo(f"tracking server {started.url} (pid {started.pid}; backend {started.backend_store_uri})")
+    typer.echo(f"  export MLFLOW_TRACKING_URI={started.url}")
+    if started.optuna_storage:
+        typer.echo(f"  distributed tuning: msml tune --storage {started.optuna_storage} --study NAME --workers 2")
+
+
+@tracking_app.command("down")
+def tracking_down() -> None:
+    """Stop the tracking server and the PostgreSQL cluster `msml tracking up` started."""
+    from msml.tracking_server import down as stop
+
+    stopped = stop(_settings(None).run_dir)
     typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 

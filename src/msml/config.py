@@ -20,6 +20,9 @@ DEFAULT_DOCKERHUB_USER = "yudhaelfransyah"
 # Optuna trials of `msml tune`: the search plateaus by trial ~5 on Adult (benchmarks/bench_training.py),
 # and 10 trials fit the 3-minute budget on 2 cores.
 DEFAULT_TRIALS = 10
+# `msml tracking up`: MLflow where the monitoring stack's Prometheus scrapes it; PostgreSQL beside a system one's 5432.
+TRACKING_SERVER_PORT = 5000
+TRACKING_POSTGRES_PORT = 5433
 
 
 @dataclass(frozen=True)

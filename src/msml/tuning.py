@@ -8,6 +8,7 @@ parent logs the same `training_*` metrics autolog would, computed the way autolo
 from __future__ import annotations
 
 import csv
+import os
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -17,10 +18,12 @@ import optuna
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+from msml import tuning_workers as workers_mod
 from msml.config import DEFAULT_TRIALS, Settings
 from msml.evaluation import classifier_metrics, write_evaluation_artifacts
+from msml.preprocessing import TRAIN_FILE
 from msml.training import RunSummary, load_data, log_model, log_training_dataset, test_metrics
-from msml.tracking import setup_tracking
+from msml.tracking import check_server, setup_tracking
 
 DEFAULT_CV_FOLDS = 3
 
@@ -42,6 +45,15 @@ def make_estimator(params: dict, seed: int) -> HistGradientBoostingClassifier:
     return HistGradientBoostingClassifier(**params, early_stopping=False, random_state=seed)
 
 
+def objective(trial: optuna.Trial, X, y, folds, seed: int) -> float:
+    """One trial inside its (nested) run: suggest, log the params, cross-validate, log and return the CV ROC-AUC."""
+    params = suggest_params(trial)
+    mlflow.log_params(params)
+    scores = cross_val_score(make_estimator(params, seed), X, y, cv=folds, scoring="roc_auc")
+    mlflow.log_metrics({"cv_roc_auc_mean": scores.mean(), "cv_roc_auc_std": scores.std()})
+    return float(scores.mean())
+
+
 def tune(
     settings: Settings,
     n_trials: int = DEFAULT_TRIALS,
@@ -49,38 +61,52 @@ def tune(
     cv_folds: int = DEFAULT_CV_FOLDS,
     run_info: str | Path | None = None,
     progress=print,
-) -> RunSummary:
-    """Search, refit the best parameters on the whole train split, evaluate on test, log everything."""
+    storage: str | None = None,
+    study_name: str | None = None,
+    workers: int = 1,
+) -> RunSummary | None:
+    """Search, refit the best parameters on the whole train split, evaluate on test, log everything.
+
+    `storage` (an Optuna RDB URL) keeps the study in a database: with `postgresql://…`, `workers`
+    processes here and any `msml tune` started elsewhere with the same storage and `study_name`
+    share its trials (msml.tuning_workers). When the study already exists this process joins it
+    as a worker and returns None: the process that created it refits and logs the model.
+    """
+    if workers > 1 and not workers_mod.is_distributed(storage):
+        raise workers_mod.TuningError("--workers above 1 needs --storage postgresql://…: an in-memory or SQLite "
+                                      "study serves one process")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rdb = workers_mod.open_storage(storage)
+    study_name = study_name or f"{settings.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    existing = workers_mod.find_study(rdb, study_name)
+    if existing is not None:
+        _join(settings, existing, storage, workers, progress)
+        return None
+
     data = load_data(settings)
     contract = settings.contract
     X, y = data.splits.X_train, data.splits.y_train
     experiment_id = setup_tracking(settings)
     mlflow.sklearn.autolog(disable=True)
     folds = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study = optuna.create_study(storage=rdb, study_name=study_name, direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed))
     started = time.perf_counter()
 
     with mlflow.start_run(run_name="tuning-hgb") as parent:
-        mlflow.set_tags({"msml.stage": "tuning", "msml.contract": contract.name})
-        mlflow.log_params({"n_trials": n_trials, "cv_folds": cv_folds, "seed": seed, "sampler": "TPE"})
+        mlflow.set_tags({"msml.stage": "tuning", "msml.contract": contract.name, "msml.optuna_study": study_name})
+        mlflow.log_params({"n_trials": n_trials, "cv_folds": cv_folds, "seed": seed, "sampler": "TPE",
+                           "workers": workers})
         log_training_dataset(data, contract)
-
-        best_so_far: list[float] = []
-
-        def objective(trial: optuna.Trial) -> float:
-            params = suggest_params(trial)
-            trial_start = time.perf_counter()
-            with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True):
-                mlflow.log_params(params)
-                scores = cross_val_score(make_estimator(params, seed), X, y, cv=folds, scoring="roc_auc")
-                mlflow.log_metrics({"cv_roc_auc_mean": scores.mean(), "cv_roc_auc_std": scores.std()})
-            best_so_far.append(max(scores.mean(), best_so_far[-1] if best_so_far else 0.0))
-            progress(f"  trial {trial.number + 1}/{n_trials}: cv roc_auc {scores.mean():.4f} "
-                     f"(best {best_so_far[-1]:.4f}) {time.perf_counter() - trial_start:.1f}s")
-            return float(scores.mean())
-
-        study.optimize(objective, n_trials=n_trials)
+        spec = workers_mod.StudySpec(parent.info.run_id, experiment_id, n_trials, cv_folds, seed,
+                                     workers_mod.file_sha256(data.train_path))
+        spec.save(study)
+        if workers == 1:
+            workers_mod.work(study, spec, lambda trial: objective(trial, X, y, folds, seed), storage, progress)
+        else:
+            command = workers_mod.worker_command(storage, study_name, settings.processed_dir, contract.path)
+            workers_mod.run_workers(workers, command, settings.tracking_uri, progress)
+        workers_mod.wait_for_trials(study, n_trials, progress)
         search_seconds = time.perf_counter() - started
 
         progress("  refitting the best parameters on the whole train split")
@@ -110,6 +136,30 @@ def tune(
     if run_info:
         summary.write(run_info)
     return summary
+
+
+def _join(settings: Settings, study: optuna.Study, storage: str, workers: int, progress) -> None:
+    """Work on a study another `msml tune` created: its trial budget, folds, seed and parent run."""
+    spec = workers_mod.StudySpec.load(study)
+    train_path = settings.processed_dir / TRAIN_FILE
+    if workers_mod.file_sha256(train_path) != spec.train_sha256:
+        raise workers_mod.TuningError(f"{train_path} differs from the training file study {study.study_name!r} "
+                                      "was created with: preprocess the same raw data with the same seed")
+    check_server(settings.tracking_uri)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    progress(f"joining study {study.study_name!r} (parent run {spec.parent_run_id}, {spec.n_trials} trials)")
+    if workers > 1:
+        command = workers_mod.worker_command(storage, study.study_name, settings.processed_dir, settings.contract.path)
+        workers_mod.run_workers(workers, command, settings.tracking_uri, progress)
+        return
+    mlflow.sklearn.autolog(disable=True)
+    # each worker samples with its own random state: one seed in every worker would repeat the same trials
+    study.sampler = optuna.samplers.TPESampler(constant_liar=True)
+    data = load_data(settings)
+    X, y = data.splits.X_train, data.splits.y_train
+    folds = StratifiedKFold(n_splits=spec.cv_folds, shuffle=True, random_state=spec.seed)
+    done = workers_mod.work(study, spec, lambda trial: objective(trial, X, y, folds, spec.seed), storage, progress)
+    progress(f"  worker {os.getpid()} ran {done} trial(s); the study's creator refits the best one")
 
 
 def _write_trials(study: optuna.Study, path: Path) -> None:
