@@ -129,6 +129,7 @@ def tune(
                                           "between processes and machines; default: in memory)."),
     study: Optional[str] = typer.Option(None, "--study", help="Optuna study name; an existing one is joined."),
     workers: int = typer.Option(1, "--workers", min=1, help="Tuning worker processes (above 1: postgresql storage)."),
+    join: bool = typer.Option(False, "--join", help="Only join --study (wait for its creator), never create it."),
 ) -> None:
     """Optuna search with manual logging (the course's modelling_tuning.py); registers and promotes."""
     from msml.tuning import tune as run
@@ -136,7 +137,7 @@ def tune(
     settings = _settings(contract).with_overrides(processed_dir=data, experiment=experiment)
     typer.echo(f"tuning with {n_trials} trials, {cv_folds}-fold CV (tracking: {settings.tracking_uri})")
     summary = run(settings, n_trials=n_trials, seed=seed, cv_folds=cv_folds, run_info=run_info, progress=typer.echo,
-                  storage=storage, study_name=study, workers=workers)
+                  storage=storage, study_name=study, workers=workers, join=join)
     if summary is None:  # joined a study another `msml tune` created: that one refits and registers
         return
     _print_summary(summary)

@@ -64,13 +64,15 @@ def tune(
     storage: str | None = None,
     study_name: str | None = None,
     workers: int = 1,
+    join: bool = False,
 ) -> RunSummary | None:
     """Search, refit the best parameters on the whole train split, evaluate on test, log everything.
 
     `storage` (an Optuna RDB URL) keeps the study in a database: with `postgresql://…`, `workers`
     processes here and any `msml tune` started elsewhere with the same storage and `study_name`
     share its trials (msml.tuning_workers). When the study already exists this process joins it
-    as a worker and returns None: the process that created it refits and logs the model.
+    as a worker and returns None: the process that created it refits and logs the model. With
+    `join` it never creates the study: it waits for it (worker pods started beside the creator).
     """
     if workers > 1 and not workers_mod.is_distributed(storage):
         raise workers_mod.TuningError("--workers above 1 needs --storage postgresql://…: an in-memory or SQLite "
@@ -78,7 +80,10 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rdb = workers_mod.open_storage(storage)
     study_name = study_name or f"{settings.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    existing = workers_mod.find_study(rdb, study_name)
+    existing = workers_mod.find_study(rdb, study_name, wait=workers_mod.JOIN_WAIT_SECONDS if join else 0.0)
+    if join and existing is None:
+        raise workers_mod.TuningError(f"--join: no study {study_name!r} in the storage after "
+                                      f"{workers_mod.JOIN_WAIT_SECONDS:.0f} s; start its creator first")
     if existing is not None:
         _join(settings, existing, storage, workers, progress)
         return None
@@ -89,18 +94,22 @@ def tune(
     experiment_id = setup_tracking(settings)
     mlflow.sklearn.autolog(disable=True)
     folds = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
-    study = optuna.create_study(storage=rdb, study_name=study_name, direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=seed))
+    try:
+        study = optuna.create_study(storage=rdb, study_name=study_name, direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=seed))
+    except optuna.exceptions.DuplicatedStudyError:
+        raise workers_mod.TuningError(f"study {study_name!r} was created by another process at the same moment; "
+                                      "start workers with --join") from None
     started = time.perf_counter()
 
     with mlflow.start_run(run_name="tuning-hgb") as parent:
         mlflow.set_tags({"msml.stage": "tuning", "msml.contract": contract.name, "msml.optuna_study": study_name})
         mlflow.log_params({"n_trials": n_trials, "cv_folds": cv_folds, "seed": seed, "sampler": "TPE",
                            "workers": workers})
-        log_training_dataset(data, contract)
         spec = workers_mod.StudySpec(parent.info.run_id, experiment_id, n_trials, cv_folds, seed,
                                      workers_mod.file_sha256(data.train_path))
         spec.save(study)
+        log_training_dataset(data, contract)
         if workers == 1:
             workers_mod.work(study, spec, lambda trial: objective(trial, X, y, folds, seed), storage, progress)
         else:

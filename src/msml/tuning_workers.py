@@ -92,13 +92,30 @@ def _redact(url: str) -> str:
         return "<the --storage URL>"
 
 
-def find_study(storage: optuna.storages.BaseStorage | None, name: str) -> optuna.Study | None:
+JOIN_WAIT_SECONDS = 600.0  # `--join`: how long a worker waits for the study's creator
+SPEC_WAIT_SECONDS = 60.0  # a creator saves the spec seconds after creating the study
+
+
+def find_study(storage: optuna.storages.BaseStorage | None, name: str, wait: float = 0.0) -> optuna.Study | None:
+    """The study `name` once its creator has saved the spec; None when it does not exist (after `wait` s).
+
+    A study that exists without its spec yet is waited for: its creator is between the two steps.
+    """
     if storage is None:
         return None
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        return None
+    deadline = time.monotonic() + max(wait, 0.0)
+    spec_deadline = time.monotonic() + max(wait, SPEC_WAIT_SECONDS)
+    while True:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            if time.monotonic() >= deadline:
+                return None
+        else:
+            if all(f"msml.{f.name}" in study.user_attrs for f in fields(StudySpec)) \
+                    or time.monotonic() >= spec_deadline:
+                return study  # StudySpec.load names what is missing
+        time.sleep(1.0)
 
 
 @contextlib.contextmanager
@@ -170,7 +187,7 @@ def work(study: optuna.Study, spec: StudySpec, objective: Callable[[optuna.Trial
 def worker_command(storage_url: str, study_name: str, processed_dir: Path, contract_path: Path) -> list[str]:
     """The command of one worker: `msml tune` joining the study, as on any other machine."""
     return [str(Path(sys.executable).parent / "msml"), "tune", "--storage", storage_url, "--study", study_name,
-            "--workers", "1", "--data", str(processed_dir), "--contract", str(contract_path)]
+            "--workers", "1", "--join", "--data", str(processed_dir), "--contract", str(contract_path)]
 
 
 def run_workers(n: int, command: list[str], tracking_uri: str, progress=print) -> None:

@@ -168,6 +168,6 @@ def test_distributed_tuning_errors_are_clear(server, trained):
     down = run_msml("tune", "--storage", f"postgresql://postgres@127.0.0.1:{free_port()}/{OPTUNA_DB}",
                     "--study", "x", "--workers", "2", env=env)
     assert down.returncode == 2 and "cannot be used" in down.stderr and "Traceback" not in down.stderr, down.stderr
-    joined = run_msml("tune", "--storage", server["optuna"], "--study", STUDY, env=env)
+    joined = run_msml("tune", "--storage", server["optuna"], "--study", STUDY, "--join", env=env)
     # the study's budget is spent: a late worker joins, runs nothing, and leaves the refit to the creator
     assert joined.returncode == 0 and "joining study" in joined.stdout and "ran 0 trial(s)" in joined.stdout
