@@ -151,6 +151,8 @@ def _join(settings: Settings, study: optuna.Study, storage: str, workers: int, p
     """Work on a study another `msml tune` created: its trial budget, folds, seed and parent run."""
     spec = workers_mod.StudySpec.load(study)
     train_path = settings.processed_dir / TRAIN_FILE
+    if not train_path.is_file():
+        raise workers_mod.TuningError(f"{train_path} not found: run `msml preprocess` (or pass --data) first")
     if workers_mod.file_sha256(train_path) != spec.train_sha256:
         raise workers_mod.TuningError(f"{train_path} differs from the training file study {study.study_name!r} "
                                       "was created with: preprocess the same raw data with the same seed")
