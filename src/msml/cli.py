@@ -222,13 +222,12 @@ def tracking_up(
         None, "--backend-store-uri", help="An existing postgresql://… database instead of starting a cluster."),
 ) -> None:
     """Start PostgreSQL and `mlflow server` (artifacts proxied, /metrics) on 127.0.0.1 (state in .run/tracking)."""
-    from msml.tracking_server import down as stop, up
+    from msml.tracking_server import up
 
-    run_dir = _settings(None).run_dir
     try:
-        started = up(run_dir, port=port, postgres_port=postgres_port, backend_store_uri=backend_store_uri)
+        started = up(_settings(None).run_dir, port=port, postgres_port=postgres_port,
+                     backend_store_uri=backend_store_uri)
     except RuntimeError as exc:
-        stop(run_dir)
         _fail(str(exc))
     typer.echo(f"tracking server {started.url} (pid {started.pid}; backend {started.backend_store_uri})")
     typer.echo(f"  export MLFLOW_TRACKING_URI={started.url}")

@@ -68,21 +68,25 @@ def up(run_dir: Path, port: int = TRACKING_SERVER_PORT, postgres_port: int = TRA
        backend_store_uri: str | None = None, host: str = "127.0.0.1", timeout: float = 120.0) -> Started:
     """Start PostgreSQL (unless `backend_store_uri` names one) and `mlflow server`; wait until it answers."""
     layout = Layout(Path(run_dir))
+    running = processes.read_pid(layout.pidfile)
+    if running is not None:
+        raise RuntimeError(f"the tracking server is already running (pid {running}); `msml tracking down` first")
     optuna_storage = None
     if backend_store_uri is None:
         cluster = postgres.start_cluster(layout.postgres_dir, postgres_port)
         layout.postgres_port_file.write_text(f"{postgres_port}\n")
         backend_store_uri, optuna_storage = cluster.uri(postgres.MLFLOW_DB), cluster.uri(postgres.OPTUNA_DB)
-    layout.artifacts.mkdir(parents=True, exist_ok=True)
-    layout.prometheus.mkdir(parents=True, exist_ok=True)
-    command = server_command(backend_store_uri, layout.artifacts, port, host=host, expose_prometheus=layout.prometheus)
-    pid = processes.start_background(command, layout.pidfile, layout.log)
     url = f"http://{host}:{port}"
     try:
-        processes.wait_ready(f"{url}/health", timeout=timeout, alive=lambda: processes.read_pid(layout.pidfile) is not None,
-                             log=layout.log)
-    except RuntimeError:
-        down(run_dir)
+        layout.artifacts.mkdir(parents=True, exist_ok=True)
+        layout.prometheus.mkdir(parents=True, exist_ok=True)
+        command = server_command(backend_store_uri, layout.artifacts, port, host=host,
+                                 expose_prometheus=layout.prometheus)
+        pid = processes.start_background(command, layout.pidfile, layout.log)
+        processes.wait_ready(f"{url}/health", timeout=timeout,
+                             alive=lambda: processes.read_pid(layout.pidfile) is not None, log=layout.log)
+    except BaseException:
+        down(run_dir)  # what this call started, nothing else: a running server was refused above
         raise
     return Started(url, backend_store_uri, optuna_storage, pid)
 
