@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -74,6 +75,7 @@ def main() -> int:
                 for n in (1, 2)]
     finally:
         tracking_server.down(run_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
     target = min(r["best"] for r in rows)
     load = os.getloadavg()
     print(f"\ntuning workers benchmark: {args.trials} trials, {args.cv_folds}-fold CV, full Adult train split, "
