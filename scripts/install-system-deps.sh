@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo run for real, when missing:
-# Prometheus (+ promtool), Alertmanager (+ amtool), headless Chromium, docker-compose (config check only).
+# Prometheus (+ promtool), Alertmanager (+ amtool), headless Chromium, docker-compose (config check only),
+# PostgreSQL.
 set -euo pipefail
 declare -A need=([prometheus]=prometheus [promtool]=prometheus
                  [amtool]=prometheus-alertmanager [prometheus-alertmanager]=prometheus-alertmanager [chromium]=chromium [docker-compose]=docker-compose)
@@ -8,6 +9,8 @@ missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
+# PostgreSQL (tracking server backend, Optuna's shared studies): Debian keeps initdb off PATH.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 # Debian's prometheus / prometheus-alertmanager start their own services (ports 9090/9093, all interfaces).

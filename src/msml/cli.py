@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from msml.config import DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, Settings, load_settings
+from msml.config import DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, TRACKING_POSTGRES_PORT, TRACKING_SERVER_PORT, Settings, load_settings
 from msml.contract import DEFAULT_MAX_INVALID_SHARE, DataError
 from msml.errors import MaskingStream, MsmlError, TrackingError, mask
 
@@ -143,6 +143,11 @@ def tune(
     register: bool = typer.Option(True, "--register/--no-register", help="Register and gate-promote the model."),
     time_budget: float = typer.Option(DEFAULT_TIME_BUDGET, "--time-budget", min=0,
                                       help="Stop starting trials after this many seconds (0: no cap)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (postgresql://… shares the study "
+                                          "between processes and machines; default: in memory)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Optuna study name; an existing one is joined."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Tuning worker processes (above 1: postgresql storage)."),
+    join: bool = typer.Option(False, "--join", help="Only join --study (wait for its creator), never create it."),
 ) -> None:
     """Optuna search with manual logging (the course's modelling_tuning.py); registers and promotes."""
     from msml.tuning import tune as run
@@ -150,7 +155,9 @@ def tune(
     settings = _settings(contract).with_overrides(processed_dir=data, experiment=experiment)
     typer.echo(f"tuning with {n_trials} trials, {cv_folds}-fold CV (tracking: {settings.tracking_uri})")
     summary = run(settings, n_trials=n_trials, seed=seed, cv_folds=cv_folds, run_info=run_info, progress=typer.echo,
-                  time_budget=time_budget or None)
+                  time_budget=time_budget or None, storage=storage, study_name=study, workers=workers, join=join)
+    if summary is None:  # joined a study another `msml tune` created: that one refits and registers
+        return
     _print_summary(summary)
     if register:
         _register(settings, summary.model_uri, summary.run_id)
@@ -232,6 +239,43 @@ def down() -> None:
             typer.echo(f"{name}: pid {f.pid} had already exited; removed {f.path}")
         elif f.state in ("foreign", "unreadable"):
             typer.echo(f"{name}: left alone ({f.detail}); removed {f.path}")
+
+
+# --- the shared tracking server: mlflow server on PostgreSQL --------------------------------------------------
+
+tracking_app = typer.Typer(no_args_is_help=True, help="mlflow server on PostgreSQL with proxied artifacts.")
+app.add_typer(tracking_app, name="tracking")
+
+
+@tracking_app.command("up")
+@handles_errors
+def tracking_up(
+    port: int = typer.Option(TRACKING_SERVER_PORT, "--port", help="Tracking server port (Prometheus scrapes it)."),
+    postgres_port: int = typer.Option(TRACKING_POSTGRES_PORT, "--postgres-port", help="Port of the PostgreSQL cluster it starts."),
+    backend_store_uri: Optional[str] = typer.Option(
+        None, "--backend-store-uri", help="An existing postgresql://… database instead of starting a cluster."),
+) -> None:
+    """Start PostgreSQL and `mlflow server` (artifacts proxied, /metrics) on 127.0.0.1 (state in .run/tracking)."""
+    from msml.tracking_server import up
+
+    try:
+        started = up(_settings(None).run_dir, port=port, postgres_port=postgres_port,
+                     backend_store_uri=backend_store_uri)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    typer.echo(f"tracking server {started.url} (pid {started.pid}; backend {started.backend_store_uri})")
+    typer.echo(f"  export MLFLOW_TRACKING_URI={started.url}")
+    if started.optuna_storage:
+        typer.echo(f"  distributed tuning: msml tune --storage {started.optuna_storage} --study NAME --workers 2")
+
+
+@tracking_app.command("down")
+def tracking_down() -> None:
+    """Stop the tracking server and the PostgreSQL cluster `msml tracking up` started."""
+    from msml.tracking_server import down as stop
+
+    stopped = stop(_settings(None).run_dir)
+    typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 # --- Kriteria 3: the MLflow Project and the CI retraining job --------------------------------------------------

@@ -22,6 +22,9 @@ DEFAULT_DOCKERHUB_USER = "yudhaelfransyah"
 DEFAULT_TRIALS = 10
 # Tuning stops starting trials after this many seconds, so a busy machine still ends within ~3 minutes.
 DEFAULT_TIME_BUDGET = 150.0
+# `msml tracking up`: MLflow where the monitoring stack's Prometheus scrapes it; PostgreSQL beside a system one's 5432.
+TRACKING_SERVER_PORT = 5000
+TRACKING_POSTGRES_PORT = 5433
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,12 @@ def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def check_server(uri: str, timeout: float = 5.0) -> None:
+def check_server(uri: str, timeout: tuple[float, float] = (5.0, 60.0)) -> None:
     """Fail fast with a clear message when a remote tracking server is down or refuses us.
 
-    MLflow's own client retries a dead server for minutes before a long traceback.
+    MLflow's own client retries a dead server for minutes before a long traceback. A refused or
+    silent connection fails within the connect timeout; a server that accepted may take longer to
+    answer its first query (seen: > 5 s from a fresh PostgreSQL-backed server on a loaded machine).
     """
     if not is_remote(uri):
         return

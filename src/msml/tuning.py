@@ -16,6 +16,7 @@ default LightGBM reached test ROC-AUC 0.9268 in ~2 s per fit from a 3.5 MB wheel
 from __future__ import annotations
 
 import csv
+import os
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -33,18 +34,24 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 
+from msml import tuning_workers as workers_mod
 from msml.config import DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, Settings
 from msml.contract import Contract
 from msml.evaluation import calibration_metrics, classifier_metrics, positive_class_metrics, write_evaluation_artifacts
-from msml.preprocessing import encode_target
+from msml.preprocessing import TRAIN_FILE, encode_target
 from msml.training import RunSummary, load_data, log_model, log_training_dataset
-from msml.tracking import setup_tracking
+from msml.tracking import check_server, setup_tracking
 
 DEFAULT_CV_FOLDS = 3
 FAMILIES = ("hgb", "lightgbm")
 ENSEMBLE = "ensemble"  # the mean probability of the best trial of each family
 # Calibration is applied only when it lowers the CV log loss by at least this much (noise on ~39k rows).
 CALIBRATION_MIN_GAIN = 1e-3
+
+
+def make_pruner() -> optuna.pruners.BasePruner:
+    """A trial whose first folds are below the median of earlier trials at the same fold stops there."""
+    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
 
 
 def native_transformer(contract: Contract) -> Pipeline:
@@ -161,6 +168,53 @@ def choose_calibration(y: np.ndarray, proba: np.ndarray, folds, X) -> tuple[str,
     return best, losses
 
 
+def search_data(data, contract: Contract):
+    """The transformer (fitted on the train split) and the train/test matrices and targets the search uses."""
+    transformer = native_transformer(contract).fit(data.train_clean[contract.features])
+    X = transformer.transform(data.train_clean[contract.features])
+    X_test = transformer.transform(data.test_clean[contract.features])
+    y = encode_target(data.train_clean[contract.target], contract)
+    y_test = encode_target(data.test_clean[contract.target], contract)
+    return transformer, X, y, X_test, y_test
+
+
+def out_of_fold_proba(params: dict, X, y: np.ndarray, fold_indices, seed: int, trial: optuna.Trial | None = None
+                      ) -> np.ndarray:
+    """Out-of-fold P(positive) of one parameter set; with `trial`, each fold's running CV ROC-AUC is reported
+    and the trial is pruned (optuna.TrialPruned) when the pruner says so."""
+    proba = np.zeros(len(y))
+    scores = []
+    for step, (train, test) in enumerate(fold_indices):
+        model = make_estimator(params, seed).fit(X.iloc[train], y[train])
+        proba[test] = model.predict_proba(X.iloc[test])[:, 1]
+        scores.append(roc_auc_score(y[test], proba[test]))
+        if trial is not None:
+            trial.report(float(np.mean(scores)), step)
+            if step < len(fold_indices) - 1 and trial.should_prune():
+                mlflow.log_metrics({"cv_roc_auc_partial": float(np.mean(scores)), "cv_folds_done": step + 1})
+                mlflow.set_tag("optuna.state", "pruned")
+                raise optuna.TrialPruned(f"{params['family']} pruned after fold {step + 1} "
+                                         f"(cv roc_auc {np.mean(scores):.4f})")
+    return proba
+
+
+def objective(trial: optuna.Trial, X, y: np.ndarray, fold_indices, seed: int,
+              out_of_fold: dict[int, np.ndarray] | None = None) -> float:
+    """One trial inside its nested run (whichever process runs it): suggest the family and its parameters,
+    cross-validate with pruning, log, return the CV ROC-AUC. `out_of_fold` collects the predictions."""
+    params = suggest_params(trial)
+    started = time.perf_counter()
+    mlflow.set_tag("msml.family", params["family"])
+    mlflow.log_params(params)
+    proba = out_of_fold_proba(params, X, y, fold_indices, seed, trial)
+    scores = np.array([roc_auc_score(y[test], proba[test]) for _, test in fold_indices])
+    mlflow.log_metrics({"cv_roc_auc_mean": scores.mean(), "cv_roc_auc_std": scores.std(),
+                        "cv_log_loss": log_loss(y, proba), "fit_seconds": time.perf_counter() - started})
+    if out_of_fold is not None:
+        out_of_fold[trial.number] = proba
+    return float(scores.mean())
+
+
 def tune(
     settings: Settings,
     n_trials: int = DEFAULT_TRIALS,
@@ -169,76 +223,78 @@ def tune(
     run_info: str | Path | None = None,
     progress=print,
     time_budget: float | None = DEFAULT_TIME_BUDGET,
-) -> RunSummary:
+    storage: str | None = None,
+    study_name: str | None = None,
+    workers: int = 1,
+    join: bool = False,
+) -> RunSummary | None:
     """Search families and parameters, pick the best (or the mean of each family's best) by CV ROC-AUC,
     calibrate if that lowers CV log loss, refit on the whole train split, evaluate on test, log everything.
 
-    `time_budget` (seconds, None for none) stops the search early on a slow machine; with it unreached the
-    result depends only on `seed`.
+    `time_budget` (seconds, None for none) stops this process starting trials on a slow machine; with it
+    unreached the result depends only on `seed`. `storage` (an Optuna RDB URL) keeps the study in a database:
+    with `postgresql://…`, `workers` processes here and any `msml tune` started elsewhere with the same storage
+    and `study_name` share its trials (msml.tuning_workers). When the study already exists this process joins it
+    as a worker and returns None: the process that created it refits and logs the model. With `join` it never
+    creates the study: it waits for it (worker pods started beside the creator).
     """
+    if workers > 1 and not workers_mod.is_distributed(storage):
+        raise workers_mod.TuningError("--workers above 1 needs --storage postgresql://…: an in-memory or SQLite "
+                                      "study serves one process")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rdb = workers_mod.open_storage(storage)
+    study_name = study_name or f"{settings.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    existing = workers_mod.find_study(rdb, study_name, wait=workers_mod.JOIN_WAIT_SECONDS if join else 0.0)
+    if join and existing is None:
+        raise workers_mod.TuningError(f"--join: no study {study_name!r} in the storage after "
+                                      f"{workers_mod.JOIN_WAIT_SECONDS:.0f} s; start its creator first")
+    if existing is not None:
+        _join(settings, existing, storage, workers, progress)
+        return None
+
     data = load_data(settings)
     contract = settings.contract
-    transformer = native_transformer(contract).fit(data.train_clean[contract.features])
-    X = transformer.transform(data.train_clean[contract.features])
-    X_test = transformer.transform(data.test_clean[contract.features])
-    y = encode_target(data.train_clean[contract.target], contract)
-    y_test = encode_target(data.test_clean[contract.target], contract)
+    transformer, X, y, X_test, y_test = search_data(data, contract)
     experiment_id = setup_tracking(settings)
     mlflow.sklearn.autolog(disable=True)
     folds = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
     fold_indices = list(folds.split(X, y))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # a trial whose first folds are below the median of earlier trials at the same fold stops there
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+    try:
+        study = optuna.create_study(storage=rdb, study_name=study_name, direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner())
+    except optuna.exceptions.DuplicatedStudyError:
+        raise workers_mod.TuningError(f"study {study_name!r} was created by another process at the same moment; "
+                                      "start workers with --join") from None
     started = time.perf_counter()
-    out_of_fold: dict[int, np.ndarray] = {}  # trial number → out-of-fold P(positive), completed trials only
+    out_of_fold: dict[int, np.ndarray] = {}  # trial number → out-of-fold P(positive), this process's trials
 
     with mlflow.start_run(run_name="tuning") as parent:
-        mlflow.set_tags({"msml.stage": "tuning", "msml.contract": contract.name})
+        mlflow.set_tags({"msml.stage": "tuning", "msml.contract": contract.name, "msml.optuna_study": study_name})
         mlflow.log_params({"n_trials": n_trials, "cv_folds": cv_folds, "seed": seed, "sampler": "TPE",
-                           "pruner": "median", "families": ",".join(FAMILIES), "time_budget_s": time_budget})
+                           "pruner": "median", "families": ",".join(FAMILIES), "time_budget_s": time_budget,
+                           "workers": workers})
+        spec = workers_mod.StudySpec(parent.info.run_id, experiment_id, n_trials, cv_folds, seed,
+                                     workers_mod.file_sha256(data.train_path))
+        spec.save(study)
         log_training_dataset(data, contract)
-
-        best_so_far: list[float] = []
-
-        def objective(trial: optuna.Trial) -> float:
-            params = suggest_params(trial)
-            trial_start = time.perf_counter()
-            with mlflow.start_run(run_name=f"trial-{trial.number:03d}-{params['family']}", nested=True):
-                mlflow.log_params(params)
-                proba = np.zeros(len(y))
-                scores = []
-                for step, (train, test) in enumerate(fold_indices):
-                    model = make_estimator(params, seed).fit(X.iloc[train], y[train])
-                    proba[test] = model.predict_proba(X.iloc[test])[:, 1]
-                    scores.append(roc_auc_score(y[test], proba[test]))
-                    trial.report(float(np.mean(scores)), step)
-                    if step < len(fold_indices) - 1 and trial.should_prune():
-                        mlflow.log_metrics({"cv_roc_auc_partial": float(np.mean(scores)), "cv_folds_done": step + 1})
-                        mlflow.set_tag("optuna.state", "pruned")
-                        progress(f"  trial {trial.number + 1}/{n_trials}: {params['family']} pruned after fold "
-                                 f"{step + 1} (cv roc_auc {np.mean(scores):.4f}) {time.perf_counter() - trial_start:.1f}s")
-                        raise optuna.TrialPruned()
-                scores = np.array(scores)
-                mlflow.log_metrics({"cv_roc_auc_mean": scores.mean(), "cv_roc_auc_std": scores.std(),
-                                    "cv_log_loss": log_loss(y, proba), "fit_seconds": time.perf_counter() - trial_start})
-            out_of_fold[trial.number] = proba
-            best_so_far.append(max(scores.mean(), best_so_far[-1] if best_so_far else 0.0))
-            progress(f"  trial {trial.number + 1}/{n_trials}: {params['family']} cv roc_auc {scores.mean():.4f} "
-                     f"(best {best_so_far[-1]:.4f}) {time.perf_counter() - trial_start:.1f}s")
-            return float(scores.mean())
-
-        study.optimize(objective, n_trials=n_trials, timeout=time_budget)
+        if workers == 1:
+            deadline = started + time_budget if time_budget else None
+            workers_mod.work(study, spec, lambda trial: objective(trial, X, y, fold_indices, seed, out_of_fold),
+                             storage, progress, deadline=deadline)
+        else:
+            command = workers_mod.worker_command(storage, study_name, settings.processed_dir, contract.path)
+            workers_mod.run_workers(workers, command, settings.tracking_uri, progress)
+        workers_mod.wait_for_trials(study, n_trials, progress, started_only=workers == 1)
         search_seconds = time.perf_counter() - started
 
-        choice, candidates = choose_model(study, out_of_fold, y, folds, X)
+        choice, candidates = choose_model(study, out_of_fold, X, y, folds, seed)
         progress(f"  chosen: {choice['family']} (cv roc_auc {choice['cv_roc_auc']:.4f}), calibration "
                  f"{choice['calibration']}; refitting on the whole train split")
         best = make_model(choice, seed, folds).fit(X, y)
         mlflow.log_params({f"best_{k}": v for k, v in study.best_params.items()})
         mlflow.log_params({"chosen_family": choice["family"], "calibration": choice["calibration"],
-                           "trials_completed": len(out_of_fold)})
+                           "trials_completed": len(study.get_trials(deepcopy=False,
+                                                                    states=(optuna.trial.TrialState.COMPLETE,)))})
         mlflow.set_tag("msml.family", choice["family"])
         proba_test = best.predict_proba(X_test)[:, 1]
         metrics = {
@@ -269,12 +325,45 @@ def tune(
     return summary
 
 
-def choose_model(study: optuna.Study, out_of_fold: dict[int, np.ndarray], y: np.ndarray, folds, X
-                 ) -> tuple[dict, dict[str, dict]]:
+def _join(settings: Settings, study: optuna.Study, storage: str, workers: int, progress) -> None:
+    """Work on a study another `msml tune` created: its trial budget, folds, seed and parent run."""
+    spec = workers_mod.StudySpec.load(study)
+    train_path = settings.processed_dir / TRAIN_FILE
+    if not train_path.is_file():
+        raise workers_mod.TuningError(f"{train_path} not found: run `msml preprocess` (or pass --data) first")
+    if workers_mod.file_sha256(train_path) != spec.train_sha256:
+        raise workers_mod.TuningError(f"{train_path} differs from the training file study {study.study_name!r} "
+                                      "was created with: preprocess the same raw data with the same seed")
+    check_server(settings.tracking_uri)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    progress(f"joining study {study.study_name!r} (parent run {spec.parent_run_id}, {spec.n_trials} trials)")
+    if workers > 1:
+        command = workers_mod.worker_command(storage, study.study_name, settings.processed_dir, settings.contract.path)
+        workers_mod.run_workers(workers, command, settings.tracking_uri, progress)
+        return
+    mlflow.sklearn.autolog(disable=True)
+    # each worker samples with its own random state: one seed in every worker would repeat the same trials
+    study.sampler = optuna.samplers.TPESampler(constant_liar=True)
+    study.pruner = make_pruner()
+    _, X, y, _, _ = search_data(load_data(settings), settings.contract)
+    folds = StratifiedKFold(n_splits=spec.cv_folds, shuffle=True, random_state=spec.seed)
+    fold_indices = list(folds.split(X, y))
+    done = workers_mod.work(study, spec, lambda trial: objective(trial, X, y, fold_indices, spec.seed), storage,
+                            progress)
+    progress(f"  worker {os.getpid()} ran {done} trial(s); the study's creator refits the best one")
+
+
+def choose_model(study: optuna.Study, out_of_fold: dict[int, np.ndarray], X, y: np.ndarray, folds,
+                 seed: int) -> tuple[dict, dict[str, dict]]:
     """The candidates by CV ROC-AUC (mean over folds of out-of-fold predictions): the best completed trial of
     each family, and the mean of their probabilities when more than one family completed. Returns the chosen
-    one (family, params or members, cv_roc_auc, out-of-fold proba, calibration) and every candidate."""
-    done = [t for t in study.trials if t.number in out_of_fold]
+    one (family, params or members, cv_roc_auc, out-of-fold proba, calibration) and every candidate.
+
+    A trial another worker ran has its out-of-fold predictions recomputed here (same folds and seed: the same
+    numbers), once per family's best.
+    """
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    fold_indices = list(folds.split(X, y))
     if not done:
         raise RuntimeError("no tuning trial completed within the time budget: raise --n-trials or the budget")
     candidates: dict[str, dict] = {}
@@ -282,8 +371,11 @@ def choose_model(study: optuna.Study, out_of_fold: dict[int, np.ndarray], y: np.
         trials = [t for t in done if t.params["family"] == family]
         if trials:
             t = max(trials, key=lambda t: t.value)
-            candidates[family] = {"family": family, "params": {"family": family, **_family_params(t.params)},
-                                  "proba": out_of_fold[t.number]}
+            params = {"family": family, **_family_params(t.params)}
+            proba = out_of_fold.get(t.number)
+            if proba is None:
+                proba = out_of_fold_proba(params, X, y, fold_indices, seed)
+            candidates[family] = {"family": family, "params": params, "proba": proba}
     if len(candidates) > 1:
         candidates[ENSEMBLE] = {"family": ENSEMBLE,
                                 "members": {f: c["params"] for f, c in candidates.items()},

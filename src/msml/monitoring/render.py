@@ -44,6 +44,7 @@ PROMETHEUS_IMAGE = "prom/prometheus:v2.42.0"
 ALERTMANAGER_IMAGE = "prom/alertmanager:v0.25.0"
 GRAFANA_IMAGE = "grafana/grafana:11.6.0"
 PYTHON_IMAGE = "python:3.11-slim"
+POSTGRES_IMAGE = "postgres:15"  # the major version Debian bookworm ships (msml tracking up)
 
 
 @dataclass(frozen=True)
@@ -374,6 +375,20 @@ def compose_file(model_image: str, ports: Ports = Ports()) -> dict:
                                         "/app/mlartifacts --expose-prometheus /tmp/mlflow-metrics"],
                 "ports": [f"127.0.0.1:{p.mlflow}:{p.mlflow}"],
             },
+            # `docker compose --profile postgres up`: the shared tracking server (msml tracking up) on :5050,
+            # PostgreSQL store, artifacts proxied; the database is reachable only inside the compose network
+            "postgres": {
+                "image": POSTGRES_IMAGE, "profiles": ["postgres"],
+                "environment": {"POSTGRES_DB": "mlflow", "POSTGRES_HOST_AUTH_METHOD": "trust"},
+                "volumes": ["pgdata:/var/lib/postgresql/data"],
+            },
+            "tracking-server": {
+                **msml, "profiles": ["postgres"], "depends_on": ["postgres"],
+                "command": ["sh", "-c", f"{install} mlflow server --host 0.0.0.0 --port 5050 --backend-store-uri "
+                                        "postgresql://postgres@postgres:5432/mlflow --artifacts-destination "
+                                        "/app/.run/tracking/artifacts --expose-prometheus /tmp/mlflow-metrics"],
+                "ports": ["127.0.0.1:5050:5050"],
+            },
             "receiver": {
                 **msml,
                 "command": ["sh", "-c", f"{install} msml monitoring receiver --host 0.0.0.0 --port {p.receiver} "
@@ -403,6 +418,7 @@ def compose_file(model_image: str, ports: Ports = Ports()) -> dict:
                 "ports": [f"127.0.0.1:{p.grafana}:{p.grafana}"],
             },
         },
+        "volumes": {"pgdata": {}},
     }
 
 

@@ -1,0 +1,173 @@
+"""Past the embedded defaults, for real: `msml tracking up` (mlflow server on a PostgreSQL cluster of
+its own, artifacts proxied), train + distributed tune + register + gate through HTTP only, and two
+tuning worker processes sharing one Optuna study in PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import shutil
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import requests
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from msml.config import load_settings
+from msml.postgres import MLFLOW_DB, OPTUNA_DB, PostgresError, find_bin_dir
+from msml.registry import CHAMPION
+from msml.tuning_workers import TRIAL_NUMBER_TAG, TRIAL_RUN_ATTR, WORKER_PID_TAG
+from tests.conftest import run_msml
+
+pytestmark = pytest.mark.slow
+TRIALS, FOLDS, WORKERS = 4, 2, 2
+STUDY = "scale-test"
+SMALL_ROWS = 6000  # of 48,842: the gate still ranks tuned HGB above the baseline; a trial takes seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _require_postgres() -> None:
+    try:
+        find_bin_dir()
+    except PostgresError as exc:
+        if os.environ.get("MSML_REQUIRE_SYSTEM") == "1":
+            pytest.fail(f"MSML_REQUIRE_SYSTEM=1 but {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def small_processed(tmp_path_factory, raw_path, contract) -> Path:
+    """The first rows of the real raw file, preprocessed: trials in seconds, the same code paths."""
+    from msml.preprocessing import preprocess
+
+    root = tmp_path_factory.mktemp("small")
+    with raw_path.open() as f:
+        (root / "raw.csv").write_text("".join(line for _, line in zip(range(1 + SMALL_ROWS), f)))
+    out = root / f"{contract.name}_preprocessing"
+    preprocess(root / "raw.csv", out, contract, seed=42)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(small_processed):
+    """`msml tracking up` in a temp home (PostgreSQL + mlflow server on free ports); `down` after."""
+    _require_postgres()
+    # in /tmp, not pytest's 0700 tree: the cluster runs as the `postgres` user, which must reach its folder
+    root = Path(tempfile.mkdtemp(prefix="msml-scale-"))
+    root.chmod(0o755)
+    home = {"MSML_HOME": str(root / "server")}
+    port, pg_port = free_port(), free_port()
+    up = run_msml("tracking", "up", "--port", str(port), "--postgres-port", str(pg_port), env=home, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    url = f"http://127.0.0.1:{port}"
+    optuna_uri = f"postgresql://postgres@127.0.0.1:{pg_port}/{OPTUNA_DB}"
+    assert f"MLFLOW_TRACKING_URI={url}" in up.stdout and optuna_uri in up.stdout
+    client_home = root / "client"  # the clients' own home: nothing may be written there
+    client_home.mkdir()
+    env = {"MSML_HOME": str(client_home), "MSML_PROCESSED": str(small_processed), "MLFLOW_TRACKING_URI": url}
+    state = {"url": url, "env": env, "client_home": client_home, "optuna": optuna_uri,
+             "mlflow_db": f"postgresql://postgres@127.0.0.1:{pg_port}/{MLFLOW_DB}",
+             "artifacts": root / "server" / ".run" / "tracking" / "artifacts", "pg_port": pg_port}
+    try:
+        yield state
+    finally:
+        down = run_msml("tracking", "down", env=home)
+        shutil.rmtree(root, ignore_errors=True)
+    assert down.returncode == 0 and "tracking-server" in down.stdout and "postgresql" in down.stdout, down.stdout
+    with socket.socket() as s:  # the cluster really stopped
+        assert s.connect_ex(("127.0.0.1", pg_port)) != 0
+
+
+@pytest.fixture(scope="module")
+def trained(server, tmp_path_factory):
+    """Baseline, then tuning with two worker processes on one study, both through HTTP only."""
+    out = tmp_path_factory.mktemp("runs")
+    env = server["env"]
+    baseline = run_msml("train", "--run-info", str(out / "baseline.json"), env=env)
+    assert baseline.returncode == 0, baseline.stderr
+    tuned = run_msml("tune", "--n-trials", str(TRIALS), "--cv-folds", str(FOLDS), "--storage", server["optuna"],
+                     "--study", STUDY, "--workers", str(WORKERS), "--run-info", str(out / "tuned.json"), env=env)
+    assert tuned.returncode == 0, tuned.stdout + tuned.stderr
+    mlflow.set_tracking_uri(server["url"])
+    return {"baseline": json.loads((out / "baseline.json").read_text()),
+            "tuned": json.loads((out / "tuned.json").read_text()), "stdout": tuned.stdout, "out": out}
+
+
+def test_runs_models_and_the_gate_go_through_the_server(server, trained):
+    client = MlflowClient(server["url"])
+    tuned = client.get_run(trained["tuned"]["run_id"])
+    assert tuned.data.metrics["test_roc_auc"] > 0.85
+    # artifacts are proxied: the run points at the server's mlflow-artifacts: scheme, the bytes land on its side
+    assert tuned.info.artifact_uri.startswith("mlflow-artifacts:")
+    names = {f.path for f in client.list_artifacts(tuned.info.run_id, "evaluation")}
+    assert "evaluation/roc_curve.png" in names
+    local = Path(mlflow.artifacts.download_artifacts(run_id=tuned.info.run_id, artifact_path="model/MLmodel",
+                                                     dst_path=str(trained["out"] / "dl")))
+    assert local.read_text().startswith("artifact_path") or "flavors" in local.read_text()
+    assert any(server["artifacts"].rglob("MLmodel"))
+    # the clients wrote nothing locally: no SQLite store, no artifact folder
+    assert sorted(p.name for p in server["client_home"].iterdir()) == []
+    # registry and gate: the tuned model is champion; the baseline is registered but rejected
+    name = load_settings().model_name
+    assert client.get_model_version_by_alias(name, CHAMPION).run_id == tuned.info.run_id
+    result = run_msml("register", trained["baseline"]["run_id"], env=server["env"])
+    assert result.returncode == 0 and "registered, not promoted" in result.stdout, result.stderr
+    assert client.get_model_version_by_alias(name, CHAMPION).run_id == tuned.info.run_id
+    # the backend store really is PostgreSQL: the runs are rows there
+    engine = create_engine(server["mlflow_db"], poolclass=NullPool)
+    with engine.connect() as conn:
+        n_runs = conn.execute(text("SELECT count(*) FROM runs")).scalar_one()
+    engine.dispose()
+    assert n_runs == 1 + 1 + TRIALS  # baseline, tuning parent, one nested run per trial
+    # and Prometheus can scrape the server
+    metrics = requests.get(f"{server['url']}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "mlflow_http_request" in metrics.text
+
+
+def test_two_workers_share_one_study_exactly_once(server, trained):
+    study = optuna.load_study(study_name=STUDY, storage=server["optuna"])
+    trials = study.get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == list(range(TRIALS))  # none lost, none twice
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    pids = {t.user_attrs["worker_pid"] for t in trials}
+    assert len(pids) == WORKERS  # both workers ran trials (different processes)
+
+    client = MlflowClient(server["url"])
+    parent = client.get_run(trained["tuned"]["run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(int(c.data.tags[TRIAL_NUMBER_TAG]) for c in children) == list(range(TRIALS))
+    # each trial's nested run is the one the trial names, tagged with the PID of the worker that ran it
+    by_run = {c.info.run_id: c for c in children}
+    for t in trials:
+        assert by_run[t.user_attrs[TRIAL_RUN_ATTR]].data.tags[WORKER_PID_TAG] == str(t.user_attrs["worker_pid"])
+        assert by_run[t.user_attrs[TRIAL_RUN_ATTR]].data.metrics["cv_roc_auc_mean"] == pytest.approx(t.value)
+    # the best trial is refitted once, by the process that created the study
+    assert {k[len("best_"):]: v for k, v in parent.data.params.items() if k.startswith("best_")} == {
+        k: str(v) for k, v in study.best_params.items()}
+    assert parent.data.metrics["best_cv_roc_auc"] == pytest.approx(study.best_value)
+    assert trained["stdout"].count("refitting the best parameters") == 1
+    assert not any(client.list_artifacts(c.info.run_id) for c in children)  # models only on the parent
+
+
+def test_distributed_tuning_errors_are_clear(server, trained):
+    env = server["env"]
+    local = run_msml("tune", "--workers", "2", "--n-trials", "1", env=env)
+    assert local.returncode == 2 and "needs --storage postgresql://" in local.stderr, local.stderr
+    down = run_msml("tune", "--storage", f"postgresql://postgres@127.0.0.1:{free_port()}/{OPTUNA_DB}",
+                    "--study", "x", "--workers", "2", env=env)
+    assert down.returncode == 2 and "cannot be used" in down.stderr and "Traceback" not in down.stderr, down.stderr
+    joined = run_msml("tune", "--storage", server["optuna"], "--study", STUDY, "--join", env=env)
+    # the study's budget is spent: a late worker joins, runs nothing, and leaves the refit to the creator
+    assert joined.returncode == 0 and "joining study" in joined.stdout and "ran 0 trial(s)" in joined.stdout
