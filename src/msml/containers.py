@@ -118,9 +118,9 @@ class Engine:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-2000:]
+                code, tail = self.proc.returncode, log_path.read_text(errors="replace")[-2000:].strip()
                 self.stop()
-                raise EngineError(f"`podman system service` exited {self.proc.returncode}: {tail}")
+                raise EngineError(f"`podman system service` exited {code}: {tail}")
             if (self.workdir / "podman.sock").exists() and self.docker("version", "--format", "{{.Server.Version}}",
                                                      check=False, quiet=True).returncode == 0:
                 self.log(f"[engine] podman API on {self.docker_host} (storage {self.cache / 'containers'})")

@@ -3,6 +3,7 @@ workflows, the engine's settings are the ones this host needs, and a missing eng
 
 from __future__ import annotations
 
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -59,3 +60,11 @@ def test_missing_engine_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no podman, runc or docker on it
     with pytest.raises(EngineError, match="podman, runc, docker not installed"):
         Engine(cache=tmp_path).start()
+
+
+def test_an_engine_that_cannot_start_says_why():
+    """The real podman service, pointed at a storage root it cannot create, exits; the error carries its reason."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman not installed")
+    with pytest.raises(EngineError, match="podman system service` exited .*no-such-dir"):
+        Engine(cache=Path("/proc/no-such-dir")).start()
