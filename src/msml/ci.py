@@ -149,19 +149,30 @@ def serving_env_dockerfile(base: str) -> str:
     return f"FROM {base}\nENV " + " ".join(f"{k}={v}" for k, v in SERVING_ENV.items()) + "\n"
 
 
-def model_requirements(context: Path) -> list[str]:
-    """What the image's `pip install` steps ask for: mlflow (the Dockerfile's own step), the model's
-    python_env.yaml build dependencies and requirements.txt, and gunicorn[gevent] (MLflow's server deps)."""
+def model_base_and_requirements(model_uri: str, out: Path, tracking_uri: str) -> tuple[str, list[str]]:
+    """The FROM image `mlflow models build-docker` will use (MLflow's own choice, from the model's
+    python_env.yaml) and what the image's `pip install` steps ask for: mlflow (the Dockerfile's own step),
+    the model's build dependencies and requirements.txt, and gunicorn[gevent] (MLflow's server deps).
+    In-process: a `mlflow models generate-dockerfile` subprocess costs a minute on a busy machine."""
+    import mlflow
     import yaml
+    from mlflow.pyfunc.backend import PyFuncBackend
     from mlflow.version import VERSION
 
-    env_files = list((context / "model_dir").rglob("python_env.yaml"))
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(out)))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    base = PyFuncBackend({}, env_manager="local")._get_base_image(str(path), install_java=False)
+    env_files = list(path.rglob("python_env.yaml"))
     if not env_files:
-        raise CiError(f"no python_env.yaml under {context / 'model_dir'}: the model was not logged by MLflow")
+        raise CiError(f"no python_env.yaml in {model_uri}: the model was not logged by MLflow")
     python_env = yaml.safe_load(env_files[0].read_text())
     lines = (env_files[0].parent / "requirements.txt").read_text().splitlines()
-    return [f"mlflow=={VERSION}", "gunicorn[gevent]", *python_env.get("build_dependencies", []),
-            *(line.strip() for line in lines if line.strip() and not line.startswith(("#", "-")))]
+    return base, [f"mlflow=={VERSION}", "gunicorn[gevent]", *python_env.get("build_dependencies", []),
+                  *(line.strip() for line in lines if line.strip() and not line.startswith(("#", "-")))]
 
 
 @dataclass
@@ -182,11 +193,9 @@ def build_image(model_uri: str, name: str, env: dict[str, str], progress: Callab
     seconds: dict[str, float] = {}
     as_built = name + AS_BUILT_SUFFIX
     mlflow = str(Path(sys.executable).parent / "mlflow")
-    with tempfile.TemporaryDirectory(prefix="msml-dockerfile-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="msml-model-") as tmp:
         started = time.perf_counter()
-        dockerfile = generate_dockerfile(model_uri, Path(tmp), env)
-        base = re.search(r"^FROM\s+(\S+)", dockerfile.read_text(), re.MULTILINE).group(1)
-        requirements = model_requirements(Path(tmp))
+        base, requirements = model_base_and_requirements(model_uri, Path(tmp), env["MLFLOW_TRACKING_URI"])
         seconds["inspect"] = time.perf_counter() - started
     if prepare_base is not None:
         started = time.perf_counter()
@@ -219,6 +228,8 @@ def build_image_here(model_uri: str, name: str, env: dict[str, str], engine=None
     from msml.containers import LOG_PREFIX, ensure_base_image
 
     def stand_in(base: str, requirements: list[str]) -> None:
+        if not base.startswith("python:"):
+            raise CiError(f"MLflow chose {base} as the base image; only python:<version>-slim has a stand-in here")
         version = base.split(":", 1)[1].removesuffix("-slim")
         ensure_base_image(engine, version, requirements, log=progress)
         progress(f"{LOG_PREFIX} building FROM {base}: the stand-in, not Docker Hub's image")
