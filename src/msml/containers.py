@@ -45,6 +45,7 @@ netns = "host"
 """
 STORAGE_DRIVER = "overlay"
 DEBIAN_SUITE = "bookworm"
+DEBIAN_PYTHON = "3.11"  # bookworm's python3: the wheels must fit it, whatever Python the host runs
 # python-is-python3: MLflow's Dockerfile and container entrypoint call `python`, the slim images' name for it.
 DEBIAN_PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates", "python-is-python3")
 STAND_IN_LABEL = "org.msml.stand-in"
@@ -208,8 +209,8 @@ def download_wheels(requirements: list[str], wheelhouse: Path, log: Callable[[st
     package index here). Cumulative: the wheelhouse keeps earlier wheels, so one base serves several models."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
     log(f"{LOG_PREFIX} pip download {len(requirements)} requirements → {wheelhouse}")
-    # the host's interpreter has the image's ABI (cp311, x86_64 glibc), so its own wheel choice fits
-    result = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse), *requirements],
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
+                             "--python-version", DEBIAN_PYTHON, "-d", str(wheelhouse), *requirements],
                             stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise EngineError(f"pip download exited {result.returncode} for {' '.join(requirements)}")
