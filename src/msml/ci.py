@@ -159,10 +159,14 @@ def model_base_and_requirements(model_uri: str, out: Path, tracking_uri: str) ->
     from mlflow.pyfunc.backend import PyFuncBackend
     from mlflow.version import VERSION
 
+    from mlflow.exceptions import MlflowException
+
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     try:
         path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(out)))
+    except MlflowException as exc:
+        raise CiError(f"cannot read the model {model_uri} from {tracking_uri}: {exc.message}") from exc
     finally:
         mlflow.set_tracking_uri(previous)
     base = PyFuncBackend({}, env_manager="local")._get_base_image(str(path), install_java=False)
