@@ -16,6 +16,12 @@ client. Prints one table and checks the targets:
   fixed image ≥ local serve (throughput at every c);
   gateway-in-front-of-image / image ≈ gateway-in-front-of-local / local at c=32 (within 20 %).
 Removes the containers and images it made (the cached base image stays).
+
+Known gap: the model is the LogisticRegression baseline (train_and_register), whose 1-row predict barely
+touches OpenMP; the image CI pushes holds the tuned HistGradientBoosting model, whose predict is OpenMP-
+parallel, where issue #16 measured the oversubscription. Measured 2026-11-27 with the baseline (load ~3-10):
+fixed image ≥ local serve at c=1/8/32 (60.6/65.8/59.3 vs 44.8/50.6/47.8 req/s), gateway ratio 10.2× vs
+10.7×; but the image as built was not slower (60.6/53.1/90.8 req/s): the fix's effect is not shown here.
 """
 
 from __future__ import annotations
