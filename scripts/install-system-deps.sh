@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo run for real, when missing:
 # Prometheus (+ promtool), Alertmanager (+ amtool), headless Chromium, docker-compose (config check only),
-# PostgreSQL.
+# PostgreSQL, podman + runc (the Docker API the image tests build and run against), mmdebstrap (their stand-in
+# base image) and the docker CLI that `mlflow models build-docker` runs (bookworm ships it only in docker.io; its
+# daemon is not used).
 set -euo pipefail
 declare -A need=([prometheus]=prometheus [promtool]=prometheus
-                 [amtool]=prometheus-alertmanager [prometheus-alertmanager]=prometheus-alertmanager [chromium]=chromium [docker-compose]=docker-compose)
+                 [amtool]=prometheus-alertmanager [prometheus-alertmanager]=prometheus-alertmanager [chromium]=chromium [docker-compose]=docker-compose
+                 [podman]=podman [runc]=runc [mmdebstrap]=mmdebstrap [docker]=docker.io)
 missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")

@@ -329,17 +329,56 @@ def ci(
                                     help="Generate and check the model's Dockerfile (no Docker engine needed)."),
     env_manager: str = typer.Option("local", "--env-manager", help="mlflow run --env-manager: local or conda."),
     project: Optional[Path] = typer.Option(None, "--project", help="MLflow Project dir (default: <root>/MLProject)."),
+    image: bool = typer.Option(False, "--image/--no-image",
+                               help="Build the image as the workflow does (mlflow models build-docker + serving "
+                                    "env), through DOCKER_HOST or podman started here."),
 ) -> None:
-    """The CI retraining job: mlflow run MLProject → run-info file → artifacts + summary → Dockerfile."""
+    """The CI retraining job: mlflow run MLProject → run-info file → artifacts + summary → Dockerfile/image."""
     from msml.ci import run_ci
     from msml.project import CI_CV_FOLDS, CI_TRIALS
 
     settings = _settings(None).with_overrides(processed_dir=data)
     result = run_ci(settings, out, entry=entry, trials=trials or CI_TRIALS, cv_folds=cv_folds or CI_CV_FOLDS,
                     seed=seed, image_tag=image_tag, dockerfile=dockerfile, env_manager=env_manager,
-                    project_dir=project, progress=typer.echo)
+                    project_dir=project, progress=typer.echo, image=image)
     typer.echo(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, "image": result.image,
                            "seconds": {k: round(v, 1) for k, v in result.seconds.items()}}, indent=2))
+
+
+@app.command("build-image")
+@handles_errors
+def build_image(
+    model_uri: Optional[str] = typer.Option(None, "--model-uri", "-m", help="Default: models:/<model name>@champion."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Image name (default: <settings image>:latest)."),
+) -> None:
+    """The workflow's image step alone: mlflow models build-docker + the serving-env layer (DOCKER_HOST or podman)."""
+    import os
+
+    from msml.ci import build_image_with_engine
+    from msml.registry import champion_uri
+
+    settings = _settings(None)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri}
+    built = build_image_with_engine(model_uri or champion_uri(settings.model_name), name or f"{settings.image}:latest",
+                                    env, progress=typer.echo)
+    typer.echo(json.dumps({"image": built.name, "as_built": built.as_built, "base": built.base,
+                           "seconds": {k: round(v, 1) for k, v in built.seconds.items()}}, indent=2))
+
+
+@app.command()
+@handles_errors
+def engine() -> None:
+    """podman's Docker API on a private socket (foreground; Ctrl-C stops): for docker / build-image / ci --image."""
+    from msml.containers import Engine
+
+    _sigterm_as_interrupt()
+    with Engine(log=typer.echo) as running:
+        typer.echo(f"export DOCKER_HOST={running.docker_host}   # then: docker run --network host <image>; Ctrl-C stops")
+        try:
+            running.proc.wait()
+            _fail(f"podman system service exited with code {running.proc.returncode}", code=1)
+        except KeyboardInterrupt:
+            typer.echo("stopping the engine")
 
 
 # --- monitoring: Prometheus, Alertmanager and Grafana as code ---------------------------------------------------
