@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from functools import wraps
 from pathlib import Path
@@ -432,7 +433,10 @@ def gateway(
     probe_interval: float = typer.Option(1.0, "--probe-interval", min=0.05),
     drift_window: int = typer.Option(1000, "--drift-window", min=10),
     model_timeout: float = typer.Option(10.0, "--model-timeout", min=0.05,
-                                        help="Seconds a model-server call may take before a 503."),
+                                        help="Every request's deadline in seconds (504 when it passes)."),
+    max_queue_ms: float = typer.Option(250.0, "--max-queue-ms", min=1.0,
+                                       help="Refuse new requests (503, Retry-After) while the oldest queued one "
+                                            "has waited longer than this."),
 ) -> None:
     """The validating, micro-batching gateway with /metrics (the course's prometheus_exporter; foreground)."""
     from msml.serving.gateway import GatewayConfig, run
@@ -444,7 +448,8 @@ def gateway(
         model_uri=champion_uri(settings.model_name) if model_uri is None else (model_uri or None),
         drift_reference=drift_reference, max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms,
         max_concurrent_batches=max_concurrent_batches, probe_interval=probe_interval, drift_window=drift_window,
-        request_timeout=model_timeout,
+        request_timeout=model_timeout, max_queue_delay_ms=max_queue_ms,
+        feedback_token=os.environ.get("MSML_FEEDBACK_TOKEN") or None,  # a secret: from the environment only
     )
     typer.echo(f"gateway on http://{host}:{port} → {model_url} (/invocations, /feedback, /metrics, /health, /docs)")
     run(config, host=host, port=port)

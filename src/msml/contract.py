@@ -12,7 +12,7 @@ import csv
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import pandas as pd
@@ -172,6 +172,7 @@ class Contract:
                 annotation = pydantic.conint(ge=col.min, le=col.max, strict=False) if base is int else (
                     pydantic.confloat(ge=col.min, le=col.max, allow_inf_nan=False)
                 )
+                annotation = Annotated[annotation, pydantic.BeforeValidator(_not_a_boolean)]
             if col.nullable:
                 annotation = Optional[annotation]
                 fields[col.name] = (annotation, None)
@@ -181,7 +182,10 @@ class Contract:
         return pydantic.create_model(f"{self.name.title()}Row", __config__=config, **fields)
 
     def normalise_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Map the contract's missing markers to None (as the raw loader maps them to NaN)."""
+        """Map the contract's missing markers to None (as the raw loader maps them to NaN).
+
+        Whitespace: both ends of a text value are stripped, here (the row model strips too) and in `read_csv`.
+        """
         return {k: (None if isinstance(v, str) and v.strip() in self.missing_markers else v) for k, v in row.items()}
 
     # ---- reading and validating raw files -----------------------------------------------
@@ -219,8 +223,10 @@ class Contract:
             raise DataError(f"raw file {path} is missing required column(s): {', '.join(missing)}")
         if df.empty:
             raise DataError(f"raw file has a header but no data rows: {path}")
-        # an empty cell is missing too (read as "" because keep_default_na is off)
-        return df.replace({"": np.nan})
+        # the serving rule: both ends stripped (skipinitialspace only strips the left), then an empty cell or a
+        # marker is missing (an empty cell reads as "" because keep_default_na is off)
+        df = df.apply(lambda s: s.str.strip() if s.dtype == object else s)
+        return df.replace({v: np.nan for v in ("", *self.missing_markers)})
 
     def validate(
         self, df: pd.DataFrame, max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE
@@ -249,6 +255,13 @@ class Contract:
                 f"{max_invalid_share:.1%}; first reasons: {quarantine['reason'].head(3).tolist()}"
             )
         return ValidationResult(valid=valid[[*self.features, self.target]], quarantine=quarantine)
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # pydantic's lax mode reads JSON true as 1; a boolean in a numeric field is a client's type mistake
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
 
 
 @dataclass

@@ -28,6 +28,7 @@ MODEL_UP = f"{PREFIX}_model_up"
 MODEL_INFO = f"{PREFIX}_model"  # Info metric: exposed as msml_model_info
 FEEDBACK = f"{PREFIX}_feedback_total"
 LIVE_ACCURACY = f"{PREFIX}_live_accuracy"
+REJECTED = f"{PREFIX}_requests_rejected_total"
 # From prometheus_client's own process collector (read from /proc, no psutil in the scrape path)
 PROCESS_CPU = "process_cpu_seconds_total"
 PROCESS_MEMORY = "process_resident_memory_bytes"
@@ -83,3 +84,6 @@ class GatewayMetrics:
                                 ["outcome"], registry=r)
         self.live_accuracy = Gauge(LIVE_ACCURACY, "Accuracy of the predictions that received ground truth, "
                                                   "over the recent feedback window.", registry=r)
+        self.rejected = Counter(_strip_total(REJECTED), "Prediction requests not scored, by reason: queue_full, "
+                                "model_down, deadline, client_gone (also counted as status 499), withdrawn "
+                                "(dropped from the queue before the model call).", ["reason"], registry=r)
