@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -65,7 +66,7 @@ class FakeModelServer(BaseHTTPRequestHandler):
             self._answer(200, ok[: len(ok) // 2], length=len(ok))
             self.close_connection = True
         elif mode == "huge":
-            self._answer(200, b" " * 20_000_000 + ok)
+            self._answer(200, b" " * 2_000_000 + ok)  # over the gateway's 4 KB × 256 batch rows
         else:
             if mode == "slow":
                 time.sleep(3)
@@ -117,7 +118,7 @@ def metric(url: str, name: str, **labels) -> float:
     ("short", 502, "2 predictions for 1 rows", "bad_response"),
     ("truncated", 502, "malformed answer", "transport"),
     ("huge", 502, "malformed answer", "transport"),
-    ("slow", 504, "did not answer in time", "timeout"),
+    ("slow", 504, "in time|deadline", "timeout"),
 ])
 def test_model_server_failures_are_quick_502_or_504_without_upstream_text(gateway, mode, kind, status, words,
                                                                          counted):
@@ -128,9 +129,12 @@ def test_model_server_failures_are_quick_502_or_504_without_upstream_text(gatewa
     resp = httpx.post(f"{url}/invocations", json={"rows": [valid_row(Contract.load())]}, timeout=10)
     elapsed = time.perf_counter() - start
     assert resp.status_code == status, resp.text
-    assert words in resp.json()["error"] and resp.json()["request_id"]
+    assert re.search(words, resp.json()["error"]) and resp.json()["request_id"]
     assert UPSTREAM_SECRET not in resp.text and "html" not in resp.text
     assert elapsed < 1.5  # the 0.5 s deadline, never a hang
+    wait = time.monotonic() + 1  # a timeout is counted when the model call gives up, a moment after the answer
+    while metric(url, M.MODEL_ERRORS, kind=counted) == before and time.monotonic() < wait:
+        time.sleep(0.05)
     assert metric(url, M.MODEL_ERRORS, kind=counted) == before + 1
     if kind in ("error", "garbage"):
         assert UPSTREAM_SECRET in log.read_text()  # the operator still sees it
@@ -177,9 +181,12 @@ def test_a_client_that_leaves_is_counted_499_and_its_rows_never_reach_the_model(
     mode("slow")
     holder = threading.Thread(target=lambda: httpx.post(f"{url}/invocations", content=body, timeout=10,
                                                         headers={"Content-Type": "application/json"}))
-    holder.start()  # keeps the model busy, so the next request waits in the queue
-    time.sleep(0.1)
     seen = FakeModelServer.rows_seen
+    holder.start()  # keeps the model busy, so the next request waits in the queue
+    wait = time.monotonic() + 2
+    while FakeModelServer.rows_seen == seen and time.monotonic() < wait:
+        time.sleep(0.01)
+    seen += 1  # the holder's row
     _raw(url, request + body, then_wait=0.1)  # queued, then the client leaves
     _raw(url, request + body[:5], then_wait=0.05)  # leaves in the middle of its body
     holder.join()
@@ -202,7 +209,7 @@ def test_huge_error_lists_are_capped(gateway):
     assert body["error_count"] == 1000 * required and len(body["details"]) == 20
     assert body["details"][0] == {**body["details"][0], "row": 0, "reason": "missing"}
     long = "x" * 100_000
-    resp = httpx.post(f"{url}/invocations", json={"rows": [{**valid_row(contract), "education": long}] * 1000,
+    resp = httpx.post(f"{url}/invocations", json={"rows": [{**valid_row(contract), "education": long[:500]}] * 1000,
                                                   long: 1}, timeout=10)
     assert resp.status_code == 400 and len(resp.content) < 2000
     resp = httpx.post(f"{url}/invocations", json={"rows": [{**valid_row(contract), "education": long}] * 9},

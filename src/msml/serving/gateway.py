@@ -67,7 +67,7 @@ class Gateway:
         self.validator = RowValidator(self.contract)
         self.upstream = Upstream(c.model_url, self.features, m, connect_timeout=c.connect_timeout,
                                  timeout=c.request_timeout, probe_interval=c.probe_interval,
-                                 max_idle=c.max_concurrent_batches + 2)
+                                 max_idle=c.max_concurrent_batches + 2, max_batch_rows=c.max_batch_rows)
         self.batcher = MicroBatcher(self.upstream.score, max_batch_rows=c.max_batch_rows, max_wait=c.max_wait_ms / 1000,
                                     max_concurrent=c.max_concurrent_batches, max_queued_rows=c.max_queued_rows,
                                     max_queue_delay=c.max_queue_delay_ms / 1000, on_batch=m.batch_rows.observe,

@@ -26,10 +26,10 @@ log = logging.getLogger("msml.gateway")
 
 
 class Replica:
-    def __init__(self, url: str, connect_timeout: float, timeout: float, max_idle: int) -> None:
+    def __init__(self, url: str, connect_timeout: float, timeout: float, max_idle: int, max_response_bytes: int) -> None:
         self.url = url.rstrip("/")
         self.client = http.PooledHTTPClient(self.url, connect_timeout=connect_timeout, timeout=timeout,
-                                            max_idle=max_idle)
+                                            max_idle=max_idle, max_response_bytes=max_response_bytes)
         self.up = False
         self.in_flight = 0
 
@@ -43,13 +43,15 @@ class Replica:
 
 class Upstream:
     def __init__(self, url: str, features: list[str], metrics: GatewayMetrics, connect_timeout: float = 0.5,
-                 timeout: float = 10.0, probe_interval: float = 1.0, max_idle: int = 4) -> None:
+                 timeout: float = 10.0, probe_interval: float = 1.0, max_idle: int = 4,
+                 max_batch_rows: int = 256) -> None:
         self.features = features
         self.metrics = metrics
         self.timeout = timeout
         self.probe_interval = probe_interval
         self.probe_timeout = min(1.0, max(probe_interval, 0.2))
-        self.replica = Replica(url, connect_timeout, timeout, max_idle)
+        # an answer carries one prediction per row (~40 bytes as probabilities): 4 KB a row is generous
+        self.replica = Replica(url, connect_timeout, timeout, max_idle, max_response_bytes=4096 * max_batch_rows)
         self._probe: asyncio.Task | None = None
         self._probe_now = asyncio.Event()
 
