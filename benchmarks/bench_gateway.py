@@ -366,6 +366,52 @@ def upstream_cpu_table(calls: int) -> dict[str, dict]:
     return table
 
 
+def hostile_hold_table(contract, rows: list[dict]) -> list[tuple[str, int, int, float]]:
+    """Event-loop time one hostile request costs (parse, shape, validate, build the answer), in this process.
+
+    Returns (case, body bytes, answer bytes, worst CPU ms of 5). The gateway does exactly these steps inline."""
+    from msml.monitoring.metrics import GatewayMetrics
+    from msml.serving.errors import GatewayError, error_response, loads
+    from msml.serving.feedback import FeedbackBook
+    from msml.serving.formats import extract_rows
+    from msml.serving.validation import RowValidator
+
+    import gc
+
+    gc.freeze()  # as the gateway does after start-up
+    validator = RowValidator(contract)
+    book = FeedbackBook(contract, GatewayMetrics())
+    nested = "[" * 1000 + "]" * 1000
+    cases = {
+        "1000 empty rows": json.dumps({"rows": [{}] * 1000}),
+        "1000 rows, every value wrong": json.dumps({"rows": [{f: [1] for f in contract.features}] * 1000}),
+        "1000 rows, 500-char strings": json.dumps({"rows": [{**rows[0], "education": "x" * 500}] * 1000}),
+        "1000 valid rows": json.dumps({"rows": rows[:1000]}),
+        "value nested 1000 deep": f'{{"rows": [{{"age": {nested}}}]}}',
+        "feedback: 100,000 empty items": json.dumps({"feedback": [{}] * 100_000}),
+        "feedback: 1000 empty items": json.dumps({"feedback": [{}] * 1000}),
+    }
+    table = []
+    for name, text in cases.items():
+        body = text.encode()
+        worst, size = 0.0, 0
+        for _ in range(5):
+            start = time.process_time()  # CPU time: what the event loop is held for, without the machine's queue
+            try:
+                payload = loads(body)
+                if "feedback" in payload:
+                    book.record(payload)
+                else:
+                    validator.validate(extract_rows(payload, contract.features, 1000))
+                answer = b"(scored)"
+            except GatewayError as exc:
+                answer = error_response(exc).body
+            worst = max(worst, time.process_time() - start)
+            size = len(answer)
+        table.append((name, len(body), size, worst * 1000))
+    return table
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per target and concurrency")
@@ -478,6 +524,15 @@ def main() -> int:
           f"p50 {frozen.get('503', {}).get('p50', float('nan')):.1f} ms; first 200 {frozen['recovered_s']:.2f} s "
           f"after SIGCONT")
 
+    hostile = hostile_hold_table(contract, rows)
+    print()
+    print("hostile bodies: event-loop CPU time per request (parse + shape + validate + answer), worst of 5")
+    header = f"{'case':32s} {'body KB':>8s} {'answer KB':>10s} {'CPU ms':>7s}"
+    print(header)
+    print("-" * len(header))
+    for name, body, answer, ms in hostile:
+        print(f"{name:32s} {body / 1000:8.0f} {answer / 1000:10.1f} {ms:7.1f}")
+
     cpu = upstream_cpu_table(args.cpu_calls)
     print()
     print(f"upstream client CPU per call (µs), {args.cpu_calls} sequential calls each, tiny local server, "
@@ -515,6 +570,10 @@ def main() -> int:
     soak_errors = soak["sent"] - soak.get("200", {"n": 0})["n"]
     checks.append((f"soak: {soak_errors} errors, memory growth {growth:+.1%} (< 10 %)",
                    soak_errors == 0 and growth < 0.10))
+    worst = max(hostile, key=lambda r: r[3])
+    checks.append((f"hostile bodies: worst event-loop hold {worst[3]:.1f} ms ({worst[0]}) ≤ 50 ms; largest answer "
+                   f"{max(r[2] for r in hostile) / 1000:.1f} KB ≤ 64 KB",
+                   worst[3] <= 50 and max(r[2] for r in hostile) <= 64_000))
     fastest = min((r for r in cpu.values() if r["correct"]), key=lambda r: r["close"] + r["keep"])
     checks.append((f"upstream client: the gateway's own is the fastest correct one",
                    fastest is cpu["msml.http"]))

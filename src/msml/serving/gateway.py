@@ -21,6 +21,7 @@ or a model server known to be down is a 503 with Retry-After within milliseconds
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -92,6 +93,9 @@ class Gateway:
         await self._load_model_facts()
         await self.batcher.start()
         await self.upstream.start()
+        # the start-up heap (FastAPI, pydantic, MLflow's client) is permanent: keep it out of the cyclic GC,
+        # whose full passes over it held the event loop for 50+ ms at a time (measured on a 1,000-row request)
+        gc.freeze()
 
     async def stop(self) -> None:
         await self.upstream.stop()
