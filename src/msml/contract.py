@@ -184,9 +184,11 @@ class Contract:
     def normalise_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """Map the contract's missing markers to None (as the raw loader maps them to NaN).
 
-        Whitespace: both ends of a text value are stripped, here (the row model strips too) and in `read_csv`.
+        One rule with `read_csv` (no train/serve skew): a text value is stripped at both ends, then an empty
+        one or a marker is missing. (The row model's str_strip_whitespace does not reach Literal fields.)
         """
-        return {k: (None if isinstance(v, str) and v.strip() in self.missing_markers else v) for k, v in row.items()}
+        missing = ("", *self.missing_markers)
+        return {k: ((None if (t := v.strip()) in missing else t) if isinstance(v, str) else v) for k, v in row.items()}
 
     # ---- reading and validating raw files -----------------------------------------------
     def read_csv(self, path: str | Path) -> pd.DataFrame:
@@ -226,7 +228,7 @@ class Contract:
         # the serving rule: both ends stripped (skipinitialspace only strips the left), then an empty cell or a
         # marker is missing (an empty cell reads as "" because keep_default_na is off)
         df = df.apply(lambda s: s.str.strip() if s.dtype == object else s)
-        return df.replace({v: np.nan for v in ("", *self.missing_markers)})
+        return df.where(~df.isin(["", *self.missing_markers]))
 
     def validate(
         self, df: pd.DataFrame, max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE
