@@ -149,11 +149,12 @@ def test_stop_fails_what_is_still_queued():
         model.gate.clear()
         b = MicroBatcher(model)
         await b.start()
-        b.submit([[1]])
+        in_flight = b.submit([[1]])
         await asyncio.sleep(0)
         queued = b.submit([[2]])
         await b.stop()
-        with pytest.raises(RuntimeError, match="shutting down"):
-            await queued
+        for future in (in_flight, queued):
+            with pytest.raises(RuntimeError, match="shutting down"):
+                await future
 
     run(main())

@@ -63,7 +63,7 @@ class MicroBatcher:
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrent)
         self._consumer: asyncio.Task | None = None
-        self._calls: set[asyncio.Task] = set()
+        self._calls: dict[asyncio.Task, list[_Item]] = {}  # model calls in flight and their batches
 
     async def start(self) -> None:
         if self._consumer is None:
@@ -73,18 +73,27 @@ class MicroBatcher:
         if self._consumer is not None:
             for task in (self._consumer, *self._calls):  # in-flight calls too: their callers get the failure
                 task.cancel()
+            batches = [item for batch in self._calls.values() for item in batch]
             await asyncio.gather(self._consumer, *self._calls, return_exceptions=True)
             self._consumer = None
-        while self._queue:
-            item = self._queue.popleft()
+        else:
+            batches = []
+        for item in [*batches, *self._queue]:  # a call cancelled before it ran never answered its callers
             if not item.future.done():
                 item.future.set_exception(RuntimeError("gateway is shutting down"))
+        self._queue.clear()
         self.queued_rows = 0
 
     def admit(self, n_rows: int) -> None:
         """Raise QueueFull unless `n_rows` more rows can be queued and still be answered in time."""
         if self.queued_rows + n_rows > self.max_queued_rows:
             raise QueueFull(f"{self.queued_rows} rows are queued (limit {self.max_queued_rows})")
+        dropped = 0
+        while self._queue and self._queue[0].future.done():  # callers that left do not hold the queue up
+            self.queued_rows -= len(self._queue.popleft().rows)
+            dropped += 1
+        if dropped and self.on_dropped is not None:
+            self.on_dropped(dropped)
         if self._queue:
             waited = asyncio.get_running_loop().time() - self._queue[0].queued_at
             if waited > self.max_queue_delay:
@@ -165,8 +174,8 @@ class MicroBatcher:
                 self._slots.release()
                 raise
             task = asyncio.create_task(self._send(batch))
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            self._calls[task] = batch
+            task.add_done_callback(self._calls.pop)
 
     async def _send(self, batch: list[_Item]) -> None:
         rows: Rows = [row for item in batch for row in item.rows]
@@ -177,9 +186,10 @@ class MicroBatcher:
             if len(results) != len(rows):
                 raise ValueError(f"model server returned {len(results)} predictions for {len(rows)} rows")
         except BaseException as exc:  # every caller of the batch gets the failure
+            failure = RuntimeError("gateway is shutting down") if isinstance(exc, asyncio.CancelledError) else exc
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(exc)
+                    item.future.set_exception(failure)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return

@@ -132,21 +132,28 @@ class Gateway:
         batcher.arriving += 1
         queued = False
         try:
+            # refuse before reading the body when the answer is already known: under overload the CPU goes to
+            # requests that can be served (MLflow-format bodies are read and checked only for those)
+            self.upstream.pick()  # fails fast while the model server is known down
+            self._admit(1)
             payload = await read_json(request, c.max_body_bytes)
             rows = self.validator.validate(extract_rows(payload, self.features, c.max_rows_per_request))
             batcher.arriving -= 1
             queued = True
-            self.upstream.pick()  # fail fast when the model server is known down
+            self._admit(len(rows))
             features = self.features
-            try:
-                future = batcher.submit([[r[f] for f in features] for r in rows])
-            except QueueFull as exc:
-                raise Overloaded("queue_full", f"gateway is at capacity ({exc.why}); retry shortly") from None
+            future = batcher.submit([[r[f] for f in features] for r in rows])
             probabilities = await self._await(future, request.receive, deadline)
         finally:
             if not queued:
                 batcher.arriving -= 1
         return self.record(rows, probabilities)
+
+    def _admit(self, n_rows: int) -> None:
+        try:
+            self.batcher.admit(n_rows)
+        except QueueFull as exc:
+            raise Overloaded("queue_full", f"gateway is at capacity ({exc.why}); retry shortly") from None
 
     async def _await(self, future: asyncio.Future, receive, deadline: float) -> list[float]:
         """The batch result, unless the client leaves (→ ClientGone) or the deadline passes (→ 504) first."""
