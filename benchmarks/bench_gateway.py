@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -422,6 +423,9 @@ def main() -> int:
     parser.add_argument("--frozen-seconds", type=float, default=8.0)
     parser.add_argument("--deadline", type=float, default=2.0, help="the gateway's --model-timeout (request deadline)")
     parser.add_argument("--cpu-calls", type=int, default=2000, help="calls per upstream client in the CPU table")
+    parser.add_argument("--prepare", action="store_true",
+                        help="only preprocess and train into --workdir (untimed; a later run there reuses the model, "
+                             "so the shared benchmark lock is held for the measurements only)")
     args = parser.parse_args()
 
     import httpx
@@ -432,7 +436,8 @@ def main() -> int:
     from msml.preprocessing import load_clean_splits, preprocess
     from msml.serving.model_server import ModelServer
     from msml.serving.processes import stop_process
-    from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway, train_and_register
+    from tests.integration.serving_fixtures import (RegisteredModel, free_port, parse_metrics, start_gateway,
+                                                    train_and_register)
 
     contract = Contract.load()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-gateway-"))
@@ -440,8 +445,17 @@ def main() -> int:
     if not (processed / "test_clean.csv").exists():
         print(f"preprocessing into {processed}", flush=True)
         preprocess(ROOT / "data" / f"{contract.name}_raw" / f"{contract.name}.csv", processed, contract)
-    print("training and registering the benchmark model", flush=True)
-    model = train_and_register(processed, contract, work / f"registry-{int(time.time())}", contract.model_name)
+    prepared = work / "model.json"
+    if prepared.exists():
+        model = RegisteredModel(**json.loads(prepared.read_text()))
+        print(f"reusing the model prepared in {work}", flush=True)
+    else:
+        print("training and registering the benchmark model", flush=True)
+        model = train_and_register(processed, contract, work / f"registry-{int(time.time())}", contract.model_name)
+        if args.prepare:
+            prepared.write_text(json.dumps(dataclasses.asdict(model)))
+    if args.prepare:
+        return 0
     _, test = load_clean_splits(processed, contract)
     rows = frame_to_rows(test[contract.features])
     truths = test[contract.target].astype(str).tolist()
