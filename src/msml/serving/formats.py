@@ -72,9 +72,8 @@ def extract_rows(payload: Any, features: list[str], max_rows: int) -> list[Any]:
         raise body_error(400, "unknown_format", f"body must have exactly one key of: {formats} (got {got})")
     key = keys[0]
     data = payload[key]
-    size = len(data.get("data", ())) if key == "dataframe_split" and isinstance(data, dict) else None
-    if isinstance(data, list):
-        size = len(data)
+    rows_in = data.get("data") if key == "dataframe_split" and isinstance(data, dict) else data
+    size = len(rows_in) if isinstance(rows_in, list) else None
     if size is not None and size > max_rows:  # before any per-row work
         raise body_error(413, "too_many_rows", f"{size} rows is over the limit of {max_rows} per request")
     if key == "dataframe_split":

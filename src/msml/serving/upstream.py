@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import Any
 
 from msml.monitoring.metrics import GatewayMetrics
 from msml.serving import http
