@@ -187,7 +187,8 @@ def test_a_client_that_leaves_is_counted_499_and_its_rows_never_reach_the_model(
     while FakeModelServer.rows_seen == seen and time.monotonic() < wait:
         time.sleep(0.01)
     seen += 1  # the holder's row
-    _raw(url, request + body, then_wait=0.1)  # queued, then the client leaves
+    _raw(url, request + body, then_wait=0.05)  # queued, then the client leaves
+    time.sleep(0.02)  # the gateway has seen it leave (else its request would still count as queued)
     _raw(url, request + body[:5], then_wait=0.05)  # leaves in the middle of its body
     holder.join()
     time.sleep(0.6)  # the held batch times out; the queue drains

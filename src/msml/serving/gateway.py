@@ -132,14 +132,14 @@ class Gateway:
         batcher.arriving += 1
         queued = False
         try:
-            # refuse before reading the body when the answer is already known: under overload the CPU goes to
-            # requests that can be served (MLflow-format bodies are read and checked only for those)
-            self.upstream.pick()  # fails fast while the model server is known down
+            # a full queue refuses before the body is read: under overload the CPU goes to requests that can be
+            # served. A model server that is down is checked after validation: a client's mistake stays a 4xx.
             self._admit(1)
             payload = await read_json(request, c.max_body_bytes)
             rows = self.validator.validate(extract_rows(payload, self.features, c.max_rows_per_request))
             batcher.arriving -= 1
             queued = True
+            self.upstream.pick()  # fails fast while the model server is known down
             self._admit(len(rows))
             features = self.features
             future = batcher.submit([[r[f] for f in features] for r in rows])
