@@ -9,6 +9,7 @@ Credentials in any URI printed by this process are masked.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -17,6 +18,7 @@ import typer
 
 from msml.config import DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, TRACKING_POSTGRES_PORT, TRACKING_SERVER_PORT, Settings, load_settings
 from msml.contract import DEFAULT_MAX_INVALID_SHARE, DataError
+from msml.monitoring.drift import DEFAULT_WINDOW, MIN_ROWS
 from msml.errors import MaskingStream, MsmlError, TrackingError, mask
 
 # show_locals=False: a traceback's local variables can hold a tracking password or token
@@ -562,9 +564,13 @@ def gateway(
                                                 help="Model calls in flight at a time (match the server's workers)."),
     probe_interval: float = typer.Option(1.0, "--probe-interval", min=0.05,
                                           help="Seconds between health probes of the model server."),
-    drift_window: int = typer.Option(1000, "--drift-window", min=10, help="Recent rows the drift statistics cover."),
+    drift_window: int = typer.Option(DEFAULT_WINDOW, "--drift-window", min=MIN_ROWS,
+                                     help="Recent rows the drift statistics cover (at least the measured minimum)."),
     model_timeout: float = typer.Option(10.0, "--model-timeout", min=0.05,
-                                        help="Seconds a model-server call may take before a 503."),
+                                        help="Every request's deadline in seconds (504 when it passes)."),
+    max_queue_ms: float = typer.Option(250.0, "--max-queue-ms", min=1.0,
+                                       help="Refuse new requests (503, Retry-After) while the oldest queued one "
+                                            "has waited longer than this."),
 ) -> None:
     """The validating, micro-batching gateway with /metrics (the course's prometheus_exporter; foreground)."""
     from msml.serving.gateway import GatewayConfig, run
@@ -576,7 +582,8 @@ def gateway(
         model_uri=champion_uri(settings.model_name) if model_uri is None else (model_uri or None),
         drift_reference=drift_reference, max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms,
         max_concurrent_batches=max_concurrent_batches, probe_interval=probe_interval, drift_window=drift_window,
-        request_timeout=model_timeout,
+        request_timeout=model_timeout, max_queue_delay_ms=max_queue_ms,
+        feedback_token=os.environ.get("MSML_FEEDBACK_TOKEN") or None,  # a secret: from the environment only
     )
     typer.echo(f"gateway on http://{host}:{port} → {model_url} (/invocations, /feedback, /metrics, /health, /docs)")
     run(config, host=host, port=port)

@@ -12,7 +12,7 @@ import csv
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import pandas as pd
@@ -171,6 +171,7 @@ class Contract:
                 annotation = pydantic.conint(ge=col.min, le=col.max, strict=False) if base is int else (
                     pydantic.confloat(ge=col.min, le=col.max, allow_inf_nan=False)
                 )
+                annotation = Annotated[annotation, pydantic.BeforeValidator(_not_a_boolean)]
             if col.nullable:
                 annotation = Optional[annotation]
                 fields[col.name] = (annotation, None)
@@ -180,8 +181,13 @@ class Contract:
         return pydantic.create_model(f"{self.name.title()}Row", __config__=config, **fields)
 
     def normalise_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Map the contract's missing markers to None (as the raw loader maps them to NaN)."""
-        return {k: (None if isinstance(v, str) and v.strip() in self.missing_markers else v) for k, v in row.items()}
+        """Map the contract's missing markers to None (as the raw loader maps them to NaN).
+
+        One rule with `read_csv` (no train/serve skew): a text value is stripped at both ends, then an empty
+        one or a marker is missing. (The row model's str_strip_whitespace does not reach Literal fields.)
+        """
+        missing = ("", *self.missing_markers)
+        return {k: ((None if (t := v.strip()) in missing else t) if isinstance(v, str) else v) for k, v in row.items()}
 
     # ---- reading and validating raw files -----------------------------------------------
     def read_csv(self, path: str | Path) -> pd.DataFrame:
@@ -218,8 +224,10 @@ class Contract:
             raise DataError(f"raw file {path} is missing required column(s): {', '.join(missing)}")
         if df.empty:
             raise DataError(f"raw file has a header but no data rows: {path}")
-        # an empty cell is missing too (read as "" because keep_default_na is off)
-        return df.replace({"": np.nan})
+        # the serving rule: both ends stripped (skipinitialspace only strips the left), then an empty cell or a
+        # marker is missing (an empty cell reads as "" because keep_default_na is off)
+        df = df.apply(lambda s: s.str.strip() if s.dtype == object else s)
+        return df.where(~df.isin(["", *self.missing_markers]))
 
     def validate(
         self, df: pd.DataFrame, max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE
@@ -248,6 +256,13 @@ class Contract:
                 f"{max_invalid_share:.1%}; first reasons: {quarantine['reason'].head(3).tolist()}"
             )
         return ValidationResult(valid=valid[[*self.features, self.target]], quarantine=quarantine)
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # pydantic's lax mode reads JSON true as 1; a boolean in a numeric field is a client's type mistake
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
 
 
 @dataclass

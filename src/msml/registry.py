@@ -7,11 +7,16 @@ new version. Promotion is a compare-and-set loop, safe for concurrent tuning run
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 GATE_METRIC = "test_roc_auc"
@@ -100,3 +105,43 @@ def register_and_promote(model_uri: str, name: str, run_id: str, max_rounds: int
     client.set_model_version_tag(name, version, "promotion", "promoted" if promoted else "rejected")
     client.set_model_version_tag(name, version, "promotion_reason", reason)
     return Promotion(name, version, promoted, reason)
+
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    uri: str
+
+
+def resolve_model(model_uri: str, tracking_uri: str | None) -> tuple[ModelInfo, dict | None]:
+    """Resolve `models:/<name>@<alias>` (or `/<version>`) to its version and run; fetch the drift reference.
+
+    Returns the model info and the reference (None when the run has no `monitoring/drift_reference.json`).
+    """
+    from mlflow.artifacts import download_artifacts
+
+    from msml.monitoring.drift import REFERENCE_ARTIFACT
+
+    if not model_uri.startswith("models:/"):
+        raise ValueError(f"not a registry URI: {model_uri}")
+    spec = model_uri[len("models:/"):]
+    client = MlflowClient(tracking_uri)
+    if "@" in spec:
+        name, alias = spec.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        name, version = spec.rsplit("/", 1)
+        mv, alias = client.get_model_version(name, version), ""
+    info = ModelInfo(name=name, version=str(mv.version), alias=alias, run_id=mv.run_id or "", uri=model_uri)
+    reference = None
+    if mv.run_id:
+        try:
+            path = download_artifacts(run_id=mv.run_id, artifact_path=REFERENCE_ARTIFACT, tracking_uri=tracking_uri)
+            reference = json.loads(Path(path).read_text())
+        except Exception as exc:  # the model is still served; drift is reported absent
+            log.warning("run %s has no drift reference (%s): drift metrics are off", mv.run_id, exc)
+    return info, reference

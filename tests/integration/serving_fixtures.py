@@ -54,8 +54,10 @@ def train_and_register(processed: Path, contract: Contract, workdir: Path, model
 
 
 def start_gateway(model_url: str, tracking_uri: str, log: Path, *extra: str, port: int | None = None,
-                  timeout: float = 60.0):
-    """The real `msml gateway` in its own process group; returns (Popen, base URL) once /ping answers."""
+                  timeout: float = 60.0, env: dict[str, str] | None = None):
+    """The real `msml gateway` in its own process group; returns (Popen, base URL) once /ping answers.
+
+    `env`: extra environment variables (e.g. MSML_FEEDBACK_TOKEN)."""
     import os
     import sys
 
@@ -64,7 +66,8 @@ def start_gateway(model_url: str, tracking_uri: str, log: Path, *extra: str, por
 
     port = port or free_port()
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+           **(env or {})}
     cmd = [str(bin_dir / "msml"), "gateway", "--port", str(port), "--model-url", model_url, *extra]
     proc = spawn(cmd, log, env=env)
     url = f"http://127.0.0.1:{port}"

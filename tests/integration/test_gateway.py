@@ -188,6 +188,22 @@ def test_bad_bodies_get_their_4xx_and_count(client, case):
     assert value(metrics_of(client), M.VALIDATION_FAILURES, field="_body", reason=reason) == before + 1
 
 
+def test_a_streamed_body_over_the_limit_is_a_readable_413(client):
+    """No Content-Length (chunked upload): the cap is hit while reading, not from the declared size."""
+    before = value(metrics_of(client), M.VALIDATION_FAILURES, field="_body", reason="too_large")
+
+    def chunks():
+        yield b'{"rows": ['
+        for _ in range(40):
+            yield b" " * 50_000  # 2 MB in all, twice the limit
+
+    resp = client.post("/invocations", content=chunks(), headers={"Content-Type": "application/json"})
+    assert "content-length" not in resp.request.headers
+    assert resp.status_code == 413 and resp.headers["connection"] == "close"
+    assert resp.json()["error"] == "body is over the limit of 1000000 bytes"  # the streaming cap's message
+    assert value(metrics_of(client), M.VALIDATION_FAILURES, field="_body", reason="too_large") == before + 1
+
+
 def test_too_many_rows_is_413(client, test_rows):
     resp = predict(client, {"rows": [test_rows[0][0]] * 1001})
     assert resp.status_code == 413 and "1001 rows" in resp.json()["error"]
@@ -359,6 +375,69 @@ def test_loadgen_sends_real_rows_and_reports(gateway, processed):
     assert "gateway live accuracy 0." in out.stdout
 
 
+# ---- the model server frozen (SIGSTOP), then going away (last: it restarts the module's server) ----------------
+
+FROZEN_DEADLINE = 2.0
+
+
+def test_frozen_model_every_request_answered_by_its_deadline_then_fail_fast_and_recovery(
+        model_server, registered_model, tmp_path_factory, test_rows):
+    import os
+    import signal
+
+    log = tmp_path_factory.mktemp("gateway-frozen") / "gateway.log"
+    proc, url = start_gateway(model_server.url, registered_model.tracking_uri, log, "--model-uri", "",
+                              "--probe-interval", "0.2", "--model-timeout", str(FROZEN_DEADLINE))
+    rows = test_rows[0]
+    try:
+        with httpx.Client(base_url=url, timeout=10) as c:
+            assert predict(c, {"rows": rows[:1]}).status_code == 200
+            os.killpg(model_server.proc.pid, signal.SIGSTOP)  # the gunicorn master and its worker
+            try:
+                async def burst():
+                    async with httpx.AsyncClient(base_url=url, timeout=10,
+                                                 limits=httpx.Limits(max_connections=100)) as ac:
+                        async def one(i):
+                            start = time.perf_counter()
+                            resp = await ac.post("/invocations", json={"rows": rows[i:i + 1]})
+                            return resp.status_code, time.perf_counter() - start
+                        return await asyncio.gather(*(one(i) for i in range(100)))
+
+                before = metrics_of(c)
+                answers = asyncio.run(burst())
+                assert {status for status, _ in answers} <= {503, 504}, answers
+                # the client's own clock includes its queueing on a busy machine: no hang (the old 30 s waits)
+                assert max(seconds for _, seconds in answers) < FROZEN_DEADLINE + 10
+                # the gateway's clock: every one answered by its deadline (2.5 s is the bucket above 2 s)
+                after = metrics_of(c)
+                count = M.REQUEST_SECONDS + "_count"
+                within = M.REQUEST_SECONDS + "_bucket"
+                n = value(after, count, endpoint="/invocations") - value(before, count, endpoint="/invocations")
+                assert n == len(answers)
+                assert value(after, within, endpoint="/invocations", le="2.5") \
+                    - value(before, within, endpoint="/invocations", le="2.5") == n
+                deadline = time.monotonic() + 5
+                while c.get("/health").status_code != 503 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert c.get("/health").status_code == 503  # detected by the /ping probe
+                start = time.perf_counter()
+                resp = predict(c, {"rows": rows[:1]})
+                elapsed = time.perf_counter() - start
+                assert resp.status_code == 503 and resp.json()["kind"] == "model_down", resp.text
+                assert resp.headers["retry-after"] == "1" and elapsed < 0.2  # fail fast (measured: benchmark)
+            finally:
+                os.killpg(model_server.proc.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 10
+            while (resp := predict(c, {"rows": rows[:1]})).status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert resp.status_code == 200  # back by itself once /ping answers
+            m = metrics_of(c)
+            assert value(m, M.REJECTED, reason="model_down") >= 1
+            assert value(m, M.REQUESTS, endpoint="/invocations", status="500") == 0
+    finally:
+        stop_process(proc)
+
+
 # ---- the model server going away (last: it restarts the module's server) ---------------------------------------
 
 
@@ -371,7 +450,7 @@ def test_model_server_down_gives_503_quickly_and_recovers_by_itself(client, mode
         resp = predict(client, {"rows": [row]})
         elapsed = time.perf_counter() - start
         assert resp.status_code == 503 and elapsed < 1.0, (resp.status_code, elapsed)
-        assert "unreachable" in resp.json()["error"]
+        assert resp.json()["kind"] in ("unreachable", "model_down"), resp.text
         deadline = time.monotonic() + 5
         while value(metrics_of(client), M.MODEL_UP) != 0 and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -1,13 +1,18 @@
-"""The gateway with a misbehaving model server (a stand-in that answers 500, garbage, or too slowly)
-and with no resolvable model: it answers quickly with 502/503 and a message, never hangs, and
-still serves without model info or a drift reference."""
+"""The real gateway with a misbehaving model server (a stand-in that answers 500, garbage, truncated, huge or
+too slowly), with hostile clients (huge error lists, deep nesting, disconnects, forged feedback) and with
+no resolvable model: every answer is a quick JSON 4xx/5xx of bounded size, upstream text never leaks,
+nothing hangs, and the gateway still serves without model info or a drift reference."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -19,41 +24,53 @@ from tests.integration.serving_fixtures import parse_metrics, start_gateway
 
 pytestmark = pytest.mark.slow
 
+UPSTREAM_SECRET = "Traceback-SECRET-upstream-text"
+TOKEN = "test-feedback-token"
+MAX_ANSWER = 64 * 1024
+
 
 class FakeModelServer(BaseHTTPRequestHandler):
-    """Answers /ping; /invocations as `mode` says: ok (probability 0.25 per row), error, garbage, slow."""
+    """Answers /ping; /invocations as `mode` says (ok: probability 0.25 per row). Counts the rows it scored."""
 
     mode = "ok"
+    rows_seen = 0
 
     def log_message(self, *args):  # keep test output clean
         pass
 
-    def _answer(self, status: int, body: bytes) -> None:
+    def _answer(self, status: int, body: bytes, length: int | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(body) if length is None else length))
         self.end_headers()
         try:
             self.wfile.write(body)
-        except BrokenPipeError:
-            pass  # the gateway gave up first (the "slow" case): that is the point
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the gateway gave up first (slow, huge): that is the point
 
     def do_GET(self):
         self._answer(200, b"\n") if self.path == "/ping" else self._answer(404, b"{}")
 
     def do_POST(self):
         rows = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["dataframe_split"]["data"]
+        type(self).rows_seen += len(rows)
         mode = type(self).mode
+        ok = json.dumps({"predictions": [[0.75, 0.25]] * len(rows)}).encode()
         if mode == "error":
-            self._answer(500, b'{"error_code": "INTERNAL_ERROR", "message": "boom"}')
+            self._answer(500, json.dumps({"error_code": "INTERNAL_ERROR", "message": UPSTREAM_SECRET}).encode())
         elif mode == "garbage":
-            self._answer(200, b"<html>not json</html>")
+            self._answer(200, f"<html>{UPSTREAM_SECRET}</html>".encode())
         elif mode == "short":
             self._answer(200, json.dumps({"predictions": [[0.75, 0.25]] * (len(rows) + 1)}).encode())
+        elif mode == "truncated":
+            self._answer(200, ok[: len(ok) // 2], length=len(ok))
+            self.close_connection = True
+        elif mode == "huge":
+            self._answer(200, b" " * 2_000_000 + ok)  # over the gateway's 4 KB × 256 batch rows
         else:
             if mode == "slow":
                 time.sleep(3)
-            self._answer(200, json.dumps({"predictions": [[0.75, 0.25]] * len(rows)}).encode())
+            self._answer(200, ok)
 
 
 @pytest.fixture(scope="module")
@@ -72,35 +89,185 @@ def gateway(fake_server, tmp_path_factory):
     work = tmp_path_factory.mktemp("gateway-fallbacks")
     # an empty tracking store and no model URI: the gateway must still serve
     proc, url = start_gateway(fake_server, f"sqlite:///{work / 'empty.db'}", work / "gateway.log",
-                              "--model-uri", "", "--model-timeout", "0.5", "--probe-interval", "0.2")
+                              "--model-uri", "", "--model-timeout", "0.5", "--probe-interval", "0.2",
+                              "--max-queue-ms", "100", env={"MSML_FEEDBACK_TOKEN": TOKEN})
     yield url, work / "gateway.log"
     stop_process(proc)
+
+
+@pytest.fixture
+def mode():
+    def set_mode(m: str) -> None:
+        FakeModelServer.mode = m
+
+    yield set_mode
+    FakeModelServer.mode = "ok"
 
 
 def valid_row(contract: Contract) -> dict:
     return {c.name: (c.values[0] if not c.is_numeric else c.min) for c in contract.columns}
 
 
-@pytest.mark.parametrize("mode, status, words", [
-    ("error", 502, "answered 500"),
-    ("garbage", 502, "not understood"),
-    ("short", 502, "2 predictions for 1 rows"),
-    ("slow", 503, "did not answer in time"),
+def metric(url: str, name: str, **labels) -> float:
+    return parse_metrics(httpx.get(f"{url}/metrics").text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.mark.parametrize("kind, status, words, counted", [
+    ("error", 502, "answered 500", "http_5xx"),
+    ("garbage", 502, "not understood", "bad_response"),
+    ("short", 502, "2 predictions for 1 rows", "bad_response"),
+    ("truncated", 502, "malformed answer", "transport"),
+    ("huge", 502, "malformed answer", "transport"),
+    ("slow", 504, "in time|deadline", "timeout"),
 ])
-def test_model_server_failures_are_quick_502_or_503_with_a_message(gateway, mode, status, words):
-    url, _ = gateway
-    FakeModelServer.mode = mode
-    try:
-        start = time.perf_counter()
-        resp = httpx.post(f"{url}/invocations", json={"rows": [valid_row(Contract.load())]}, timeout=10)
-        elapsed = time.perf_counter() - start
-    finally:
-        FakeModelServer.mode = "ok"
+def test_model_server_failures_are_quick_502_or_504_without_upstream_text(gateway, mode, kind, status, words,
+                                                                         counted):
+    url, log = gateway
+    before = metric(url, M.MODEL_ERRORS, kind=counted)
+    mode(kind)
+    start = time.perf_counter()
+    resp = httpx.post(f"{url}/invocations", json={"rows": [valid_row(Contract.load())]}, timeout=10)
+    elapsed = time.perf_counter() - start
     assert resp.status_code == status, resp.text
-    assert words in resp.json()["error"]
-    assert elapsed < 1.5  # the 0.5 s model timeout, never a hang
-    errors = parse_metrics(httpx.get(f"{url}/metrics").text)
-    assert sum(v for (name, _), v in errors.items() if name == M.MODEL_ERRORS) >= 1
+    assert re.search(words, resp.json()["error"]) and resp.json()["request_id"]
+    assert UPSTREAM_SECRET not in resp.text and "html" not in resp.text
+    assert elapsed < 1.5  # the 0.5 s deadline, never a hang
+    wait = time.monotonic() + 1  # a timeout is counted when the model call gives up, a moment after the answer
+    while metric(url, M.MODEL_ERRORS, kind=counted) == before and time.monotonic() < wait:
+        time.sleep(0.05)
+    assert metric(url, M.MODEL_ERRORS, kind=counted) == before + 1
+    if kind in ("error", "garbage"):
+        assert UPSTREAM_SECRET in log.read_text()  # the operator still sees it
+
+
+def test_queue_full_is_503_with_retry_after_and_counted(gateway, mode):
+    url, _ = gateway
+    body = {"rows": [valid_row(Contract.load())]}
+    before = metric(url, M.REJECTED, reason="queue_full")
+    mode("slow")  # the first request holds the model; the second waits in the queue past --max-queue-ms
+
+    async def main():
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            first = asyncio.create_task(client.post("/invocations", json=body))
+            await asyncio.sleep(0.1)
+            second = asyncio.create_task(client.post("/invocations", json=body))
+            await asyncio.sleep(0.2)
+            start = time.perf_counter()
+            third = await client.post("/invocations", json=body)
+            return time.perf_counter() - start, third, await first, await second
+
+    elapsed, third, first, second = asyncio.run(main())
+    assert third.status_code == 503 and third.headers["retry-after"] == "1", third.text
+    assert third.json()["kind"] == "queue_full" and elapsed < 0.2
+    assert first.status_code == second.status_code == 504  # each within its own deadline
+    assert metric(url, M.REJECTED, reason="queue_full") == before + 1
+
+
+def _raw(url: str, data: bytes, then_wait: float) -> None:
+    """Send raw bytes to the gateway, wait, and close without reading the answer (a client that leaves)."""
+    u = urlparse(url)
+    with socket.create_connection((u.hostname, u.port)) as s:
+        s.sendall(data)
+        time.sleep(then_wait)
+
+
+def test_a_client_that_leaves_is_counted_499_and_its_rows_never_reach_the_model(gateway, mode):
+    url, _ = gateway
+    body = json.dumps({"rows": [valid_row(Contract.load())]}).encode()
+    request = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+               + str(len(body)).encode() + b"\r\n\r\n")
+    before = {s: metric(url, M.REQUESTS, endpoint="/invocations", status=s) for s in ("499", "500")}
+    withdrawn = metric(url, M.REJECTED, reason="withdrawn")
+    mode("slow")
+    holder = threading.Thread(target=lambda: httpx.post(f"{url}/invocations", content=body, timeout=10,
+                                                        headers={"Content-Type": "application/json"}))
+    seen = FakeModelServer.rows_seen
+    holder.start()  # keeps the model busy, so the next request waits in the queue
+    wait = time.monotonic() + 2
+    while FakeModelServer.rows_seen == seen and time.monotonic() < wait:
+        time.sleep(0.01)
+    seen += 1  # the holder's row
+    _raw(url, request + body, then_wait=0.05)  # queued, then the client leaves
+    time.sleep(0.02)  # the gateway has seen it leave (else its request would still count as queued)
+    _raw(url, request + body[:5], then_wait=0.05)  # leaves in the middle of its body
+    holder.join()
+    time.sleep(0.6)  # the held batch times out; the queue drains
+    assert FakeModelServer.rows_seen == seen  # the queued request of the client that left was not sent
+    assert metric(url, M.REQUESTS, endpoint="/invocations", status="499") == before["499"] + 2
+    assert metric(url, M.REQUESTS, endpoint="/invocations", status="500") == before["500"]
+    assert metric(url, M.REJECTED, reason="withdrawn") == withdrawn + 1
+
+
+def test_huge_error_lists_are_capped(gateway):
+    url, _ = gateway
+    contract = Contract.load()
+    required = sum(not c.nullable for c in contract.columns)
+    start = time.perf_counter()
+    resp = httpx.post(f"{url}/invocations", json={"rows": [{}] * 1000}, timeout=10)
+    assert time.perf_counter() - start < 1.0
+    assert resp.status_code == 422 and len(resp.content) < MAX_ANSWER
+    body = resp.json()
+    assert body["error_count"] == 1000 * required and len(body["details"]) == 20
+    assert body["details"][0] == {**body["details"][0], "row": 0, "reason": "missing"}
+    long = "x" * 100_000
+    resp = httpx.post(f"{url}/invocations", json={"rows": [{**valid_row(contract), "education": long[:500]}] * 1000,
+                                                  long: 1}, timeout=10)
+    assert resp.status_code == 400 and len(resp.content) < 2000
+    resp = httpx.post(f"{url}/invocations", json={"rows": [{**valid_row(contract), "education": long}] * 9},
+                      timeout=10)
+    assert resp.status_code == 422 and len(resp.content) < 4000 and resp.json()["error_count"] == 9
+
+
+def test_feedback_lists_are_capped(gateway):
+    url, _ = gateway
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    start = time.perf_counter()
+    resp = httpx.post(f"{url}/feedback", json={"feedback": [{}] * 100_000}, headers=auth, timeout=10)
+    assert time.perf_counter() - start < 1.0
+    assert resp.status_code == 413 and "100000 feedback items" in resp.json()["error"]
+    resp = httpx.post(f"{url}/feedback", json={"feedback": [{}] * 1000}, headers=auth, timeout=10)
+    assert resp.status_code == 422 and len(resp.content) < MAX_ANSWER and resp.json()["error_count"] == 1000
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_deep_nesting_is_a_json_4xx(gateway, depth):
+    url, _ = gateway
+    nested = "[" * depth + "]" * depth
+    for body in (f'{{"rows": [{{"age": {nested}}}]}}', f'{{"feedback": [{{"id": "a", "label": {nested}}}]}}',
+                 f'{{"rows": [{nested}]}}'):
+        path = "/feedback" if "feedback" in body else "/invocations"
+        resp = httpx.post(f"{url}{path}", content=body.encode(), timeout=10,
+                          headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+        assert 400 <= resp.status_code < 500, (depth, body[:30], resp.status_code, resp.text[:200])
+        assert resp.headers["content-type"] == "application/json" and resp.json()["error"]
+
+
+def test_booleans_are_not_numbers(gateway):
+    url, _ = gateway
+    contract = Contract.load()
+    ints = [c.name for c in contract.columns if c.is_numeric]
+    resp = httpx.post(f"{url}/invocations", json={"rows": [{**valid_row(contract), ints[0]: True}]}, timeout=10)
+    assert resp.status_code == 422
+    assert resp.json()["details"][0] | {"field": ints[0], "reason": "wrong_type"} == resp.json()["details"][0]
+
+
+def test_feedback_needs_the_token_and_ids_cannot_be_guessed(gateway):
+    url, _ = gateway
+    answer = httpx.post(f"{url}/invocations", json={"rows": [valid_row(Contract.load())] * 3}, timeout=10).json()
+    ids = answer["ids"]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids) and len(set(ids)) == 3  # 128 random bits each
+    item = {"feedback": [{"id": ids[0], "label": 1}]}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN + "x"}):
+        resp = httpx.post(f"{url}/feedback", json=item, headers=headers, timeout=10)
+        assert resp.status_code == 401 and resp.json()["details"][0]["reason"] == "unauthorised"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    first = httpx.post(f"{url}/feedback", json=item, headers=auth, timeout=10).json()
+    again = httpx.post(f"{url}/feedback", json=item, headers=auth, timeout=10).json()
+    assert first["accepted"] == 1 and again["accepted"] == 0 and again["unknown_ids"] == [ids[0]]
+    forged = [f"{ids[1][:-1]}{c}" for c in "0123456789abcdef" if f"{ids[1][:-1]}{c}" != ids[1]]
+    resp = httpx.post(f"{url}/feedback", json={"feedback": [{"id": f, "label": 1} for f in forged]},
+                      headers=auth, timeout=10).json()
+    assert resp["accepted"] == 0 and resp["unknown_count"] == 15
 
 
 def test_serves_without_model_info_or_drift_reference(gateway):

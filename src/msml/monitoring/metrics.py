@@ -29,6 +29,7 @@ MODEL_UP = f"{PREFIX}_model_up"
 MODEL_INFO = f"{PREFIX}_model"  # Info metric: exposed as msml_model_info
 FEEDBACK = f"{PREFIX}_feedback_total"
 LIVE_ACCURACY = f"{PREFIX}_live_accuracy_ratio"  # a 0-1 ratio: Prometheus names say the unit
+REJECTED = f"{PREFIX}_requests_rejected_total"
 # From prometheus_client's own process collector (read from /proc, no psutil in the scrape path)
 PROCESS_CPU = "process_cpu_seconds_total"
 PROCESS_MEMORY = "process_resident_memory_bytes"
@@ -101,6 +102,9 @@ class GatewayMetrics:
                                                   "over the recent feedback window (NaN before any).", registry=r)
         # NaN, not 0, until feedback arrives: no evidence is no value, and `NaN < 0.75` never fires
         self.live_accuracy.set(float("nan"))
+        self.rejected = Counter(_strip_total(REJECTED), "Prediction requests not scored, by reason: queue_full, "
+                                "model_down, deadline, client_gone (also counted as status 499), withdrawn "
+                                "(dropped from the queue before the model call).", ["reason"], registry=r)
 
     def track_drift_window(self, drift) -> None:
         """Export the row count of the gateway's drift window (a `SlidingPSI`, anything with len()), read at each

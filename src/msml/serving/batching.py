@@ -1,4 +1,4 @@
-"""Adaptive micro-batching: concurrent requests coalesced into one model-server call.
+"""Adaptive micro-batching with a bounded queue: concurrent requests coalesced into one model-server call.
 
 Handlers `submit` their validated rows and await a future; a single consumer task drains the queue
 into batches of at most `max_batch_rows` and sends each with `call`, at most `max_concurrent` at a
@@ -7,40 +7,63 @@ time, then hands every caller its own slice of the results.
 Adaptive: an idle gateway sends a lone request at once (no added latency at concurrency 1). It
 waits — at most `max_wait` seconds — only while other requests have been accepted but not yet
 queued (`arriving`), so under load batches fill up while the model server is busy.
+
+Bounded (as MLServer's adaptive batcher bounds its queue and BentoML's dispatcher refuses work it
+cannot finish within its latency target): `submit` raises `QueueFull` at once when the queue holds
+`max_queued_rows` rows or when its oldest item has waited longer than `max_queue_delay` — the queue
+is then not draining fast enough for a new request to be answered in time, and a quick 503 with
+Retry-After serves the client better than a slow one. Items whose caller has gone (the future is
+cancelled: deadline passed, client disconnected) are dropped before they reach the model.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
 Rows = list[list[Any]]
 
 
+class QueueFull(Exception):
+    """The batcher cannot take more work now; `why` says which bound was hit."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 @dataclass(slots=True)
 class _Item:
     rows: Rows
     future: asyncio.Future = field(repr=False)
+    queued_at: float = 0.0
 
 
 class MicroBatcher:
     def __init__(self, call: Callable[[Rows], Awaitable[Sequence[Any]]], max_batch_rows: int = 256,
-                 max_wait: float = 0.002, max_concurrent: int = 1,
-                 on_batch: Callable[[int], None] | None = None) -> None:
-        if max_batch_rows < 1 or max_concurrent < 1 or max_wait < 0:
-            raise ValueError("max_batch_rows and max_concurrent must be ≥ 1, max_wait ≥ 0")
+                 max_wait: float = 0.002, max_concurrent: int = 1, max_queued_rows: int = 4096,
+                 max_queue_delay: float = 0.25, on_batch: Callable[[int], None] | None = None,
+                 on_dropped: Callable[[int], None] | None = None) -> None:
+        if max_batch_rows < 1 or max_concurrent < 1 or max_wait < 0 or max_queued_rows < 1 or max_queue_delay <= 0:
+            raise ValueError("max_batch_rows, max_concurrent, max_queued_rows must be ≥ 1; max_wait ≥ 0; "
+                             "max_queue_delay > 0")
         self.call = call
         self.max_batch_rows = max_batch_rows
         self.max_wait = max_wait
         self.max_concurrent = max_concurrent
+        self.max_queued_rows = max_queued_rows
+        self.max_queue_delay = max_queue_delay
         self.on_batch = on_batch
+        self.on_dropped = on_dropped  # called with the number of requests dropped because their caller left
         self.arriving = 0  # requests accepted by a handler and not yet submitted (set by the gateway)
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.queued_rows = 0
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrent)
         self._consumer: asyncio.Task | None = None
-        self._calls: set[asyncio.Task] = set()
-        self._carry: _Item | None = None
+        self._calls: dict[asyncio.Task, list[_Item]] = {}  # model calls in flight and their batches
 
     async def start(self) -> None:
         if self._consumer is None:
@@ -48,49 +71,96 @@ class MicroBatcher:
 
     async def stop(self) -> None:
         if self._consumer is not None:
-            self._consumer.cancel()
+            for task in (self._consumer, *self._calls):  # in-flight calls too: their callers get the failure
+                task.cancel()
+            batches = [item for batch in self._calls.values() for item in batch]
             await asyncio.gather(self._consumer, *self._calls, return_exceptions=True)
             self._consumer = None
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        else:
+            batches = []
+        for item in [*batches, *self._queue]:  # a call cancelled before it ran never answered its callers
             if not item.future.done():
                 item.future.set_exception(RuntimeError("gateway is shutting down"))
+        self._queue.clear()
+        self.queued_rows = 0
 
-    async def submit(self, rows: Rows) -> list[Any]:
-        """Score `rows` (lists of feature values); returns one result per row, in order."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(rows, future))
-        return await future
+    def admit(self, n_rows: int) -> None:
+        """Raise QueueFull unless `n_rows` more rows can be queued and still be answered in time."""
+        if self.queued_rows + n_rows > self.max_queued_rows:
+            raise QueueFull(f"{self.queued_rows} rows are queued (limit {self.max_queued_rows})")
+        dropped = 0
+        while self._queue and self._queue[0].future.done():  # callers that left do not hold the queue up
+            self.queued_rows -= len(self._queue.popleft().rows)
+            dropped += 1
+        if dropped and self.on_dropped is not None:
+            self.on_dropped(dropped)
+        if self._queue:
+            waited = asyncio.get_running_loop().time() - self._queue[0].queued_at
+            if waited > self.max_queue_delay:
+                raise QueueFull(f"the oldest queued request has waited {waited * 1000:.0f} ms "
+                                f"(limit {self.max_queue_delay * 1000:.0f} ms)")
 
-    async def _next(self, timeout: float | None) -> _Item | None:
-        if self._carry is not None:
-            item, self._carry = self._carry, None
-            return item
+    def submit(self, rows: Rows) -> asyncio.Future:
+        """Queue `rows` (lists of feature values); the future gets one result per row, in order.
+
+        Raises QueueFull when over a bound. Cancel the future to withdraw the rows (dropped if not yet sent).
+        """
+        self.admit(len(rows))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append(_Item(rows, future, loop.time()))
+        self.queued_rows += len(rows)
+        self._wakeup.set()
+        return future
+
+    def _pop(self) -> _Item | None:
+        """The next item whose caller still waits; callers that left are dropped and counted."""
+        dropped = 0
+        item = None
+        while self._queue:
+            candidate = self._queue.popleft()
+            self.queued_rows -= len(candidate.rows)
+            if not candidate.future.done():
+                item = candidate
+                break
+            dropped += 1
+        if dropped and self.on_dropped is not None:
+            self.on_dropped(dropped)
+        return item
+
+    async def _wait(self, timeout: float | None) -> bool:
+        """Wait for something to be queued; False on timeout."""
+        self._wakeup.clear()
         if timeout is None:
-            return await self._queue.get()
+            await self._wakeup.wait()
+            return True
+        if timeout <= 0:
+            return False
         try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            if timeout <= 0:
-                return None
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except (asyncio.TimeoutError, TimeoutError):
-            return None
+            async with asyncio.timeout(timeout):
+                await self._wakeup.wait()
+            return True
+        except TimeoutError:
+            return False
 
     async def _collect(self) -> list[_Item]:
         loop = asyncio.get_running_loop()
-        first = await self._next(None)
+        while (first := self._pop()) is None:
+            await self._wait(None)
         batch, n = [first], len(first.rows)
         deadline = loop.time() + self.max_wait
         while n < self.max_batch_rows:
-            wait = deadline - loop.time() if self.arriving > 0 else 0.0
-            item = await self._next(wait)
-            if item is None:
-                break
-            if n + len(item.rows) > self.max_batch_rows:
-                self._carry = item  # starts the next batch
-                break
+            head = self._queue[0] if self._queue else None
+            if head is None:
+                if not (self.arriving > 0 and await self._wait(deadline - loop.time())):
+                    break
+                continue
+            if head.future.done():
+                self._pop()  # counts it as dropped; the loop looks at the next one
+                continue
+            if n + len(head.rows) > self.max_batch_rows:
+                break  # it starts the next batch
+            item = self._pop()
             batch.append(item)
             n += len(item.rows)
         return batch
@@ -104,8 +174,8 @@ class MicroBatcher:
                 self._slots.release()
                 raise
             task = asyncio.create_task(self._send(batch))
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            self._calls[task] = batch
+            task.add_done_callback(self._calls.pop)
 
     async def _send(self, batch: list[_Item]) -> None:
         rows: Rows = [row for item in batch for row in item.rows]
@@ -116,9 +186,10 @@ class MicroBatcher:
             if len(results) != len(rows):
                 raise ValueError(f"model server returned {len(results)} predictions for {len(rows)} rows")
         except BaseException as exc:  # every caller of the batch gets the failure
+            failure = RuntimeError("gateway is shutting down") if isinstance(exc, asyncio.CancelledError) else exc
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(exc)
+                    item.future.set_exception(failure)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return

@@ -1,11 +1,12 @@
-"""A lean pooled HTTP/1.1 client for the gateway's hot path (model-server `/invocations` and `/ping`).
+"""A lean pooled HTTP/1.1 client for the model-server calls (`/invocations`, `/ping`), parsed by httptools.
 
-Why not httpx here: measured on this project's 2-core machine, an httpx AsyncClient call costs
-1.2 ms CPU on a kept-alive connection and 2.1 ms when the server closes it (gunicorn's sync workers,
-i.e. `mlflow models serve`, close every connection), against 0.05 / 0.19 ms for plain asyncio
-streams — alone more than the 2 ms the gateway may add at concurrency 1. This client keeps what the
-gateway needs from httpx: a pool of keep-alive connections, connect and request timeouts, typed
-errors, Content-Length and chunked bodies, and one retry when a pooled connection turns out stale.
+Why not httpx here: an httpx AsyncClient call costs several times the CPU of this client per call
+(`benchmarks/bench_gateway.py` measures httpx, aiohttp and this client in one run and prints the
+table), and the gateway's whole budget at concurrency 1 is 2 ms. The response is parsed by httptools
+(the maintained llhttp parser uvicorn uses), not by hand: a response is complete only when the parser
+says so, so a connection that closes early is an error, never a short answer. Every answer is bounded
+(`max_response_bytes`); IPv6 hosts get a bracketed `Host`. One retry when a pooled keep-alive
+connection turns out closed before it answered (the server may drop idle connections at any time).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from urllib.parse import urlsplit
+
+import httptools
 
 
 class HTTPError(Exception):
@@ -28,15 +31,78 @@ class TimeoutError_(HTTPError):
 
 
 class ProtocolError(HTTPError):
-    """The connection broke or the answer is not HTTP/1.1."""
+    """The connection broke, the answer is not HTTP/1.x, is truncated, or is over the size limit."""
 
 
 class _Stale(Exception):
-    """A pooled connection closed before answering: safe to retry on a fresh one."""
+    """A pooled connection closed before any byte of the answer: safe to retry on a fresh one."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; `exchange` sends a request and waits for the parser's complete message."""
+
+    def __init__(self, max_response_bytes: int) -> None:
+        self.max_bytes = max_response_bytes
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._done: asyncio.Future | None = None
+        self._body: list[bytes] = []
+        self._size = 0
+        self._got_bytes = False
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._done is None or self._done.done():
+            self.transport.close()  # bytes nobody asked for: the connection cannot be trusted
+            return
+        self._got_bytes = True
+        self._size += len(data)
+        if self._size > self.max_bytes:
+            self._fail(ProtocolError(f"answer is over the limit of {self.max_bytes} bytes"))
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ProtocolError("server asked for a protocol upgrade"))
+        except httptools.HttpParserError as exc:
+            self._fail(ProtocolError(f"malformed answer: {exc}"))
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self._done is not None and not self._done.done():
+            if not self._got_bytes:
+                self._done.set_exception(_Stale())
+            else:
+                self._done.set_exception(ProtocolError("connection closed before the answer was complete"))
+
+    # -- httptools callbacks
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result((self._parser.get_status_code(), b"".join(self._body),
+                                   self._parser.should_keep_alive()))
+
+    def _fail(self, exc: Exception) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(exc)
+        self.transport.close()
+
+    async def exchange(self, message: bytes) -> tuple[int, bytes, bool]:
+        self._done = asyncio.get_running_loop().create_future()
+        self._body, self._size, self._got_bytes = [], 0, False
+        self.transport.write(message)
+        return await self._done
 
 
 class PooledHTTPClient:
-    def __init__(self, base_url: str, connect_timeout: float = 0.5, timeout: float = 10.0, max_idle: int = 8) -> None:
+    def __init__(self, base_url: str, connect_timeout: float = 0.5, timeout: float = 10.0, max_idle: int = 8,
+                 max_response_bytes: int = 16_000_000) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"model server URL must be http://host:port, got {base_url!r}")
@@ -46,8 +112,11 @@ class PooledHTTPClient:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.max_idle = max_idle
-        self._idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
-        self._host_header = f"{self.host}:{self.port}".encode()
+        self.max_response_bytes = max_response_bytes
+        self._idle: deque[_Connection] = deque()
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal is bracketed (RFC 7230 §5.4)
+        self._host_header = f"{host}:{self.port}".encode()
+        self.where = host + f":{self.port}"
 
     async def request(self, method: str, path: str, body: bytes | None = None,
                       content_type: str = "application/json", timeout: float | None = None) -> tuple[int, bytes]:
@@ -58,84 +127,46 @@ class PooledHTTPClient:
             head.append(b"Content-Length: " + str(len(body)).encode())
         message = b"\r\n".join(head) + b"\r\n\r\n" + (body or b"")
         timeout = self.timeout if timeout is None else timeout
-        while self._idle:
-            reader, writer = self._idle.pop()
-            if writer.is_closing() or reader.at_eof():
-                writer.close()
-                continue
-            try:
-                return await self._exchange(reader, writer, message, timeout, pooled=True)
-            except _Stale:
-                continue
-        reader, writer = await self._connect()
-        try:
-            return await self._exchange(reader, writer, message, timeout, pooled=False)
-        except _Stale:
-            raise ProtocolError("server closed the connection without answering") from None
-
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        try:
-            return await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.connect_timeout)
-        except asyncio.TimeoutError:
-            raise ConnectError(f"connect to {self.host}:{self.port} timed out after {self.connect_timeout} s") from None
-        except OSError as exc:
-            raise ConnectError(f"connect to {self.host}:{self.port} failed: {exc.strerror or exc}") from None
-
-    async def _exchange(self, reader, writer, message: bytes, timeout: float, pooled: bool) -> tuple[int, bytes]:
-        keep = False
         try:
             async with asyncio.timeout(timeout):
-                writer.write(message)
-                status_line = await reader.readline()
-                if not status_line:
-                    raise _Stale() if pooled else ProtocolError("server closed the connection without answering")
-                keep, status, data = await self._read_response(reader, status_line)
-                return status, data
-        except (_Stale, ProtocolError):
-            raise
-        except asyncio.TimeoutError:
-            raise TimeoutError_(f"no answer from {self.host}:{self.port} within {timeout} s") from None
-        except (ConnectionError, OSError) as exc:
-            if pooled:
-                raise _Stale() from None
-            raise ProtocolError(f"connection to {self.host}:{self.port} broke: {exc}") from None
-        except (asyncio.IncompleteReadError, ValueError, IndexError) as exc:
-            raise ProtocolError(f"malformed answer from {self.host}:{self.port}: {exc!r}") from None
-        finally:
-            if keep and len(self._idle) < self.max_idle:
-                self._idle.append((reader, writer))
-            else:
-                writer.close()
+                while self._idle:
+                    conn = self._idle.pop()
+                    if conn.closed:
+                        continue
+                    try:
+                        return await self._exchange(conn, message)
+                    except _Stale:
+                        continue
+                try:
+                    return await self._exchange(await self._connect(), message)
+                except _Stale:
+                    raise ProtocolError("server closed the connection without answering") from None
+        except TimeoutError:
+            raise TimeoutError_(f"no answer from {self.where} within {timeout} s") from None
 
-    @staticmethod
-    async def _read_response(reader: asyncio.StreamReader, status_line: bytes) -> tuple[bool, int, bytes]:
-        version, status = status_line.split(None, 2)[:2]
-        keep = version == b"HTTP/1.1"
-        length, chunked = None, False
-        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-            name, _, value = line.partition(b":")
-            name, value = name.strip().lower(), value.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding" and b"chunked" in value:
-                chunked = True
-            elif name == b"connection":
-                keep = value == b"keep-alive" or (keep and value != b"close")
-        if chunked:
-            parts = []
-            while (size := int((await reader.readline()).split(b";")[0].strip(), 16)) > 0:
-                parts.append(await reader.readexactly(size))
-                await reader.readexactly(2)
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            data = b"".join(parts)
-        elif length is not None:
-            data = await reader.readexactly(length)
-        else:
-            data, keep = await reader.read(), False
-        return keep, int(status), data
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(lambda: _Connection(self.max_response_bytes),
+                                                       self.host, self.port)
+        except TimeoutError:
+            raise ConnectError(f"connect to {self.where} timed out after {self.connect_timeout} s") from None
+        except OSError as exc:
+            raise ConnectError(f"connect to {self.where} failed: {exc.strerror or exc}") from None
+        return conn
+
+    async def _exchange(self, conn: _Connection, message: bytes) -> tuple[int, bytes]:
+        keep = False
+        try:
+            status, data, keep = await conn.exchange(message)
+            return status, data
+        finally:  # a cancelled or failed exchange leaves the connection mid-answer: never reuse it
+            if keep and not conn.closed and len(self._idle) < self.max_idle:
+                self._idle.append(conn)
+            else:
+                conn.transport.close()
 
     async def aclose(self) -> None:
         while self._idle:
-            _, writer = self._idle.pop()
-            writer.close()
+            self._idle.pop().transport.close()

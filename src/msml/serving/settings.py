@@ -1,0 +1,37 @@
+"""The gateway's settings: one frozen object that `msml gateway` fills from its options and the app reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from msml.contract import Contract
+from msml.monitoring.drift import DEFAULT_WINDOW
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    model_url: str
+    contract: Contract
+    model_uri: Optional[str] = None  # models:/<name>@<alias>: resolved for the info metric and drift reference
+    tracking_uri: Optional[str] = None
+    drift_reference: Optional[Path] = None  # a reference JSON file instead of the model's run artifact
+    max_batch_rows: int = 256
+    max_wait_ms: float = 2.0
+    max_concurrent_batches: int = 1  # model calls at a time: the model server's workers
+    max_body_bytes: int = 1_000_000
+    max_rows_per_request: int = 1000
+    max_feedback_items: int = 1000
+    # admission: a request is refused (503, Retry-After) when this many rows wait, or when the oldest has
+    # waited this long — the queue is then not draining fast enough to answer a new request in time
+    max_queued_rows: int = 4096
+    max_queue_delay_ms: float = 250.0
+    connect_timeout: float = 0.5
+    request_timeout: float = 10.0  # every request's deadline (seconds, end to end): 504 when it passes
+    probe_interval: float = 1.0
+    drift_window: int = DEFAULT_WINDOW
+    feedback_window: int = 1000
+    max_tracked_predictions: int = 100_000
+    feedback_token: Optional[str] = None  # when set, /feedback needs `Authorization: Bearer <token>`
+    threshold: float = 0.5

@@ -1,0 +1,160 @@
+"""The micro-batcher in-process (no sockets): coalescing, its bounds, callers that leave, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from msml.serving.batching import MicroBatcher, QueueFull
+
+
+class Model:
+    """A stand-in `call`: records each batch; blocks while `gate` is clear; answers row[0] * 10."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.batches: list[list[list[int]]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail = fail
+
+    async def __call__(self, rows):
+        self.batches.append(rows)
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [r[0] * 10 for r in rows]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_submits_share_a_call_and_each_gets_its_own_slice():
+    async def main():
+        model = Model()
+        model.gate.clear()  # the first call blocks, so the rest queue up behind it
+        b = MicroBatcher(model, max_batch_rows=4, max_wait=0.01)
+        await b.start()
+        first = b.submit([[0]])
+        await asyncio.sleep(0)
+        futures = [b.submit([[i], [i + 100]]) for i in range(1, 5)]  # 8 rows: two batches of 4
+        model.gate.set()
+        results = await asyncio.gather(first, *futures)
+        await b.stop()
+        return model.batches, results
+
+    batches, results = run(main())
+    assert results == [[0], *[[i * 10, (i + 100) * 10] for i in range(1, 5)]]
+    assert [len(x) for x in batches] == [1, 4, 4]
+
+
+def test_queue_full_by_rows():
+    async def main():
+        model = Model()
+        model.gate.clear()
+        b = MicroBatcher(model, max_batch_rows=2, max_queued_rows=3, max_queue_delay=60)
+        await b.start()
+        b.submit([[1]])
+        await asyncio.sleep(0)  # taken by the (blocked) call: no longer queued
+        b.submit([[2], [3]])
+        b.submit([[4]])
+        with pytest.raises(QueueFull, match="3 rows are queued"):
+            b.submit([[5]])
+        model.gate.set()
+        await b.stop()
+
+    run(main())
+
+
+def test_queue_full_when_the_oldest_item_waited_too_long():
+    async def main():
+        model = Model()
+        model.gate.clear()
+        b = MicroBatcher(model, max_queue_delay=0.05)
+        await b.start()
+        b.submit([[1]])
+        await asyncio.sleep(0)
+        b.submit([[2]])  # queued behind the blocked call
+        b.admit(1)  # fine: it has only just arrived
+        await asyncio.sleep(0.08)
+        with pytest.raises(QueueFull, match="has waited"):
+            b.submit([[3]])
+        model.gate.set()
+        await b.stop()
+
+    run(main())
+
+
+def test_withdrawn_items_never_reach_the_model_and_are_counted():
+    async def main():
+        model = Model()
+        model.gate.clear()
+        dropped = []
+        b = MicroBatcher(model, max_batch_rows=10, on_dropped=dropped.append)
+        await b.start()
+        first = b.submit([[1]])
+        await asyncio.sleep(0)
+        gone = b.submit([[2]])
+        kept = b.submit([[3]])
+        gone.cancel()  # the caller left (deadline or disconnect) while queued
+        model.gate.set()
+        assert await first == [10] and await kept == [30]
+        await b.stop()
+        return model.batches, sum(dropped)
+
+    batches, dropped = run(main())
+    assert batches == [[[1]], [[3]]] and dropped == 1
+
+
+def test_a_failed_call_fails_every_caller_of_the_batch_and_the_batcher_goes_on():
+    async def main():
+        model = Model(fail=RuntimeError("model broke"))
+        model.gate.clear()
+        b = MicroBatcher(model, max_batch_rows=10)
+        await b.start()
+        first = b.submit([[1]])
+        await asyncio.sleep(0)
+        others = [b.submit([[i]]) for i in range(2, 5)]
+        model.gate.set()
+        outcomes = await asyncio.gather(first, *others, return_exceptions=True)
+        model.fail = None
+        after = await b.submit([[7]])
+        await b.stop()
+        return outcomes, after, model.batches
+
+    outcomes, after, batches = run(main())
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    assert after == [70] and [len(x) for x in batches] == [1, 3, 1]
+
+
+def test_a_lone_request_is_sent_at_once():
+    async def main():
+        model = Model()
+        b = MicroBatcher(model, max_wait=5.0)  # would be seen if it waited
+        await b.start()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await b.submit([[1]]) == [10]
+        elapsed = loop.time() - start
+        await b.stop()
+        return elapsed
+
+    assert run(main()) < 1.0
+
+
+def test_stop_fails_what_is_still_queued():
+    async def main():
+        model = Model()
+        model.gate.clear()
+        b = MicroBatcher(model)
+        await b.start()
+        in_flight = b.submit([[1]])
+        await asyncio.sleep(0)
+        queued = b.submit([[2]])
+        await b.stop()
+        for future in (in_flight, queued):
+            with pytest.raises(RuntimeError, match="shutting down"):
+                await future
+
+    run(main())
