@@ -16,7 +16,8 @@ from typing import Optional
 
 import typer
 
-from msml.config import DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, TRACKING_POSTGRES_PORT, TRACKING_SERVER_PORT, Settings, load_settings
+from msml.config import (DEFAULT_PORTS, DEFAULT_SEED, DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, TRACKING_POSTGRES_PORT,
+                         Settings, load_settings, local_url)
 from msml.contract import DEFAULT_MAX_INVALID_SHARE, DataError
 from msml.monitoring.drift import DEFAULT_WINDOW, MIN_ROWS
 from msml.errors import MaskingStream, MsmlError, TrackingError, mask
@@ -28,7 +29,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
 ContractOpt = typer.Option(None, "--contract", help="Dataset contract YAML (default: the Adult contract).")
 RawOpt = typer.Option(None, "--raw", help="Raw CSV (default: data/<dataset>_raw/<dataset>.csv).")
 OutOpt = typer.Option(None, "--out", help="Processed directory (default: data/<dataset>_preprocessing).")
-SeedOpt = typer.Option(42, "--seed", help="Random seed for the split (and everything seeded).")
+SeedOpt = typer.Option(DEFAULT_SEED, "--seed", help="Random seed for the split (and everything seeded).")
 MaxInvalidOpt = typer.Option(
     DEFAULT_MAX_INVALID_SHARE, "--max-invalid-share", help="Fail when more than this share of rows is invalid."
 )
@@ -204,12 +205,12 @@ def demo(
     contract: Optional[Path] = ContractOpt,
     trials: int = typer.Option(DEFAULT_TRIALS, "--trials", min=1, help="Optuna trials for the tuned model."),
     traffic: float = typer.Option(20.0, "--traffic-seconds", min=1, max=600, help="Seconds of demo traffic."),
-    gateway_port: int = typer.Option(8000, "--gateway-port", help="Port of the gateway (API, /metrics)."),
-    model_port: int = typer.Option(5001, "--model-port", help="Port of MLflow's scoring server."),
-    mlflow_port: int = typer.Option(5000, "--mlflow-port", help="Port of the MLflow tracking server and UI."),
-    prometheus_port: int = typer.Option(9090, "--prometheus-port", help="Port of Prometheus."),
-    alertmanager_port: int = typer.Option(9093, "--alertmanager-port", help="Port of Alertmanager."),
-    receiver_port: int = typer.Option(9095, "--receiver-port", help="Port of the alert webhook receiver."),
+    gateway_port: int = typer.Option(DEFAULT_PORTS.gateway, "--gateway-port", help="Port of the gateway (API, /metrics)."),
+    model_port: int = typer.Option(DEFAULT_PORTS.model_server, "--model-port", help="Port of MLflow's scoring server."),
+    mlflow_port: int = typer.Option(DEFAULT_PORTS.mlflow, "--mlflow-port", help="Port of the MLflow tracking server and UI."),
+    prometheus_port: int = typer.Option(DEFAULT_PORTS.prometheus, "--prometheus-port", help="Port of Prometheus."),
+    alertmanager_port: int = typer.Option(DEFAULT_PORTS.alertmanager, "--alertmanager-port", help="Port of Alertmanager."),
+    receiver_port: int = typer.Option(DEFAULT_PORTS.receiver, "--receiver-port", help="Port of the alert webhook receiver."),
 ) -> None:
     """The main job on embedded defaults: data → tracked, registered model → served, monitored, with traffic."""
     from msml.demo import run_demo
@@ -252,7 +253,7 @@ app.add_typer(tracking_app, name="tracking")
 @tracking_app.command("up")
 @handles_errors
 def tracking_up(
-    port: int = typer.Option(TRACKING_SERVER_PORT, "--port", help="Tracking server port (Prometheus scrapes it)."),
+    port: int = typer.Option(DEFAULT_PORTS.mlflow, "--port", help="Tracking server port (Prometheus scrapes it)."),
     postgres_port: int = typer.Option(TRACKING_POSTGRES_PORT, "--postgres-port", help="Port of the PostgreSQL cluster it starts."),
     backend_store_uri: Optional[str] = typer.Option(
         None, "--backend-store-uri", help="An existing postgresql://… database instead of starting a cluster."),
@@ -404,7 +405,7 @@ def monitoring_render(
 @monitoring_app.command("receiver")
 def monitoring_receiver(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(9095, "--port", help="Port to listen on (Alertmanager's webhook URL points here)."),
+    port: int = typer.Option(DEFAULT_PORTS.receiver, "--port", help="Port to listen on (Alertmanager's webhook URL points here)."),
     out: Path = typer.Option(Path(".run/notifications.jsonl"), "--out", help="JSON-lines file of notifications."),
 ) -> None:
     """Record every webhook notification POSTed to it (Alertmanager, Grafana) as JSON lines."""
@@ -415,10 +416,10 @@ def monitoring_receiver(
 
 @monitoring_app.command("up")
 def monitoring_up(
-    gateway_port: int = typer.Option(8000, "--gateway-port", help="Where Prometheus scrapes the gateway."),
-    prometheus_port: int = typer.Option(9090, "--prometheus-port", help="Port of Prometheus."),
-    alertmanager_port: int = typer.Option(9093, "--alertmanager-port", help="Port of Alertmanager."),
-    receiver_port: int = typer.Option(9095, "--receiver-port", help="Port of the alert webhook receiver."),
+    gateway_port: int = typer.Option(DEFAULT_PORTS.gateway, "--gateway-port", help="Where Prometheus scrapes the gateway."),
+    prometheus_port: int = typer.Option(DEFAULT_PORTS.prometheus, "--prometheus-port", help="Port of Prometheus."),
+    alertmanager_port: int = typer.Option(DEFAULT_PORTS.alertmanager, "--alertmanager-port", help="Port of Alertmanager."),
+    receiver_port: int = typer.Option(DEFAULT_PORTS.receiver, "--receiver-port", help="Port of the alert webhook receiver."),
     fast: bool = typer.Option(False, "--fast", help="1 s scrapes and 2 s alert delays (demos, tests)."),
 ) -> None:
     """Start Prometheus, Alertmanager and the webhook receiver on 127.0.0.1 (pid files in .run/)."""
@@ -449,7 +450,7 @@ app.add_typer(evidence_app, name="evidence")
 @evidence_app.command("monitoring")
 def evidence_monitoring(
     out: Path = typer.Option(Path("evidence/monitoring"), "--out", help="Directory for the JPG files."),
-    prometheus: str = typer.Option("http://127.0.0.1:9090", "--prometheus", help="Prometheus URL."),
+    prometheus: str = typer.Option(local_url(DEFAULT_PORTS.prometheus), "--prometheus", help="Prometheus URL."),
     notifications: Optional[Path] = typer.Option(
         None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."),
 ) -> None:
@@ -520,7 +521,7 @@ def _sigterm_as_interrupt() -> None:
 
 @app.command()
 def serve(
-    port: int = typer.Option(5001, "--port", help="Port of MLflow's scoring server."),
+    port: int = typer.Option(DEFAULT_PORTS.model_server, "--port", help="Port of MLflow's scoring server."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     workers: int = typer.Option(1, "--workers", min=1, help="gunicorn workers."),
     model_uri: Optional[str] = typer.Option(None, "--model-uri", help="Default: models:/<model name>@champion."),
@@ -549,9 +550,9 @@ def serve(
 
 @app.command()
 def gateway(
-    port: int = typer.Option(8000, "--port", help="Gateway port."),
+    port: int = typer.Option(DEFAULT_PORTS.gateway, "--port", help="Gateway port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    model_url: str = typer.Option("http://127.0.0.1:5001", "--model-url",
+    model_url: str = typer.Option(local_url(DEFAULT_PORTS.model_server), "--model-url",
                                   help="MLflow scoring server or the model's Docker image (/ping, /invocations)."),
     model_uri: Optional[str] = typer.Option(None, "--model-uri",
                                             help="Registry URI for model info and drift reference "
@@ -591,7 +592,7 @@ def gateway(
 
 @app.command()
 def loadgen(
-    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="Gateway (or model server) base URL."),
+    url: str = typer.Option(local_url(DEFAULT_PORTS.gateway), "--url", help="Gateway (or model server) base URL."),
     concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=1024,
                                      help="Requests in flight at a time (closed loop)."),
     rate: Optional[float] = typer.Option(None, "--rate", min=0.1, help="Target requests/s (open loop)."),
@@ -652,9 +653,9 @@ def export(
     dockerhub_user: Optional[str] = typer.Option(None, "--dockerhub-user", help="Docker Hub user of the image."),
     evidence: bool = typer.Option(True, "--evidence/--no-evidence",
                                   help="Screenshot the running system (what is not running is listed as missing)."),
-    model_url: str = typer.Option("http://127.0.0.1:5001", "--model-url", help="Running model server."),
-    gateway_url: str = typer.Option("http://127.0.0.1:8000", "--gateway", help="Running gateway."),
-    prometheus: str = typer.Option("http://127.0.0.1:9090", "--prometheus", help="Running Prometheus."),
+    model_url: str = typer.Option(local_url(DEFAULT_PORTS.model_server), "--model-url", help="Running model server."),
+    gateway_url: str = typer.Option(local_url(DEFAULT_PORTS.gateway), "--gateway", help="Running gateway."),
+    prometheus: str = typer.Option(local_url(DEFAULT_PORTS.prometheus), "--prometheus", help="Running Prometheus."),
     notifications: Optional[Path] = typer.Option(
         None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."),
 ) -> None:

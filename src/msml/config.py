@@ -22,9 +22,34 @@ DEFAULT_DOCKERHUB_USER = "yudhaelfransyah"
 DEFAULT_TRIALS = 10
 # Tuning stops starting trials after this many seconds, so a busy machine still ends within ~3 minutes.
 DEFAULT_TIME_BUDGET = 150.0
-# `msml tracking up`: MLflow where the monitoring stack's Prometheus scrapes it; PostgreSQL beside a system one's 5432.
-TRACKING_SERVER_PORT = 5000
+# The seed of everything seeded (split, CV folds, samplers, estimators) unless `--seed` says otherwise.
+DEFAULT_SEED = 42
+# P(positive) at or above this is the positive class: evaluation, the gateway's predicted class, the model card.
+DECISION_THRESHOLD = 0.5
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Where each server listens on 127.0.0.1 (defaults: what `make demo` and the course configs use)."""
+
+    gateway: int = 8000
+    model_server: int = 5001
+    mlflow: int = 5000  # also `msml tracking up`: where the monitoring stack's Prometheus scrapes MLflow
+    prometheus: int = 9090
+    alertmanager: int = 9093
+    receiver: int = 9095
+    grafana: int = 3000
+
+
+DEFAULT_PORTS = Ports()
+# `msml tracking up`'s PostgreSQL, beside a system one on 5432.
 TRACKING_POSTGRES_PORT = 5433
+
+
+def local_url(port: int) -> str:
+    """http://127.0.0.1:<port>: the URL of a server this machine runs."""
+    return f"http://{LOOPBACK}:{port}"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import pandas as pd  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 
+from msml.config import DECISION_THRESHOLD  # noqa: E402
+
 # The metric names sklearn autolog logs for a classifier, without their "training_" prefix.
 AUTOLOG_METRICS = ("accuracy_score", "precision_score", "recall_score", "f1_score", "log_loss", "roc_auc", "score")
 
@@ -40,7 +42,7 @@ def classifier_metrics(estimator, X, y, prefix: str) -> dict[str, float]:
 
 def positive_class_metrics(y, proba: np.ndarray, prefix: str) -> dict[str, float]:
     """Metrics about the positive class (what the course and the promotion gate read)."""
-    y_pred = (proba >= 0.5).astype(int)
+    y_pred = (proba >= DECISION_THRESHOLD).astype(int)
     return {
         f"{prefix}roc_auc": float(skm.roc_auc_score(y, proba)),
         f"{prefix}accuracy": float(skm.accuracy_score(y, y_pred)),
@@ -77,7 +79,7 @@ def calibration_metrics(y, proba: np.ndarray) -> dict[str, float]:
 def metrics_by_group(y, proba: np.ndarray, groups: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
     """Per-group metrics for each sensitive column (fairness slices)."""
     y = np.asarray(y)
-    y_pred = (proba >= 0.5).astype(int)
+    y_pred = (proba >= DECISION_THRESHOLD).astype(int)
     result: dict[str, dict[str, dict[str, float]]] = {}
     for column in groups.columns:
         values = groups[column].fillna("(missing)").to_numpy()
@@ -100,7 +102,7 @@ def write_evaluation_artifacts(y, proba: np.ndarray, labels: tuple[str, str], gr
     """Plots and reports autolog does not make, for the test split. Returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     y = np.asarray(y)
-    y_pred = (proba >= 0.5).astype(int)
+    y_pred = (proba >= DECISION_THRESHOLD).astype(int)
     files = []
 
     fig, ax = plt.subplots(figsize=(5, 4.5))

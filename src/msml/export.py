@@ -35,7 +35,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from msml.config import Settings
+from msml.config import DECISION_THRESHOLD, DEFAULT_PORTS, DEFAULT_SEED, Settings, local_url
 
 TEMPLATES = Path(__file__).parent / "templates" / "export"
 WORKFLOW_CI = "Workflow-CI"
@@ -52,9 +52,9 @@ REQUIREMENTS = "requirements.txt"
 MISSING_FILE = "MISSING_EVIDENCE.md"
 RUN_INFO = "../ci-output/run_info.json"  # relative to MLProject/ (CI passes an absolute path)
 GIT_AUTHOR = ("msml export", "msml-export@users.noreply.github.com")
-DEFAULT_MODEL_URL = "http://127.0.0.1:5001"
-DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
-DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
+DEFAULT_MODEL_URL = local_url(DEFAULT_PORTS.model_server)
+DEFAULT_GATEWAY_URL = local_url(DEFAULT_PORTS.gateway)
+DEFAULT_PROMETHEUS_URL = local_url(DEFAULT_PORTS.prometheus)
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
 GITIGNORE = "__pycache__/\n.ipynb_checkpoints/\nmlflow.db\nmlartifacts/\nmlruns/\nci-output/\n.venv/\n"
 
@@ -131,7 +131,8 @@ def template_values(settings: Settings, root: Path) -> dict[str, object]:
     return {
         "student": settings.student, "dataset": settings.dataset, "experiment": settings.experiment,
         "model_name": settings.model_name, "image": settings.image, "trials": CI_TRIALS,
-        **pinned_actions(root),
+        "seed": DEFAULT_SEED, "threshold": DECISION_THRESHOLD, "gateway_port": DEFAULT_PORTS.gateway, "model_port": DEFAULT_PORTS.model_server,
+        "mlflow_port": DEFAULT_PORTS.mlflow, **pinned_actions(root),
     }
 
 
@@ -455,7 +456,7 @@ def serving_evidence(settings: Settings, target: Path, model_url: str, label: st
         status, answer = response.status, json.loads(response.read())
     elapsed_ms = (time.perf_counter() - started) * 1000
     port = model_url.rstrip("/").rsplit(":", 1)[-1]
-    command = serve_command(champion_uri(settings.model_name), port=int(port) if port.isdigit() else 5001)
+    command = serve_command(champion_uri(settings.model_name), port=int(port) if port.isdigit() else DEFAULT_PORTS.model_server)
     command[0] = Path(command[0]).name
     tracking = re.sub(r"//[^/@]*@", "//", settings.tracking_uri)  # never print credentials of a remote store
     text = (f"# served by ({label}):\n$ MLFLOW_TRACKING_URI={tracking} {shlex.join(command)}\n\n"

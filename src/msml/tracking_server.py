@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from msml import postgres
-from msml.config import TRACKING_POSTGRES_PORT, TRACKING_SERVER_PORT
+from msml.config import DEFAULT_PORTS, TRACKING_POSTGRES_PORT
 from msml.serving import processes
 from msml.tracking import server_command
 
@@ -64,7 +64,7 @@ class Started:
     pid: int
 
 
-def up(run_dir: Path, port: int = TRACKING_SERVER_PORT, postgres_port: int = TRACKING_POSTGRES_PORT,
+def up(run_dir: Path, port: int = DEFAULT_PORTS.mlflow, postgres_port: int = TRACKING_POSTGRES_PORT,
        backend_store_uri: str | None = None, host: str = "127.0.0.1", timeout: float = 120.0) -> Started:
     """Start PostgreSQL (unless `backend_store_uri` names one) and `mlflow server`; wait until it answers."""
     layout = Layout(Path(run_dir))

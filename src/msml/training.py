@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from msml.config import Settings
+from msml.config import DEFAULT_SEED, Settings
 from msml.contract import Contract
 from msml.evaluation import positive_class_metrics
 from msml.preprocessing import (
@@ -118,7 +118,7 @@ def test_metrics(estimator, data: TrainingData) -> dict[str, float]:
     return positive_class_metrics(data.splits.y_test, proba, "test_")
 
 
-def train_baseline(settings: Settings, seed: int = 42, run_info: str | Path | None = None) -> RunSummary:
+def train_baseline(settings: Settings, seed: int = DEFAULT_SEED, run_info: str | Path | None = None) -> RunSummary:
     """Fit a LogisticRegression baseline on the preprocessed train split with sklearn autolog.
 
     Autolog records params and the training metrics; the model itself is logged by `log_model`

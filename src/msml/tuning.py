@@ -35,7 +35,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 
 from msml import tuning_workers as workers_mod
-from msml.config import DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, Settings
+from msml.config import DECISION_THRESHOLD, DEFAULT_SEED, DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, Settings
 from msml.contract import Contract
 from msml.evaluation import calibration_metrics, classifier_metrics, positive_class_metrics, write_evaluation_artifacts
 from msml.preprocessing import TRAIN_FILE, encode_target
@@ -218,7 +218,7 @@ def objective(trial: optuna.Trial, X, y: np.ndarray, fold_indices, seed: int,
 def tune(
     settings: Settings,
     n_trials: int = DEFAULT_TRIALS,
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     cv_folds: int = DEFAULT_CV_FOLDS,
     run_info: str | Path | None = None,
     progress=print,
@@ -443,6 +443,6 @@ def _model_card(settings: Settings, choice: dict, metrics: dict, n_trials: int, 
         "",
         f"- Per-group metrics for {', '.join(contract.sensitive)} are in `evaluation/metrics_by_group.json`; "
         "census data carries historical bias, so review them before any decision about people.",
-        "- Predictions are probabilities of the positive class; the class uses a 0.5 threshold.",
+        f"- Predictions are probabilities of the positive class; the class uses a {DECISION_THRESHOLD:g} threshold.",
     ]
     return "\n".join(lines) + "\n"

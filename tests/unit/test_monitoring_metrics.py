@@ -27,7 +27,7 @@ def test_live_accuracy_is_nan_until_feedback_then_the_value_set():
 
 def test_predictions_are_labelled_by_predicted_class_through_the_gateways_call():
     m = GatewayMetrics()
-    m.predictions.labels(label=">50K").inc(3)  # the call the gateway makes
+    m.predictions.labels(">50K").inc(3)  # the call the gateway makes
     assert _samples(m)[(M.PREDICTIONS, ((M.PREDICTED_CLASS, ">50K"),))] == 3
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from msml.config import DEFAULT_GITHUB_USER
+from msml.config import DEFAULT_GITHUB_USER, DEFAULT_PORTS
 from msml.monitoring.drift import MIN_ROWS as DRIFT_MIN_ROWS
 from msml.monitoring.drift import THRESHOLD as DRIFT_PSI_THRESHOLD
 from msml.monitoring.metrics import (
@@ -242,7 +242,8 @@ class Alert:
         return query
 
 
-_GW = f'job="{GATEWAY_JOB}",instance="gateway:8000"'
+_GW_INSTANCE = f"gateway:{DEFAULT_PORTS.gateway}"  # the instance label of the promtool test series
+_GW = f'job="{GATEWAY_JOB}",instance="{_GW_INSTANCE}"'
 _PREDICT = f'{_GW},endpoint="/invocations"'
 _VALUE = '{{ $value | printf "%.3g" }}'
 
@@ -254,8 +255,8 @@ ALERTS: tuple[Alert, ...] = (
         "(model_up = " + _VALUE + ").",
         firing=AlertCase({f"{MODEL_UP}{{{_GW}}}": "1 1 0x60"}),
         healthy=AlertCase({f"{MODEL_UP}{{{_GW}}}": "1x60"}),
-        labels={"job": GATEWAY_JOB, "instance": "gateway:8000"},
-        annotations={"description": "Gateway gateway:8000 has had no answer from the model server's /ping "
+        labels={"job": GATEWAY_JOB, "instance": _GW_INSTANCE},
+        annotations={"description": f"Gateway {_GW_INSTANCE} has had no answer from the model server's /ping "
                                     "for 30s (model_up = 0)."},
     ),
     Alert(
@@ -265,8 +266,8 @@ ALERTS: tuple[Alert, ...] = (
         "every gateway metric is missing, so no other gateway alert can be trusted.",
         firing=AlertCase({f"up{{{_GW}}}": "0x60"}),
         healthy=AlertCase({f"up{{{_GW}}}": "1x60"}),
-        labels={"job": GATEWAY_JOB, "instance": "gateway:8000"},
-        annotations={"description": "Prometheus could not scrape gateway:8000 (job gateway) for 1m (up = 0): every "
+        labels={"job": GATEWAY_JOB, "instance": _GW_INSTANCE},
+        annotations={"description": f"Prometheus could not scrape {_GW_INSTANCE} (job gateway) for 1m (up = 0): every "
                                     "gateway metric is missing, so no other gateway alert can be trusted."},
         no_data_alerts=True,
     ),

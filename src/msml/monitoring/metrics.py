@@ -45,16 +45,6 @@ def _strip_total(name: str) -> str:
     return name.removesuffix("_total")
 
 
-class _ByPredictedClass:
-    """PREDICTIONS under its label name, keeping the gateway's call `predictions.labels(label=...)`."""
-
-    def __init__(self, counter: Counter) -> None:
-        self.counter = counter
-
-    def labels(self, label: str):
-        return self.counter.labels(label)
-
-
 class GatewayMetrics:
     """The gateway's metrics, on their own registry so several gateways (tests) can coexist."""
 
@@ -82,8 +72,8 @@ class GatewayMetrics:
                                            "Rejected request rows by field and reason.", ["field", "reason"],
                                            registry=r)
         self.rows_scored = Counter(_strip_total(ROWS_SCORED), "Rows scored by the model.", registry=r)
-        self.predictions = _ByPredictedClass(Counter(_strip_total(PREDICTIONS), "Predictions by predicted class.",
-                                                     [PREDICTED_CLASS], registry=r))
+        self.predictions = Counter(_strip_total(PREDICTIONS), "Predictions by predicted class.", [PREDICTED_CLASS],
+                                   registry=r)
         self.probability = Histogram(PROBABILITY, "Predicted probability of the positive class.",
                                      buckets=PROBABILITY_BUCKETS, registry=r)
         self.feature_missing = Counter(_strip_total(FEATURE_MISSING), "Scored rows with this feature missing.",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from msml.config import Ports
 from msml.monitoring.definitions import (
     ALERTS,
     GATEWAY_JOB,
@@ -46,18 +47,6 @@ GRAFANA_IMAGE = "grafana/grafana:11.6.0"
 PYTHON_IMAGE = "python:3.11-slim"
 POSTGRES_IMAGE = "postgres:15"  # the major version Debian bookworm ships (msml tracking up)
 
-
-@dataclass(frozen=True)
-class Ports:
-    """Where each server listens on 127.0.0.1 (defaults: what `make demo` and the course configs use)."""
-
-    gateway: int = 8000
-    model_server: int = 5001
-    mlflow: int = 5000
-    prometheus: int = 9090
-    alertmanager: int = 9093
-    receiver: int = 9095
-    grafana: int = 3000
 
 
 @dataclass(frozen=True)

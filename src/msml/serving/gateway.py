@@ -34,6 +34,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
+from msml.config import DEFAULT_PORTS, LOOPBACK
 from msml.monitoring.drift import SlidingPSI
 from msml.monitoring.metrics import DRIFT_PSI, GatewayMetrics
 from msml.serving.batching import MicroBatcher, QueueFull
@@ -80,8 +81,7 @@ class Gateway:
         # label children looked up once: .labels() is the costly part of a metric update
         self._missing = {col.name: m.feature_missing.labels(feature=col.name)
                          for col in self.contract.columns if col.nullable}
-        self._by_label = [m.predictions.labels(label=self.contract.negative),
-                          m.predictions.labels(label=self.contract.positive)]
+        self._by_label = [m.predictions.labels(self.contract.negative), m.predictions.labels(self.contract.positive)]
         self._labels = [self.contract.negative, self.contract.positive]
         self._request_children: dict[tuple[str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
@@ -331,7 +331,7 @@ def create_app(config: GatewayConfig, metrics: GatewayMetrics | None = None) -> 
     return app
 
 
-def run(config: GatewayConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+def run(config: GatewayConfig, host: str = LOOPBACK, port: int = DEFAULT_PORTS.gateway, log_level: str = "warning") -> None:
     """Serve the gateway in the foreground (uvloop + httptools when installed)."""
     import importlib.util
 

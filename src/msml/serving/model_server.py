@@ -14,10 +14,11 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping
 
+from msml.config import DEFAULT_PORTS
 from msml.serving.processes import spawn, stop_process, wait_ready
 
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 5001
+DEFAULT_PORT = DEFAULT_PORTS.model_server
 
 
 def serve_command(model_uri: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, workers: int = 1,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from msml.config import DECISION_THRESHOLD
 from msml.contract import Contract
 from msml.monitoring.drift import DEFAULT_WINDOW
 
@@ -34,4 +35,4 @@ class GatewayConfig:
     feedback_window: int = 1000
     max_tracked_predictions: int = 100_000
     feedback_token: Optional[str] = None  # when set, /feedback needs `Authorization: Bearer <token>`
-    threshold: float = 0.5
+    threshold: float = DECISION_THRESHOLD
