@@ -44,14 +44,19 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per target and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--lock", type=Path, default=Path("/tmp/msml-bench.lock"),
-                        help="held while measuring (the same lock as `flock /tmp/msml-bench.lock`)")
+    parser.add_argument(
+        "--lock",
+        type=Path,
+        default=Path("/tmp/msml-bench.lock"),
+        help="held while measuring (the same lock as `flock /tmp/msml-bench.lock`)",
+    )
     args = parser.parse_args()
 
     import fcntl
     import os
 
     from bench_gateway import run_client
+
     from msml.ci import AS_BUILT_SUFFIX, build_image_here
     from msml.containers import Engine, remove_container, remove_images, run_model_image
     from msml.contract import Contract
@@ -70,8 +75,9 @@ def main() -> int:
     model = train_and_register(processed, contract, work / f"registry-{int(time.time())}", contract.model_name)
     _, test = load_clean_splits(processed, contract)
     bodies = work / "bodies.jsonl"
-    bodies.write_text("\n".join(json.dumps({"dataframe_records": [r]})
-                                for r in frame_to_rows(test[contract.features])[:2000]) + "\n")
+    bodies.write_text(
+        "\n".join(json.dumps({"dataframe_records": [r]}) for r in frame_to_rows(test[contract.features])[:2000]) + "\n"
+    )
 
     name = f"localhost/msml-bench-image:{uuid.uuid4().hex[:8]}"
     containers: list[str] = []
@@ -80,8 +86,9 @@ def main() -> int:
     with Engine() as engine:
         try:
             started = time.perf_counter()
-            built = build_image_here(model.uri, name, {**os.environ, "MLFLOW_TRACKING_URI": model.tracking_uri},
-                                     engine=engine)
+            built = build_image_here(
+                model.uri, name, {**os.environ, "MLFLOW_TRACKING_URI": model.tracking_uri}, engine=engine
+            )
             print(f"image built in {time.perf_counter() - started:.0f} s: {built.seconds}", flush=True)
             targets: dict[str, str] = {}
             for label, image in (("image as built", built.as_built), ("image + fix", built.name)):
@@ -92,13 +99,16 @@ def main() -> int:
             targets["mlflow models serve"] = server.url
             for url in targets.values():
                 wait_for_ping(url, timeout=180)
-            for label, behind in (("gateway → image + fix", targets["image + fix"]),
-                                  ("gateway → models serve", server.url)):
-                proc, url = start_gateway(behind, model.tracking_uri, work / f"gateway-{len(procs)}.log",
-                                          "--model-uri", model.uri)
+            for label, behind in (
+                ("gateway → image + fix", targets["image + fix"]),
+                ("gateway → models serve", server.url),
+            ):
+                proc, url = start_gateway(
+                    behind, model.tracking_uri, work / f"gateway-{len(procs)}.log", "--model-uri", model.uri
+                )
                 procs.append(proc)
                 targets[label] = url
-            lock = open(args.lock, "a")
+            lock = open(args.lock, "a")  # noqa: SIM115  (held until the process exits)
             print(f"waiting for {args.lock}", flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
             print(f"measuring (lock held); load average {os.getloadavg()}", flush=True)
@@ -109,8 +119,11 @@ def main() -> int:
             for c in args.concurrency:
                 for label, url in targets.items():
                     results[(label, c)] = r = run_client([url], c, args.duration, bodies, warmup=1.0)[0]
-                    print(f"  {label:24s} c={c:<3d} {r['throughput']:8.1f} req/s  p50 {r['p50']:8.2f} ms  "
-                          f"p99 {r['p99']:8.2f} ms  errors {r['errors']}", flush=True)
+                    print(
+                        f"  {label:24s} c={c:<3d} {r['throughput']:8.1f} req/s  p50 {r['p50']:8.2f} ms  "
+                        f"p99 {r['p99']:8.2f} ms  errors {r['errors']}",
+                        flush=True,
+                    )
             fcntl.flock(lock, fcntl.LOCK_UN)
             print(f"measured; load average {os.getloadavg()}", flush=True)
         finally:
@@ -124,8 +137,11 @@ def main() -> int:
     print(f"\n| target | {' | '.join(f'c={c} req/s | p50 ms | p99 ms' for c in args.concurrency)} |")
     print("|---|" + "---|---|---|" * len(args.concurrency))
     for label in targets:
-        cells = " | ".join(f"{results[(label, c)]['throughput']:.1f} | {results[(label, c)]['p50']:.1f} | "
-                           f"{results[(label, c)]['p99']:.1f}" for c in args.concurrency)
+        cells = " | ".join(
+            f"{results[(label, c)]['throughput']:.1f} | {results[(label, c)]['p50']:.1f} | "
+            f"{results[(label, c)]['p99']:.1f}"
+            for c in args.concurrency
+        )
         print(f"| {label} | {cells} |")
     errors = sum(r["errors"] for r in results.values())
 
@@ -137,11 +153,15 @@ def main() -> int:
         print(f"c={c}: fixed image {fixed:.1f} req/s vs local serve {local:.1f} → {'met' if met else 'MISSED'}")
     c = max(args.concurrency)
     ratio_image = results[("gateway → image + fix", c)]["throughput"] / results[("image + fix", c)]["throughput"]
-    ratio_local = results[("gateway → models serve", c)]["throughput"] / results[("mlflow models serve", c)]["throughput"]
+    ratio_local = (
+        results[("gateway → models serve", c)]["throughput"] / results[("mlflow models serve", c)]["throughput"]
+    )
     kept = ratio_image >= 0.8 * ratio_local
     ok &= kept
-    print(f"c={c}: gateway/direct {ratio_image:.2f}× in front of the image vs {ratio_local:.2f}× in front of local "
-          f"serve → {'kept' if kept else 'MISSED'}; errors {errors}")
+    print(
+        f"c={c}: gateway/direct {ratio_image:.2f}× in front of the image vs {ratio_local:.2f}× in front of local "
+        f"serve → {'kept' if kept else 'MISSED'}; errors {errors}"
+    )
     return 0 if ok else 1
 
 

@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     import mlflow
-    import pandas as pd
 
     from msml.contract import Contract
     from msml.preprocessing import load_clean_splits

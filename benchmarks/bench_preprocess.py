@@ -65,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = args.raw or settings.raw_path
     step_times, wall_times, report = run(raw, settings.contract, args.runs)
     text, passed = table(step_times, wall_times, args.target)
-    print(f"preprocess benchmark: {raw} ({report['rows_in']} rows → {report['train_rows']} train / "
-          f"{report['test_rows']} test, {len(report['features_out'])} features), {args.runs} runs, in-process")
+    print(
+        f"preprocess benchmark: {raw} ({report['rows_in']} rows → {report['train_rows']} train / "
+        f"{report['test_rows']} test, {len(report['features_out'])} features), {args.runs} runs, in-process"
+    )
     print(text)
     print("total = wall time of preprocess() (validate included); imports and interpreter start excluded")
     return 0 if passed else 1

@@ -65,8 +65,9 @@ def per_family(run_id: str, data, contract, seed: int) -> dict[str, dict]:
 
     client = mlflow.tracking.MlflowClient()
     parent = client.get_run(run_id)
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
-                                  max_results=1000)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=1000
+    )
     transformer = native_transformer(contract).fit(data.train_clean[contract.features])
     X = transformer.transform(data.train_clean[contract.features])
     X_test = transformer.transform(data.test_clean[contract.features])
@@ -83,8 +84,12 @@ def per_family(run_id: str, data, contract, seed: int) -> dict[str, dict]:
         model = make_estimator(params, seed).fit(X, y)
         metrics = positive_class_metrics(y_test, model.predict_proba(X_test)[:, 1], "test_")
         search = sum(r.data.metrics.get("fit_seconds", 0.0) for r in runs)
-        out[family] = {"cv": best.data.metrics["cv_roc_auc_mean"], **metrics,
-                       "seconds": search + time.perf_counter() - started, "trials": len(runs)}
+        out[family] = {
+            "cv": best.data.metrics["cv_roc_auc_mean"],
+            **metrics,
+            "seconds": search + time.perf_counter() - started,
+            "trials": len(runs),
+        }
     return out
 
 
@@ -114,18 +119,24 @@ def main() -> int:
     print(f"{'model':52} {'CV ROC-AUC':>10} {'test ROC-AUC':>12} {'test acc':>9} {'seconds':>8}", flush=True)
 
     def row(name: str, r: dict) -> None:  # printed as each finishes: a slow run still shows what it measured
-        print(f"{name:52} {r['cv']:10.4f} {r['test_roc_auc']:12.4f} {r['test_accuracy']:9.4f} {r['seconds']:8.1f}",
-              flush=True)
+        print(
+            f"{name:52} {r['cv']:10.4f} {r['test_roc_auc']:12.4f} {r['test_accuracy']:9.4f} {r['seconds']:8.1f}",
+            flush=True,
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(root=tmp).with_overrides(
-            processed_dir=ROOT / "data" / "adult_preprocessing", tracking_uri=f"sqlite:///{tmp}/bench.db",
-            artifact_root=Path(tmp) / "artifacts")
+            processed_dir=ROOT / "data" / "adult_preprocessing",
+            tracking_uri=f"sqlite:///{tmp}/bench.db",
+            artifact_root=Path(tmp) / "artifacts",
+        )
         data = load_data(settings)
         started = time.perf_counter()
         baseline = train_baseline(settings, seed=args.seed)
-        row("baseline LogisticRegression", {"cv": float("nan"), **baseline.metrics,
-                                            "seconds": time.perf_counter() - started})
+        row(
+            "baseline LogisticRegression",
+            {"cv": float("nan"), **baseline.metrics, "seconds": time.perf_counter() - started},
+        )
 
         lines: list[str] = []
         started = time.perf_counter()
@@ -134,9 +145,10 @@ def main() -> int:
         import mlflow
 
         chosen = mlflow.get_run(tuned.run_id)
-        row(f"search: chosen = {chosen.data.params['chosen_family']}, calibration "
-            f"{chosen.data.params['calibration']}", {"cv": tuned.metrics["best_cv_roc_auc"], **tuned.metrics,
-                                                     "seconds": tuning_seconds})
+        row(
+            f"search: chosen = {chosen.data.params['chosen_family']}, calibration {chosen.data.params['calibration']}",
+            {"cv": tuned.metrics["best_cv_roc_auc"], **tuned.metrics, "seconds": tuning_seconds},
+        )
         for family, r in per_family(tuned.run_id, data, settings.contract, args.seed).items():
             row(f"search: best {family} ({r['trials']} trials)", r)
         row(f"today's HGB (one-hot, {TODAY_TRIALS} trials)", todays_hgb(data, args.seed))

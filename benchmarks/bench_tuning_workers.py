@@ -36,12 +36,34 @@ def run_tune(workers: int, storage: str, url: str, home: Path, trials: int, fold
     import optuna
 
     study_name = f"bench-{workers}w-{int(time.time())}"
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MSML_HOME": str(home), "MLFLOW_TRACKING_URI": url,
-           "MSML_PROCESSED": str(ROOT / "data" / "adult_preprocessing")}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "MSML_HOME": str(home),
+        "MLFLOW_TRACKING_URI": url,
+        "MSML_PROCESSED": str(ROOT / "data" / "adult_preprocessing"),
+    }
     started = time.time()
-    result = subprocess.run([str(BIN / "msml"), "tune", "--n-trials", str(trials), "--cv-folds", str(folds),
-                             "--storage", storage, "--study", study_name, "--workers", str(workers), "--no-register"],
-                            env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            str(BIN / "msml"),
+            "tune",
+            "--n-trials",
+            str(trials),
+            "--cv-folds",
+            str(folds),
+            "--storage",
+            storage,
+            "--study",
+            study_name,
+            "--workers",
+            str(workers),
+            "--no-register",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.time() - started
     if result.returncode != 0:
         raise SystemExit(f"msml tune --workers {workers} failed:\n{result.stdout}\n{result.stderr}")
@@ -49,9 +71,15 @@ def run_tune(workers: int, storage: str, url: str, home: Path, trials: int, fold
     first_start = min(t.datetime_start for t in trials_done).timestamp()
     last_end = max(t.datetime_complete for t in trials_done).timestamp()
     completions = sorted((t.datetime_complete.timestamp() - started, t.value) for t in trials_done)
-    return {"workers": workers, "wall": wall, "search": last_end - first_start, "n": len(trials_done),
-            "best": max(v for _, v in completions), "completions": completions,
-            "pids": len({t.user_attrs["worker_pid"] for t in trials_done})}
+    return {
+        "workers": workers,
+        "wall": wall,
+        "search": last_end - first_start,
+        "n": len(trials_done),
+        "best": max(v for _, v in completions),
+        "completions": completions,
+        "pids": len({t.user_attrs["worker_pid"] for t in trials_done}),
+    }
 
 
 def seconds_to(completions: list[tuple[float, float]], target: float) -> float:
@@ -71,20 +99,28 @@ def main() -> int:
     run_dir = tmp / ".run"
     started = tracking_server.up(run_dir, port=free_port(), postgres_port=free_port())
     try:
-        rows = [run_tune(n, started.optuna_storage, started.url, tmp / f"home{n}", args.trials, args.cv_folds)
-                for n in (1, 2)]
+        rows = [
+            run_tune(n, started.optuna_storage, started.url, tmp / f"home{n}", args.trials, args.cv_folds)
+            for n in (1, 2)
+        ]
     finally:
         tracking_server.down(run_dir)
         shutil.rmtree(tmp, ignore_errors=True)
     target = min(r["best"] for r in rows)
     load = os.getloadavg()
-    print(f"\ntuning workers benchmark: {args.trials} trials, {args.cv_folds}-fold CV, full Adult train split, "
-          f"{os.cpu_count()} cores (load average after: {load[0]:.1f})")
-    print(f"{'workers':>7} {'pids':>4} {'trials':>6} {'search s':>9} {'trials/min':>10} {'best CV AUC':>11} "
-          f"{'s to ' + format(target, '.4f'):>11} {'command s':>9}")
+    print(
+        f"\ntuning workers benchmark: {args.trials} trials, {args.cv_folds}-fold CV, full Adult train split, "
+        f"{os.cpu_count()} cores (load average after: {load[0]:.1f})"
+    )
+    print(
+        f"{'workers':>7} {'pids':>4} {'trials':>6} {'search s':>9} {'trials/min':>10} {'best CV AUC':>11} "
+        f"{'s to ' + format(target, '.4f'):>11} {'command s':>9}"
+    )
     for r in rows:
-        print(f"{r['workers']:>7} {r['pids']:>4} {r['n']:>6} {r['search']:>9.1f} {r['n'] / r['search'] * 60:>10.2f} "
-              f"{r['best']:>11.4f} {seconds_to(r['completions'], target):>11.1f} {r['wall']:>9.1f}")
+        print(
+            f"{r['workers']:>7} {r['pids']:>4} {r['n']:>6} {r['search']:>9.1f} {r['n'] / r['search'] * 60:>10.2f} "
+            f"{r['best']:>11.4f} {seconds_to(r['completions'], target):>11.1f} {r['wall']:>9.1f}"
+        )
     speedup = (rows[1]["n"] / rows[1]["search"]) / (rows[0]["n"] / rows[0]["search"])
     print(f"throughput ratio 2 vs 1 workers: {speedup:.2f}x")
     return 0

@@ -44,9 +44,7 @@ def lint_workflows(paths) -> list[str]:
         ):
             result = subprocess.run([*command, str(path)], capture_output=True, text=True, timeout=120)
             if result.returncode != 0:
-                failures.append(
-                    f"{tool} {path} exited {result.returncode}:\n{result.stdout}{result.stderr}".rstrip()
-                )
+                failures.append(f"{tool} {path} exited {result.returncode}:\n{result.stdout}{result.stderr}".rstrip())
     return failures
 
 
@@ -55,5 +53,8 @@ def dataset_digests(directory: Path) -> dict[str, str]:
     integrity record of them, which the standalone course scripts do not write)."""
     from msml.preprocessing import OUTPUT_FILES
 
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(directory).iterdir()) if p.name in OUTPUT_FILES}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(directory).iterdir())
+        if p.name in OUTPUT_FILES
+    }

@@ -19,9 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from msml.config import Settings
 from msml.contract import DataError
@@ -74,7 +74,7 @@ def absolute_tracking_uri(uri: str, base: Path) -> str:
     """`mlflow run` starts the entry point in MLProject/: a relative SQLite or file store must be made absolute."""
     for scheme in ("sqlite:///", "file:"):
         if uri.startswith(scheme):
-            path = uri[len(scheme):]
+            path = uri[len(scheme) :]
             if path and not path.startswith("/"):
                 return scheme + str((base / path).resolve())
     if "://" not in uri and not uri.startswith("/"):  # a bare local path is a file store
@@ -85,9 +85,13 @@ def absolute_tracking_uri(uri: str, base: Path) -> str:
 def project_env(settings: Settings, tracking_uri: str) -> dict[str, str]:
     """The environment of `mlflow run`: venv on PATH, absolute tracking URI, the settings' root."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MSML_HOME": str(settings.root),
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one tqdm line per file floods CI logs
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MSML_HOME": str(settings.root),
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one tqdm line per file floods CI logs
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # never inherit another run's
         env.pop(name, None)
     return env
@@ -107,8 +111,19 @@ def mlflow_run_command(
     params = {"data_path": str(data), "seed": seed, "experiment_name": experiment, "run_info": str(run_info)}
     if entry == "tune":
         params |= {"trials": trials, "cv_folds": cv_folds}
-    command = [str(Path(sys.executable).parent / "mlflow"), "run", str(project_dir), "-e", entry,
-               "--env-manager", env_manager, "--experiment-name", experiment, "--run-name", f"mlproject-{entry}"]
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "run",
+        str(project_dir),
+        "-e",
+        entry,
+        "--env-manager",
+        env_manager,
+        "--experiment-name",
+        experiment,
+        "--run-name",
+        f"mlproject-{entry}",
+    ]
     for key, value in params.items():
         command += ["-P", f"{key}={value}"]
     return command
@@ -136,8 +151,17 @@ def collect_artifacts(run_id: str, out: Path) -> list[str]:
 
 def generate_dockerfile(model_uri: str, out: Path, env: dict[str, str]) -> Path:
     """What `mlflow models build-docker -m <uri> --env-manager local` would build, as a build context."""
-    command = [str(Path(sys.executable).parent / "mlflow"), "models", "generate-dockerfile", "-m", model_uri,
-               "--env-manager", "local", "-d", str(out)]
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "models",
+        "generate-dockerfile",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-d",
+        str(out),
+    ]
     result = subprocess.run(command, env=env)
     if result.returncode != 0:
         raise CiError(f"`mlflow models generate-dockerfile` exited {result.returncode} for {model_uri}")
@@ -156,10 +180,9 @@ def model_base_and_requirements(model_uri: str, out: Path, tracking_uri: str) ->
     In-process: a `mlflow models generate-dockerfile` subprocess costs a minute on a busy machine."""
     import mlflow
     import yaml
+    from mlflow.exceptions import MlflowException
     from mlflow.pyfunc.backend import PyFuncBackend
     from mlflow.version import VERSION
-
-    from mlflow.exceptions import MlflowException
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
@@ -175,8 +198,12 @@ def model_base_and_requirements(model_uri: str, out: Path, tracking_uri: str) ->
         raise CiError(f"no python_env.yaml in {model_uri}: the model was not logged by MLflow")
     python_env = yaml.safe_load(env_files[0].read_text())
     lines = (env_files[0].parent / "requirements.txt").read_text().splitlines()
-    return base, [f"mlflow=={VERSION}", "gunicorn[gevent]", *python_env.get("build_dependencies", []),
-                  *(line.strip() for line in lines if line.strip() and not line.startswith(("#", "-")))]
+    return base, [
+        f"mlflow=={VERSION}",
+        "gunicorn[gevent]",
+        *python_env.get("build_dependencies", []),
+        *(line.strip() for line in lines if line.strip() and not line.startswith(("#", "-"))),
+    ]
 
 
 @dataclass
@@ -187,8 +214,13 @@ class BuiltImage:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def build_image(model_uri: str, name: str, env: dict[str, str], progress: Callable[[str], None] = print,
-                prepare_base: Callable[[str, list[str]], None] | None = None) -> BuiltImage:
+def build_image(
+    model_uri: str,
+    name: str,
+    env: dict[str, str],
+    progress: Callable[[str], None] = print,
+    prepare_base: Callable[[str, list[str]], None] | None = None,
+) -> BuiltImage:
     """Build the model's image as .github/workflows/training.yml does: `mlflow models build-docker
     --env-manager local`, then the SERVING_ENV layer, both through the Docker engine `env` names.
 
@@ -223,8 +255,9 @@ def build_image(model_uri: str, name: str, env: dict[str, str], progress: Callab
     return BuiltImage(name=name, as_built=as_built, base=base, seconds=seconds)
 
 
-def build_image_here(model_uri: str, name: str, env: dict[str, str], engine=None,
-                     progress: Callable[[str], None] = print) -> BuiltImage:
+def build_image_here(
+    model_uri: str, name: str, env: dict[str, str], engine=None, progress: Callable[[str], None] = print
+) -> BuiltImage:
     """`build_image` on this machine: through the Docker engine in DOCKER_HOST if set, else through podman
     (`engine`, a started msml.containers.Engine) with the stand-in base image."""
     if engine is None:
@@ -241,8 +274,9 @@ def build_image_here(model_uri: str, name: str, env: dict[str, str], engine=None
     return build_image(model_uri, name, engine.env(env), progress, prepare_base=stand_in)
 
 
-def build_image_with_engine(model_uri: str, name: str, env: dict[str, str],
-                            progress: Callable[[str], None] = print) -> BuiltImage:
+def build_image_with_engine(
+    model_uri: str, name: str, env: dict[str, str], progress: Callable[[str], None] = print
+) -> BuiltImage:
     """`build_image_here` with the engine chosen: the engine in DOCKER_HOST (podman's gets the stand-in
     base), else Docker's socket if present, else podman started for this build and stopped after (the
     images stay in its storage: `msml engine` serves them)."""
@@ -250,8 +284,9 @@ def build_image_with_engine(model_uri: str, name: str, env: dict[str, str],
 
     if env.get("DOCKER_HOST"):
         attached = Engine.attach(env["DOCKER_HOST"], log=progress)
-        return build_image_here(model_uri, name, env, engine=attached if attached.is_podman() else None,
-                                progress=progress)
+        return build_image_here(
+            model_uri, name, env, engine=attached if attached.is_podman() else None, progress=progress
+        )
     if Path("/var/run/docker.sock").exists():
         return build_image_here(model_uri, name, env, progress=progress)
     with Engine(log=progress) as engine:
@@ -276,7 +311,7 @@ def check_dockerfile(dockerfile: Path) -> list[str]:
     if not (dockerfile.parent / "model_dir").is_dir() or not list((dockerfile.parent / "model_dir").rglob("MLmodel")):
         problems.append("the build context has no model_dir/…/MLmodel")
     entry = re.search(r"^ENTRYPOINT\s+(.+)$", text, re.MULTILINE)
-    if not entry or "_serve" not in entry.group(1) and "serve" not in entry.group(1):
+    if not entry or ("_serve" not in entry.group(1) and "serve" not in entry.group(1)):
         problems.append(f"the entrypoint does not serve the model: {entry.group(1) if entry else 'none'}")
     for path in dockerfile.parent.rglob("*"):
         if path.is_file() and path.suffix not in (".pkl", ".joblib", ".whl", ".gz"):
@@ -327,8 +362,17 @@ def run_ci(
     setup_tracking(settings)
     seconds["setup"] = time.perf_counter() - started
 
-    command = mlflow_run_command(project_dir, entry, settings.experiment, run_info, settings.processed_dir.resolve(),
-                                 seed=seed, trials=trials, cv_folds=cv_folds, env_manager=env_manager)
+    command = mlflow_run_command(
+        project_dir,
+        entry,
+        settings.experiment,
+        run_info,
+        settings.processed_dir.resolve(),
+        seed=seed,
+        trials=trials,
+        cv_folds=cv_folds,
+        env_manager=env_manager,
+    )
     progress(f"[ci] {' '.join(command)}")
     started = time.perf_counter()
     result = subprocess.run(command, env=env)
@@ -344,9 +388,15 @@ def run_ci(
     progress(f"[ci] {len(artifacts)} artifact files in {out / ARTIFACTS_DIR}")
 
     summary = CiResult(
-        run_id=info["run_id"], model_uri=f"runs:/{info['run_id']}/model", experiment_id=info["experiment_id"],
-        experiment=settings.experiment, entry_point=entry, metrics=info["metrics"],
-        image=f"{settings.image}:{image_tag}", artifacts=artifacts, seconds=seconds,
+        run_id=info["run_id"],
+        model_uri=f"runs:/{info['run_id']}/model",
+        experiment_id=info["experiment_id"],
+        experiment=settings.experiment,
+        entry_point=entry,
+        metrics=info["metrics"],
+        image=f"{settings.image}:{image_tag}",
+        artifacts=artifacts,
+        seconds=seconds,
     )
     if dockerfile:
         started = time.perf_counter()
@@ -360,6 +410,5 @@ def run_ci(
         built = build_image_with_engine(summary.model_uri, summary.image, env, progress)
         seconds |= {f"image_{k}": v for k, v in built.seconds.items()}
     summary.write(out / SUMMARY_FILE)
-    progress(f"[ci] summary {out / SUMMARY_FILE}; seconds: "
-             + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    progress(f"[ci] summary {out / SUMMARY_FILE}; seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     return summary

@@ -80,7 +80,7 @@ class Settings:
         """Pid files and logs of the servers `make demo` starts."""
         return self.root / ".run"
 
-    def with_overrides(self, **changes) -> "Settings":
+    def with_overrides(self, **changes) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 

@@ -28,9 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from msml.contract import DataError
 
@@ -81,7 +81,7 @@ class Engine:
     workdir: Path | None = None
 
     @classmethod
-    def attach(cls, host: str, log: Callable[[str], None] = print) -> "Engine":
+    def attach(cls, host: str, log: Callable[[str], None] = print) -> Engine:
         return cls(log=log, host=host)
 
     @property
@@ -91,8 +91,15 @@ class Engine:
 
     def podman_args(self) -> list[str]:
         store = self.cache / "containers"
-        return ["podman", "--root", str(store / "root"), "--runroot", str(store / "runroot"),
-                "--storage-driver", STORAGE_DRIVER]
+        return [
+            "podman",
+            "--root",
+            str(store / "root"),
+            "--runroot",
+            str(store / "runroot"),
+            "--storage-driver",
+            STORAGE_DRIVER,
+        ]
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """Environment for docker / mlflow commands that talk to this engine."""
@@ -103,27 +110,36 @@ class Engine:
         env["DOCKER_BUILDKIT"] = "0"  # podman's API serves the classic build endpoint, not BuildKit
         return env
 
-    def start(self, timeout: float = 30.0) -> "Engine":
+    def start(self, timeout: float = 30.0) -> Engine:
         missing = missing_tools()
         if missing:
-            raise EngineError(f"cannot start the container engine: {', '.join(missing)} not installed "
-                              "(run scripts/install-system-deps.sh)")
+            raise EngineError(
+                f"cannot start the container engine: {', '.join(missing)} not installed "
+                "(run scripts/install-system-deps.sh)"
+            )
         self.workdir = Path(tempfile.mkdtemp(prefix="msml-podman-"))
         (self.workdir / "containers.conf").write_text(CONTAINERS_CONF)
         self.host = f"unix://{self.workdir / 'podman.sock'}"
         log_path = self.workdir / "service.log"
         command = [*self.podman_args(), "system", "service", "--time=0", self.docker_host]
         with open(log_path, "ab") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.env(), start_new_session=True)
+            self.proc = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env(),
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 code, tail = self.proc.returncode, log_path.read_text(errors="replace")[-2000:].strip()
                 self.stop()
                 raise EngineError(f"`podman system service` exited {code}: {tail}")
-            if (self.workdir / "podman.sock").exists() and self.docker("version", "--format", "{{.Server.Version}}",
-                                                     check=False, quiet=True).returncode == 0:
+            if (self.workdir / "podman.sock").exists() and self.docker(
+                "version", "--format", "{{.Server.Version}}", check=False, quiet=True
+            ).returncode == 0:
                 self.log(f"[engine] podman API on {self.docker_host} (storage {self.cache / 'containers'})")
                 return self
             time.sleep(0.2)
@@ -144,17 +160,24 @@ class Engine:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = self.host = None
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def docker(self, *args: str, check: bool = True, quiet: bool = False,
-               input: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    def docker(
+        self, *args: str, check: bool = True, quiet: bool = False, input: bytes | None = None, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess:
         """The docker CLI against this engine (what CI's own steps run)."""
-        result = subprocess.run(["docker", *args], env=self.env(), input=input, cwd=cwd,
-                                capture_output=quiet, stdin=None if input is not None else subprocess.DEVNULL)
+        result = subprocess.run(
+            ["docker", *args],
+            env=self.env(),
+            input=input,
+            cwd=cwd,
+            capture_output=quiet,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
         if check and result.returncode != 0:
             raise EngineError(f"`docker {' '.join(args)}` exited {result.returncode}")
         return result
@@ -169,8 +192,7 @@ class Engine:
 
     def image_labels(self, image: str) -> dict[str, str] | None:
         """The image's labels, or None when the engine has no such image."""
-        result = self.docker("image", "inspect", "--format", "{{json .Config.Labels}}", image,
-                             check=False, quiet=True)
+        result = self.docker("image", "inspect", "--format", "{{json .Config.Labels}}", image, check=False, quiet=True)
         if result.returncode != 0:
             return None
         return json.loads(result.stdout or b"null") or {}
@@ -194,9 +216,17 @@ def rootfs_tar(cache: Path, log: Callable[[str], None] = print) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.tar")
     log(f"{LOG_PREFIX} mmdebstrap {DEBIAN_SUITE} with {', '.join(DEBIAN_PACKAGES)} → {out}")
-    result = subprocess.run(["mmdebstrap", "--variant=minbase", "--format=tar",
-                             f"--include={','.join(DEBIAN_PACKAGES)}", DEBIAN_SUITE, str(partial)],
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [
+            "mmdebstrap",
+            "--variant=minbase",
+            "--format=tar",
+            f"--include={','.join(DEBIAN_PACKAGES)}",
+            DEBIAN_SUITE,
+            str(partial),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise EngineError(f"mmdebstrap exited {result.returncode} building the stand-in root file system")
@@ -209,9 +239,22 @@ def download_wheels(requirements: list[str], wheelhouse: Path, log: Callable[[st
     package index here). Cumulative: the wheelhouse keeps earlier wheels, so one base serves several models."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
     log(f"{LOG_PREFIX} pip download {len(requirements)} requirements → {wheelhouse}")
-    result = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
-                             "--python-version", DEBIAN_PYTHON, "-d", str(wheelhouse), *requirements],
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--only-binary=:all:",
+            "--python-version",
+            DEBIAN_PYTHON,
+            "-d",
+            str(wheelhouse),
+            *requirements,
+        ],
+        stdin=subprocess.DEVNULL,
+    )
     if result.returncode != 0:
         raise EngineError(f"pip download exited {result.returncode} for {' '.join(requirements)}")
 
@@ -220,8 +263,9 @@ def requirements_digest(requirements: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(set(requirements))).encode()).hexdigest()[:16]
 
 
-def ensure_base_image(engine: Engine, python_version: str, requirements: list[str],
-                      log: Callable[[str], None] = print) -> str:
+def ensure_base_image(
+    engine: Engine, python_version: str, requirements: list[str], log: Callable[[str], None] = print
+) -> str:
     """Make `python:<version>-slim` exist in the engine's storage as a stand-in with `requirements` offline.
 
     Reused when the cached image was built for the same requirement set; otherwise only the wheelhouse
@@ -253,8 +297,10 @@ def ensure_base_image(engine: Engine, python_version: str, requirements: list[st
         log(f"{LOG_PREFIX} building {name} from {root_image} + wheelhouse ({digest})")
         engine.docker("build", "-t", name, str(context))
     engine.docker("image", "prune", "-f", check=False, quiet=True)  # the stand-in it replaced, if any
-    log(f"{LOG_PREFIX} {name} ready in {time.perf_counter() - started:.0f} s: a stand-in for the Docker Hub image, "
-        "never pushed")
+    log(
+        f"{LOG_PREFIX} {name} ready in {time.perf_counter() - started:.0f} s: a stand-in for the Docker Hub image, "
+        "never pushed"
+    )
     return name
 
 
@@ -288,8 +334,11 @@ def run_model_image(engine: Engine, image: str, name: str, port: int, extra_env:
     port, keeping the image's own GUNICORN_CMD_ARGS (gevent workers, timeout). Returns the container name.
     """
     gunicorn = engine.image_env(image).get("GUNICORN_CMD_ARGS", "")
-    env = {"DISABLE_NGINX": "true", "GUNICORN_CMD_ARGS": f"{gunicorn} --bind 127.0.0.1:{port}".strip(),
-           **(extra_env or {})}
+    env = {
+        "DISABLE_NGINX": "true",
+        "GUNICORN_CMD_ARGS": f"{gunicorn} --bind 127.0.0.1:{port}".strip(),
+        **(extra_env or {}),
+    }
     args = ["run", "-d", "--name", name, "--network", "host"]
     for key, value in env.items():
         args += ["-e", f"{key}={value}"]

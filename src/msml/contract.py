@@ -12,9 +12,8 @@ import csv
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
-import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pydantic
@@ -24,7 +23,7 @@ DEFAULT_CONTRACT = Path(__file__).parent / "contracts" / "adult.yaml"
 DEFAULT_MAX_INVALID_SHARE = 0.05
 
 
-from msml.errors import DataError  # noqa: E402,F401  (re-exported: the contract's failures are data errors)
+from msml.errors import DataError  # noqa: E402  (re-exported: the contract's failures are data errors)
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class Contract:
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Contract":
+    def load(cls, path: str | Path | None = None) -> Contract:
         """Read a contract file (default: the Adult contract shipped with the package)."""
         path = Path(path or DEFAULT_CONTRACT)
         try:
@@ -168,12 +167,14 @@ class Contract:
                 annotation: Any = Literal[tuple(col.values)]  # type: ignore[valid-type]
             else:
                 base = int if col.type == "int" else float
-                annotation = pydantic.conint(ge=col.min, le=col.max, strict=False) if base is int else (
-                    pydantic.confloat(ge=col.min, le=col.max, allow_inf_nan=False)
+                annotation = (
+                    pydantic.conint(ge=col.min, le=col.max, strict=False)
+                    if base is int
+                    else (pydantic.confloat(ge=col.min, le=col.max, allow_inf_nan=False))
                 )
                 annotation = Annotated[annotation, pydantic.BeforeValidator(_not_a_boolean)]
             if col.nullable:
-                annotation = Optional[annotation]
+                annotation = annotation | None
                 fields[col.name] = (annotation, None)
             else:
                 fields[col.name] = (annotation, ...)
@@ -229,9 +230,7 @@ class Contract:
         df = df.apply(lambda s: s.str.strip() if s.dtype == object else s)
         return df.where(~df.isin(["", *self.missing_markers]))
 
-    def validate(
-        self, df: pd.DataFrame, max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE
-    ) -> "ValidationResult":
+    def validate(self, df: pd.DataFrame, max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE) -> ValidationResult:
         """Split rows into valid (typed) and quarantined (with the reason per row)."""
         reasons: dict[Any, list[str]] = {}
         remaining = df

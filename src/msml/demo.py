@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from msml.config import DEFAULT_TRIALS, Settings
+from msml.config import DEFAULT_PORTS, DEFAULT_TRIALS, Settings
 from msml.errors import mask
 from msml.monitoring import stack
 from msml.monitoring.render import Ports
@@ -27,8 +27,11 @@ from msml.serving.processes import PidFile, check_port, read_pid, start_backgrou
 
 # The demo's own servers (stopped before the monitoring stack, in this order), each with the port it
 # listens on and the `msml demo` option that moves it.
-SERVERS = {"gateway": ("gateway", "--gateway-port"), "model-server": ("model_server", "--model-port"),
-           "mlflow": ("mlflow", "--mlflow-port")}
+SERVERS = {
+    "gateway": ("gateway", "--gateway-port"),
+    "model-server": ("model_server", "--model-port"),
+    "mlflow": ("mlflow", "--mlflow-port"),
+}
 
 
 def _pidfile(settings: Settings, name: str) -> Path:
@@ -57,8 +60,9 @@ def _alive(pidfile: Path):
     return lambda: read_pid(pidfile) is not None
 
 
-def _start(settings: Settings, name: str, cmd: list[str], port: int, ready_url: str, timeout: float,
-           env: dict[str, str]) -> None:
+def _start(
+    settings: Settings, name: str, cmd: list[str], port: int, ready_url: str, timeout: float, env: dict[str, str]
+) -> None:
     """Start one server unless ours already runs; ready = that process alive and `ready_url` answering."""
     pidfile, log = _pidfile(settings, name), settings.run_dir / f"{name}.log"
     if read_pid(pidfile) is None:
@@ -82,11 +86,25 @@ def start_serving(settings: Settings, ports: Ports) -> dict[str, str]:
 
     model_url = f"http://127.0.0.1:{ports.model_server}"
     gateway_url = f"http://127.0.0.1:{ports.gateway}"
-    _start(settings, "model-server", serve_command(champion_uri(settings.model_name), port=ports.model_server),
-           ports.model_server, f"{model_url}/ping", 180, serve_env(settings.tracking_uri))
+    _start(
+        settings,
+        "model-server",
+        serve_command(champion_uri(settings.model_name), port=ports.model_server),
+        ports.model_server,
+        f"{model_url}/ping",
+        180,
+        serve_env(settings.tracking_uri),
+    )
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri, "MSML_HOME": str(settings.root)}
-    _start(settings, "gateway", _msml("gateway", "--port", str(ports.gateway), "--model-url", model_url),
-           ports.gateway, f"{gateway_url}/ping", 60, env)
+    _start(
+        settings,
+        "gateway",
+        _msml("gateway", "--port", str(ports.gateway), "--model-url", model_url),
+        ports.gateway,
+        f"{gateway_url}/ping",
+        60,
+        env,
+    )
     return {"model server": model_url, "gateway": gateway_url}
 
 
@@ -115,36 +133,47 @@ def stop_all(settings: Settings) -> dict[str, PidFile]:
     return found | stack.stop_report(settings.run_dir)
 
 
-def run_demo(settings: Settings, trials: int = DEFAULT_TRIALS, traffic_seconds: float = 20.0,
-             ports: Ports = Ports(), echo=print) -> dict[str, str]:
+def run_demo(
+    settings: Settings,
+    trials: int = DEFAULT_TRIALS,
+    traffic_seconds: float = 20.0,
+    ports: Ports = DEFAULT_PORTS,
+    echo=print,
+) -> dict[str, str]:
     """Run the whole path and leave the servers running. Returns the URLs."""
     preflight(settings, ports)  # before minutes of training: a busy port or a missing program stops us now
     from msml.ci import run_ci
     from msml.preprocessing import preprocess
-    from msml.tuning import tune
     from msml.registry import register_and_promote
     from msml.tracking import setup_tracking
+    from msml.tuning import tune
 
     total = 8
     start = _step(echo, 1, total, f"preprocess {settings.raw_path}")
     report, _ = preprocess(settings.raw_path, settings.processed_dir, settings.contract)
-    echo(f"      {report['rows_in']} rows in, {report['rows_quarantined']} quarantined, "
-         f"{report['duplicates_removed']} duplicates removed → {report['train_rows']} train / "
-         f"{report['test_rows']} test rows, {len(report['features_out'])} features "
-         f"({time.perf_counter() - start:.1f} s) → {settings.processed_dir}")
+    echo(
+        f"      {report['rows_in']} rows in, {report['rows_quarantined']} quarantined, "
+        f"{report['duplicates_removed']} duplicates removed → {report['train_rows']} train / "
+        f"{report['test_rows']} test rows, {len(report['features_out'])} features "
+        f"({time.perf_counter() - start:.1f} s) → {settings.processed_dir}"
+    )
 
     start = _step(echo, 2, total, "baseline through the MLflow Project (mlflow run MLProject -e main)")
     ci = run_ci(settings, settings.run_dir / "ci-main", entry="main", dockerfile=False, progress=lambda _: None)
-    echo(f"      run {ci.run_id}: test ROC-AUC {ci.metrics['test_roc_auc']:.4f}, accuracy "
-         f"{ci.metrics['test_accuracy']:.4f} ({time.perf_counter() - start:.1f} s)")
+    echo(
+        f"      run {ci.run_id}: test ROC-AUC {ci.metrics['test_roc_auc']:.4f}, accuracy "
+        f"{ci.metrics['test_accuracy']:.4f} ({time.perf_counter() - start:.1f} s)"
+    )
 
     start = _step(echo, 3, total, f"tune HistGradientBoosting with Optuna ({trials} trials) and gate-promote")
     summary = tune(settings, n_trials=trials, progress=echo)
     setup_tracking(settings)
     promotion = register_and_promote(summary.model_uri, settings.model_name, summary.run_id)
-    echo(f"      test ROC-AUC {summary.metrics['test_roc_auc']:.4f}, accuracy {summary.metrics['test_accuracy']:.4f}; "
-         f"{promotion.uri}: {'promoted to @champion' if promotion.promoted else 'not promoted'} "
-         f"({promotion.reason}) ({time.perf_counter() - start:.1f} s)")
+    echo(
+        f"      test ROC-AUC {summary.metrics['test_roc_auc']:.4f}, accuracy {summary.metrics['test_accuracy']:.4f}; "
+        f"{promotion.uri}: {'promoted to @champion' if promotion.promoted else 'not promoted'} "
+        f"({promotion.reason}) ({time.perf_counter() - start:.1f} s)"
+    )
 
     start = _step(echo, 4, total, "serve the champion (mlflow models serve) behind the gateway")
     urls = start_serving(settings, ports)
@@ -159,11 +188,30 @@ def run_demo(settings: Settings, trials: int = DEFAULT_TRIALS, traffic_seconds: 
     urls |= monitoring.urls()
     echo(f"      ready ({time.perf_counter() - start:.1f} s)")
 
-    _step(echo, 7, total, f"send {traffic_seconds:.0f} s of real test-split traffic (10 % drifted, 5 % invalid, "
-                          "with feedback)")
-    subprocess.run(_msml("loadgen", "--url", urls["gateway"], "--duration", str(traffic_seconds), "-c", "8",
-                         "--drift-share", "0.1", "--invalid-share", "0.05", "--feedback", "--no-progress"),
-                   check=False)
+    _step(
+        echo,
+        7,
+        total,
+        f"send {traffic_seconds:.0f} s of real test-split traffic (10 % drifted, 5 % invalid, with feedback)",
+    )
+    subprocess.run(
+        _msml(
+            "loadgen",
+            "--url",
+            urls["gateway"],
+            "--duration",
+            str(traffic_seconds),
+            "-c",
+            "8",
+            "--drift-share",
+            "0.1",
+            "--invalid-share",
+            "0.05",
+            "--feedback",
+            "--no-progress",
+        ),
+        check=False,
+    )
     start = _step(echo, 8, total, "wait until Prometheus scrapes every target")
     health = stack.wait_targets_up(monitoring.prometheus_url, timeout=90)
     echo(f"      up: {', '.join(sorted(health))} ({time.perf_counter() - start:.1f} s)")

@@ -8,13 +8,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
 
-from msml.config import DECISION_THRESHOLD  # noqa: E402
+from msml.config import DECISION_THRESHOLD
 
 # The metric names sklearn autolog logs for a classifier, without their "training_" prefix.
 AUTOLOG_METRICS = ("accuracy_score", "precision_score", "recall_score", "f1_score", "log_loss", "roc_auc", "score")
@@ -72,8 +72,11 @@ def expected_calibration_error(y, proba: np.ndarray, bins: int = 10) -> float:
 
 def calibration_metrics(y, proba: np.ndarray) -> dict[str, float]:
     """Calibration quality of probabilities for the positive class: log loss, Brier score and ECE."""
-    return {"log_loss": float(skm.log_loss(y, proba)), "brier": float(skm.brier_score_loss(y, proba)),
-            "ece": expected_calibration_error(y, proba)}
+    return {
+        "log_loss": float(skm.log_loss(y, proba)),
+        "brier": float(skm.brier_score_loss(y, proba)),
+        "ece": expected_calibration_error(y, proba),
+    }
 
 
 def metrics_by_group(y, proba: np.ndarray, groups: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
@@ -97,8 +100,9 @@ def metrics_by_group(y, proba: np.ndarray, groups: pd.DataFrame) -> dict[str, di
     return result
 
 
-def write_evaluation_artifacts(y, proba: np.ndarray, labels: tuple[str, str], groups: pd.DataFrame,
-                               out: Path) -> list[Path]:
+def write_evaluation_artifacts(
+    y, proba: np.ndarray, labels: tuple[str, str], groups: pd.DataFrame, out: Path
+) -> list[Path]:
     """Plots and reports autolog does not make, for the test split. Returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     y = np.asarray(y)

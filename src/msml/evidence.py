@@ -18,12 +18,18 @@ import textwrap
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
-CHROMIUM_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--hide-scrollbars")
+CHROMIUM_FLAGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+)
 BLOCKED_PORTS = (5060, 5061)  # Chromium refuses these (SIP) with ERR_UNSAFE_PORT
 WIDTH, HEIGHT = 1400, 900
 # The lowest bottom edge of anything visible that carries content: the capture is cut there (no empty tail).
@@ -56,6 +62,7 @@ def chromium() -> str:
 
 # --- the blank-capture check --------------------------------------------------------------------------------
 
+
 def blank_bands(image, bands: int = 6, share: float = 0.998, tolerance: int = 12) -> list[int]:
     """Indexes of the horizontal bands (top to bottom) in which `share` of the pixels are one grey level (±tolerance).
 
@@ -72,7 +79,7 @@ def blank_bands(image, bands: int = 6, share: float = 0.998, tolerance: int = 12
         histogram = band.histogram()
         total = sum(histogram)
         peak = max(range(256), key=histogram.__getitem__)
-        near = sum(histogram[max(0, peak - tolerance):peak + tolerance + 1])
+        near = sum(histogram[max(0, peak - tolerance) : peak + tolerance + 1])
         if total and near / total >= share:
             found.append(i)
     return found
@@ -93,13 +100,14 @@ def check_capture(path: str | Path) -> Path:
 
 # --- capturing pages ----------------------------------------------------------------------------------------
 
+
 class Browser:
     """One headless Chromium for a batch of captures (the Debian binary through Playwright's executable_path)."""
 
     def __init__(self, timeout: float = 60.0) -> None:
         self.timeout = timeout
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         from playwright.sync_api import sync_playwright
 
         self._playwright = sync_playwright().start()
@@ -114,9 +122,19 @@ class Browser:
         self._browser.close()
         self._playwright.stop()
 
-    def capture(self, url: str, path: str | Path, ready: str, what: str, width: int = WIDTH,
-                height: int = HEIGHT, full: bool = False, timeout: float | None = None, prepare=None,
-                fit: str | None = None) -> Path:
+    def capture(
+        self,
+        url: str,
+        path: str | Path,
+        ready: str,
+        what: str,
+        width: int = WIDTH,
+        height: int = HEIGHT,
+        full: bool = False,
+        timeout: float | None = None,
+        prepare=None,
+        fit: str | None = None,
+    ) -> Path:
         """Open `url`, wait until the JavaScript expression `ready` is true, save the content as a JPG at `path`.
 
         `full`: the whole page down to its content (a list of rules); else at most one `height` viewport.
@@ -124,8 +142,8 @@ class Browser:
         page (e.g. expands nested runs); `fit` is a JavaScript expression giving the height the content needs: the
         viewport shrinks to it, so a page whose footer is pinned to the window's bottom leaves no empty gap.
         """
-        from playwright.sync_api import Error as PlaywrightError
         from PIL import Image
+        from playwright.sync_api import Error as PlaywrightError
 
         port = urllib.parse.urlsplit(url).port
         if port in BLOCKED_PORTS:
@@ -144,9 +162,12 @@ class Browser:
                     page.wait_for_function(ready, timeout=wait_ms)
                     page.wait_for_load_state("networkidle", timeout=wait_ms)
                 # the layout settled: the content's bottom edge is the same at two polls 0.5 s apart
-                page.wait_for_function(f"() => {{ const b = ({CONTENT_BOTTOM_JS})(); const same = window.__msmlBottom"
-                                       f" === b; window.__msmlBottom = b; return same; }}", polling=500,
-                                       timeout=wait_ms)
+                page.wait_for_function(
+                    f"() => {{ const b = ({CONTENT_BOTTOM_JS})(); const same = window.__msmlBottom"
+                    f" === b; window.__msmlBottom = b; return same; }}",
+                    polling=500,
+                    timeout=wait_ms,
+                )
                 if fit is not None:
                     page.set_viewport_size({"width": width, "height": max(300, min(height, int(page.evaluate(fit))))})
                     page.wait_for_timeout(300)  # one re-layout after the resize (not a data wait)
@@ -157,10 +178,13 @@ class Browser:
             if full and bottom > height:
                 # a window as tall as the content, scrolled to the top: a fixed nav bar stays at the top (a
                 # full-page screenshot of a scrolled page draws it half-way down)
-                page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }")
+                page.evaluate(
+                    "() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }"
+                )
                 page.set_viewport_size({"width": width, "height": bottom})
-                page.wait_for_function(f"() => ({CONTENT_BOTTOM_JS})() + 16 >= {bottom} && window.scrollY === 0",
-                                       timeout=wait_ms)
+                page.wait_for_function(
+                    f"() => ({CONTENT_BOTTOM_JS})() + 16 >= {bottom} && window.scrollY === 0", timeout=wait_ms
+                )
             png = page.screenshot(clip={"x": 0, "y": 0, "width": width, "height": bottom})
         finally:
             page.close()
@@ -209,6 +233,7 @@ def text_image(text: str, path: str | Path, title: str = "", width: int = WIDTH)
 
 # --- names, from the definitions ------------------------------------------------------------------------------
 
+
 def numbered(stems: list[str]) -> list[str]:
     """`1.<stem>.jpg`, `2.<stem>.jpg`, ...: the course numbers the files of each folder from 1."""
     return [f"{i}.{stem}.jpg" for i, stem in enumerate(stems, start=1)]
@@ -220,8 +245,11 @@ def prometheus_stems(notified: list[str] | None = None) -> list[str]:
     from msml.monitoring.definitions import ALERTS, PANELS
 
     keys = [a.key for a in ALERTS if notified is None or a.key in notified]
-    return ([f"monitoring_{p.key}" for p in PANELS] + ["rules_prometheus", "alerts_prometheus"]
-            + [f"notifikasi_alertmanager_{k}" for k in keys])
+    return (
+        [f"monitoring_{p.key}" for p in PANELS]
+        + ["rules_prometheus", "alerts_prometheus"]
+        + [f"notifikasi_alertmanager_{k}" for k in keys]
+    )
 
 
 def grafana_panel_stems() -> list[str]:
@@ -237,6 +265,7 @@ def grafana_alert_stems(alert_keys: list[str]) -> list[str]:
 
 
 # --- Prometheus ---------------------------------------------------------------------------------------------
+
 
 def prometheus_graph_url(prometheus_url: str, exprs: list[str], range_input: str = "15m", classic: bool = True) -> str:
     """The Prometheus graph page with one panel per expression (the classic UI where the React one is not built)."""
@@ -259,11 +288,13 @@ def has_react_ui(prometheus_url: str) -> bool:
 
 
 # Ready once every graph panel drew a line and its legend (classic: rickshaw SVG; React: flot canvas).
-GRAPH_READY = ("() => { const n = document.querySelectorAll('.graph_wrapper, .panel .graph-chart').length;"
-               " const drawn = document.querySelectorAll('.graph_area svg path.path').length"
-               " + document.querySelectorAll('.graph-chart canvas.flot-base').length;"
-               " const legend = [...document.querySelectorAll('.legend, .graph-legend')].every(l => l.textContent.trim());"
-               " return n > 0 && drawn >= n && legend; }")
+GRAPH_READY = (
+    "() => { const n = document.querySelectorAll('.graph_wrapper, .panel .graph-chart').length;"
+    " const drawn = document.querySelectorAll('.graph_area svg path.path').length"
+    " + document.querySelectorAll('.graph-chart canvas.flot-base').length;"
+    " const legend = [...document.querySelectorAll('.legend, .graph-legend')].every(l => l.textContent.trim());"
+    " return n > 0 && drawn >= n && legend; }"
+)
 
 
 def _text_ready(words: list[str]) -> str:
@@ -281,12 +312,17 @@ def from_grafana(record: dict) -> bool:
 
 def notification_text(records: list[dict]) -> str | None:
     """The first firing and first resolved notification of one alert, as text; None when none was firing."""
-    chosen = [r for status in ("firing", "resolved")
-              for r in [next((r for r in records if r["payload"].get("status") == status), None)] if r]
+    chosen = [
+        r
+        for status in ("firing", "resolved")
+        for r in [next((r for r in records if r["payload"].get("status") == status), None)]
+        if r
+    ]
     if not any(r["payload"].get("status") == "firing" for r in chosen):
         return None
-    return "\n\n".join(f"POST {r['path']}  received_at={r['received_at']:.0f}\n" + json.dumps(r["payload"], indent=2)
-                        for r in chosen)
+    return "\n\n".join(
+        f"POST {r['path']}  received_at={r['received_at']:.0f}\n" + json.dumps(r["payload"], indent=2) for r in chosen
+    )
 
 
 def notifications_by_alert(notifications: Path, grafana: bool) -> dict[str, str]:
@@ -304,8 +340,9 @@ def notifications_by_alert(notifications: Path, grafana: bool) -> dict[str, str]
     return found
 
 
-def prometheus_evidence(out: str | Path, prometheus_url: str, notifications: str | Path | None = None,
-                        panels: list[str] | None = None) -> list[Path]:
+def prometheus_evidence(
+    out: str | Path, prometheus_url: str, notifications: str | Path | None = None, panels: list[str] | None = None
+) -> list[Path]:
     """`out/<n>.monitoring_<panel>.jpg` (a graph of each panel's queries), `<n>.rules_prometheus.jpg`,
     `<n>.alerts_prometheus.jpg` and `<n>.notifikasi_alertmanager_<alert>.jpg`, numbered 1., 2., ... in that order.
 
@@ -319,19 +356,26 @@ def prometheus_evidence(out: str | Path, prometheus_url: str, notifications: str
     classic = not has_react_ui(prometheus_url)
     base = prometheus_url.rstrip("/") + ("/classic" if classic else "")
     chosen = [p for p in PANELS if panels is None or p.key in panels]
-    stems = [f"monitoring_{p.key}" for p in chosen] + prometheus_stems(list(texts))[len(PANELS):]
+    stems = [f"monitoring_{p.key}" for p in chosen] + prometheus_stems(list(texts))[len(PANELS) :]
     names = iter(numbered(stems))
     written = []
     with Browser() as browser:
         for panel in chosen:
             url = prometheus_graph_url(prometheus_url, [q.expr for q in panel.queries], classic=classic)
-            written.append(browser.capture(url, out / next(names), GRAPH_READY, f"Prometheus graph of {panel.key}",
-                                           full=True))
+            written.append(
+                browser.capture(url, out / next(names), GRAPH_READY, f"Prometheus graph of {panel.key}", full=True)
+            )
         alert_names = [a.name for a in ALERTS]
-        written.append(browser.capture(f"{base}/rules", out / next(names), _text_ready(alert_names),
-                                       "Prometheus rules page", full=True))
-        written.append(browser.capture(f"{base}/alerts", out / next(names), _text_ready(alert_names),
-                                       "Prometheus alerts page", full=True))
+        written.append(
+            browser.capture(
+                f"{base}/rules", out / next(names), _text_ready(alert_names), "Prometheus rules page", full=True
+            )
+        )
+        written.append(
+            browser.capture(
+                f"{base}/alerts", out / next(names), _text_ready(alert_names), "Prometheus alerts page", full=True
+            )
+        )
     for key, text in texts.items():
         name = next(a.name for a in ALERTS if a.key == key)
         written.append(text_image(text, out / next(names), title=f"Alertmanager notifications received for {name}"))
@@ -345,7 +389,9 @@ MLFLOW_ARTIFACTS = "screenshoot_artifak.jpg"
 
 
 # The runs table's last row, plus the "N matching runs" footer MLflow pins to the window's bottom.
-RUNS_FIT = "() => Math.max(0, ...[...document.querySelectorAll('.ag-row')].map(r => r.getBoundingClientRect().bottom)) + 80"
+RUNS_FIT = (
+    "() => Math.max(0, ...[...document.querySelectorAll('.ag-row')].map(r => r.getBoundingClientRect().bottom)) + 80"
+)
 
 
 def _expand_runs(page) -> None:
@@ -391,11 +437,20 @@ def mlflow_evidence(settings, out: str | Path, mlflow_url: str | None = None) ->
             # ready: the runs table lists the champion's run (its nested trials expanded); the artifact tree lists
             # the run's top-level artifacts
             return [
-                browser.capture(f"{base}/#/experiments/{experiment_id}", out / MLFLOW_DASHBOARD,
-                                _text_ready([run_name]), "MLflow runs page", prepare=_expand_runs, fit=RUNS_FIT),
-                browser.capture(f"{base}/#/experiments/{experiment_id}/runs/{champion.run_id}/artifacts",
-                                out / MLFLOW_ARTIFACTS, _text_ready([*artifacts, "MLflow Model"]),
-                                "MLflow artifacts page"),
+                browser.capture(
+                    f"{base}/#/experiments/{experiment_id}",
+                    out / MLFLOW_DASHBOARD,
+                    _text_ready([run_name]),
+                    "MLflow runs page",
+                    prepare=_expand_runs,
+                    fit=RUNS_FIT,
+                ),
+                browser.capture(
+                    f"{base}/#/experiments/{experiment_id}/runs/{champion.run_id}/artifacts",
+                    out / MLFLOW_ARTIFACTS,
+                    _text_ready([*artifacts, "MLflow Model"]),
+                    "MLflow artifacts page",
+                ),
             ]
     finally:
         if proc is not None:

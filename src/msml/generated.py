@@ -18,5 +18,6 @@ def write(root: Path, files: dict[str, str]) -> list[Path]:
 
 def stale(root: Path, files: dict[str, str]) -> list[str]:
     """Relative paths whose file under `root` is missing or differs from the rendered text."""
-    return [rel for rel, text in files.items()
-            if not (Path(root) / rel).is_file() or (Path(root) / rel).read_text() != text]
+    return [
+        rel for rel, text in files.items() if not (Path(root) / rel).is_file() or (Path(root) / rel).read_text() != text
+    ]

@@ -36,8 +36,10 @@ def find_bin_dir() -> Path:
     found = shutil.which("initdb")
     if found:
         return Path(found).parent
-    raise PostgresError("PostgreSQL is not installed (no initdb): run `make system` "
-                        "(scripts/install-system-deps.sh installs Debian's postgresql)")
+    raise PostgresError(
+        "PostgreSQL is not installed (no initdb): run `make system` "
+        "(scripts/install-system-deps.sh installs Debian's postgresql)"
+    )
 
 
 def _as_owner(command: list[str]) -> list[str]:
@@ -78,34 +80,77 @@ class Cluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         _give_to_owner(self.data_dir)
-        self._run([str(find_bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "-A", "trust",
-                   "-E", "UTF8", "--no-instructions"], "initdb")
+        self._run(
+            [
+                str(find_bin_dir() / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SUPERUSER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
+            "initdb",
+        )
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections (`pg_ctl -w`)."""
         self.log.touch()
         _give_to_owner(self.log)  # the server writes its log as the cluster's owner
         options = f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1"
-        self._run([str(find_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(self.log),
-                   "-w", "-t", "60", "start"], f"starting PostgreSQL on 127.0.0.1:{self.port} (log: {self.log})")
+        self._run(
+            [
+                str(find_bin_dir() / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-o",
+                options,
+                "-l",
+                str(self.log),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            f"starting PostgreSQL on 127.0.0.1:{self.port} (log: {self.log})",
+        )
 
     def running(self) -> bool:
-        result = subprocess.run(_as_owner([str(find_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "status"]),
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            _as_owner([str(find_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "status"]),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return result.returncode == 0
 
     def stop(self) -> bool:
         """Stop the server (fast shutdown: open sessions are rolled back). False when it was not running."""
         if not (self.data_dir / "postmaster.pid").exists():
             return False
-        self._run([str(find_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
-                  "stopping PostgreSQL")
+        self._run(
+            [str(find_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
+            "stopping PostgreSQL",
+        )
         return True
 
     def create_database(self, name: str) -> None:
         """Create database `name` unless it exists."""
-        psql = [str(find_bin_dir() / "psql"), "-h", str(self.data_dir), "-p", str(self.port), "-U", SUPERUSER,
-                "-d", "postgres", "-tAc"]
+        psql = [
+            str(find_bin_dir() / "psql"),
+            "-h",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            SUPERUSER,
+            "-d",
+            "postgres",
+            "-tAc",
+        ]
         exists = self._run([*psql, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"], "psql").strip()
         if exists != "1":
             self._run([*psql, f'CREATE DATABASE "{name}"'], f"creating database {name}")

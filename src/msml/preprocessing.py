@@ -45,7 +45,15 @@ TRANSFORMER_FILE = "transformer.joblib"
 REPORT_FILE = "report.json"
 QUARANTINE_FILE = "quarantine.csv"
 # Everything `preprocess` writes, and all an export copies of the folder.
-OUTPUT_FILES = (TRAIN_FILE, TEST_FILE, TRAIN_CLEAN_FILE, TEST_CLEAN_FILE, TRANSFORMER_FILE, REPORT_FILE, QUARANTINE_FILE)
+OUTPUT_FILES = (
+    TRAIN_FILE,
+    TEST_FILE,
+    TRAIN_CLEAN_FILE,
+    TEST_CLEAN_FILE,
+    TRANSFORMER_FILE,
+    REPORT_FILE,
+    QUARANTINE_FILE,
+)
 # file → sha256 of every other file: written last, checked by every reader (a half-written or
 # edited dataset is refused, not trained on)
 MANIFEST_FILE = "manifest.json"
@@ -115,8 +123,7 @@ class Splits:
 
 def write_manifest(directory: Path) -> dict[str, str]:
     """Record the sha256 of every file in `directory` (except the manifest itself) in its manifest."""
-    manifest = {p.name: file_sha256(p) for p in sorted(directory.iterdir())
-                if p.is_file() and p.name != MANIFEST_FILE}
+    manifest = {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -127,8 +134,10 @@ def verify_manifest(processed_dir: str | Path, names: tuple[str, ...]) -> None:
     try:
         manifest = json.loads((processed_dir / MANIFEST_FILE).read_text())
     except FileNotFoundError:
-        raise DataError(f"{processed_dir} has no {MANIFEST_FILE}: it was not written by `msml preprocess` "
-                        "(or was interrupted); run `msml preprocess`") from None
+        raise DataError(
+            f"{processed_dir} has no {MANIFEST_FILE}: it was not written by `msml preprocess` "
+            "(or was interrupted); run `msml preprocess`"
+        ) from None
     except ValueError:
         raise DataError(f"{processed_dir / MANIFEST_FILE} is not valid JSON; run `msml preprocess`") from None
     for name in names:
@@ -136,8 +145,9 @@ def verify_manifest(processed_dir: str | Path, names: tuple[str, ...]) -> None:
         if not path.is_file():
             raise DataError(f"processed file not found: {path} (run `msml preprocess` first)")
         if manifest.get(name) != file_sha256(path):
-            raise DataError(f"processed file {path} does not match {MANIFEST_FILE} (changed or half-written); "
-                            "run `msml preprocess`")
+            raise DataError(
+                f"processed file {path} does not match {MANIFEST_FILE} (changed or half-written); run `msml preprocess`"
+            )
 
 
 def load_training_data(processed_dir: str | Path, contract: Contract) -> Splits:
@@ -174,8 +184,9 @@ def load_clean_splits(processed_dir: str | Path, contract: Contract) -> tuple[pd
     frames = []
     for name in (TRAIN_CLEAN_FILE, TEST_CLEAN_FILE):
         path = processed_dir / name
-        df = pd.read_csv(path, dtype={c: str for c in contract.categorical_features}, keep_default_na=False,
-                         na_values=[""])
+        df = pd.read_csv(
+            path, dtype={c: str for c in contract.categorical_features}, keep_default_na=False, na_values=[""]
+        )
         frames.append(contract.raw_schema.validate(df)[[*contract.features, contract.target]])
     return frames[0], frames[1]
 
@@ -217,10 +228,14 @@ def _replace_dir(new: Path, out: Path) -> None:
 
 def _refuse_foreign_files(out: Path) -> None:
     """The folder is replaced as a whole: refuse one that holds files preprocessing did not write."""
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in (*OUTPUT_FILES, MANIFEST_FILE)) if out.is_dir() else []
+    foreign = (
+        sorted(p.name for p in out.iterdir() if p.name not in (*OUTPUT_FILES, MANIFEST_FILE)) if out.is_dir() else []
+    )
     if foreign:
-        raise DataError(f"{out} holds files `msml preprocess` did not write ({', '.join(foreign[:5])}); "
-                        "choose an empty folder with --out")
+        raise DataError(
+            f"{out} holds files `msml preprocess` did not write ({', '.join(foreign[:5])}); "
+            "choose an empty folder with --out"
+        )
 
 
 def _recover(out: Path) -> None:

@@ -126,8 +126,9 @@ def locked_requirements(root: Path) -> list[str]:
         name = _requirement_name(spec)
         extras = re.search(r"\[[^\]]*\]", spec)
         if _normalise(name) not in locked:
-            raise ValueError(f"{name} is a dependency in pyproject.toml but has no pin in {RUNTIME_LOCK} "
-                             "(run `make lock`)")
+            raise ValueError(
+                f"{name} is a dependency in pyproject.toml but has no pin in {RUNTIME_LOCK} (run `make lock`)"
+            )
         pins.append(f"{name}{extras.group(0) if extras else ''}=={locked[_normalise(name)][1]}")
     return pins
 
@@ -164,4 +165,3 @@ def project_files(settings: Settings, root: Path | None = None, **mlproject_args
         f"{PROJECT_DIR}/{CONDA_FILE}": render_conda_env(root),
         f"{PROJECT_DIR}/{DOCKERHUB_FILE}": render_dockerhub_link(settings),
     }
-

@@ -68,9 +68,12 @@ def _best(client: MlflowClient, name: str):
     so a tie never moves the alias. A rejected version lost to one at least as good, so leaving it out
     loses nothing; to roll a champion back by hand, tag the bad version `promotion=rejected` too."""
     champion = _champion(client, name)
-    contenders = [v for v in client.search_model_versions(f"name='{name}'")
-                  if (champion is not None and str(v.version) == str(champion.version))
-                  or (GATE_METRIC in v.tags and v.tags.get("promotion") != "rejected")]
+    contenders = [
+        v
+        for v in client.search_model_versions(f"name='{name}'")
+        if (champion is not None and str(v.version) == str(champion.version))
+        or (GATE_METRIC in v.tags and v.tags.get("promotion") != "rejected")
+    ]
     scored = [(score, -int(v.version), v) for v in contenders if (score := _score(client, v)) is not None]
     return max(scored, key=lambda t: t[:2])[2]
 
@@ -107,7 +110,6 @@ def register_and_promote(model_uri: str, name: str, run_id: str, max_rounds: int
     return Promotion(name, version, promoted, reason)
 
 
-
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -128,7 +130,7 @@ def resolve_model(model_uri: str, tracking_uri: str | None) -> tuple[ModelInfo, 
 
     if not model_uri.startswith("models:/"):
         raise ValueError(f"not a registry URI: {model_uri}")
-    spec = model_uri[len("models:/"):]
+    spec = model_uri[len("models:/") :]
     client = MlflowClient(tracking_uri)
     if "@" in spec:
         name, alias = spec.split("@", 1)

@@ -15,9 +15,7 @@ import mlflow
 import requests
 
 from msml.config import Settings
-
-
-from msml.errors import TrackingError  # noqa: E402  (exit code 3; see msml.errors)
+from msml.errors import TrackingError
 
 
 def is_remote(uri: str) -> bool:
@@ -40,7 +38,10 @@ def check_server(uri: str, timeout: tuple[float, float] = (5.0, 60.0)) -> None:
     try:
         response = requests.get(
             f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
-            params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout,
+            params={"max_results": 1},
+            auth=auth,
+            headers=headers,
+            timeout=timeout,
         )
     except requests.RequestException as exc:
         raise TrackingError(f"tracking server {uri} is not reachable: {type(exc).__name__}") from None
@@ -70,7 +71,12 @@ def project_experiment(requested: str) -> str | None:
     if actual != requested:
         logging.getLogger(__name__).warning(
             "the project run %s is in experiment %r, not %r: logging there (choose it with "
-            "`mlflow run --experiment-name %s`)", run_id, actual, requested, requested)
+            "`mlflow run --experiment-name %s`)",
+            run_id,
+            actual,
+            requested,
+            requested,
+        )
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -98,13 +104,30 @@ def setup_tracking(settings: Settings, experiment: str | None = None) -> str:
     return experiment_id
 
 
-def server_command(backend_uri: str, artifacts_dir: str | Path, port: int, host: str = "127.0.0.1",
-                   app_name: str | None = None, expose_prometheus: str | Path | None = None) -> list[str]:
+def server_command(
+    backend_uri: str,
+    artifacts_dir: str | Path,
+    port: int,
+    host: str = "127.0.0.1",
+    app_name: str | None = None,
+    expose_prometheus: str | Path | None = None,
+) -> list[str]:
     """`mlflow server` on loopback serving its own artifacts (the UI, a DagsHub-like remote, or
     with `--app-name basic-auth` a server behind HTTP basic auth)."""
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", host, "--port", str(port),
-               "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts_dir),
-               "--workers", "1"]
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts_dir),
+        "--workers",
+        "1",
+    ]
     if app_name:
         command += ["--app-name", app_name]
     if expose_prometheus:

@@ -64,8 +64,14 @@ class Started:
     pid: int
 
 
-def up(run_dir: Path, port: int = DEFAULT_PORTS.mlflow, postgres_port: int = TRACKING_POSTGRES_PORT,
-       backend_store_uri: str | None = None, host: str = "127.0.0.1", timeout: float = 120.0) -> Started:
+def up(
+    run_dir: Path,
+    port: int = DEFAULT_PORTS.mlflow,
+    postgres_port: int = TRACKING_POSTGRES_PORT,
+    backend_store_uri: str | None = None,
+    host: str = "127.0.0.1",
+    timeout: float = 120.0,
+) -> Started:
     """Start PostgreSQL (unless `backend_store_uri` names one) and `mlflow server`; wait until it answers."""
     layout = Layout(Path(run_dir))
     running = processes.read_pid(layout.pidfile)
@@ -80,11 +86,16 @@ def up(run_dir: Path, port: int = DEFAULT_PORTS.mlflow, postgres_port: int = TRA
     try:
         layout.artifacts.mkdir(parents=True, exist_ok=True)
         layout.prometheus.mkdir(parents=True, exist_ok=True)
-        command = server_command(backend_store_uri, layout.artifacts, port, host=host,
-                                 expose_prometheus=layout.prometheus)
+        command = server_command(
+            backend_store_uri, layout.artifacts, port, host=host, expose_prometheus=layout.prometheus
+        )
         pid = processes.start_background(command, layout.pidfile, layout.log)
-        processes.wait_ready(f"{url}/health", timeout=timeout,
-                             alive=lambda: processes.read_pid(layout.pidfile) is not None, log=layout.log)
+        processes.wait_ready(
+            f"{url}/health",
+            timeout=timeout,
+            alive=lambda: processes.read_pid(layout.pidfile) is not None,
+            log=layout.log,
+        )
     except BaseException:
         down(run_dir)  # what this call started, nothing else: a running server was refused above
         raise

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import joblib
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
-import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
@@ -73,9 +73,7 @@ def load_data(settings: Settings) -> TrainingData:
 
 def model_signature(contract: Contract) -> ModelSignature:
     """Signature from the contract: raw features in, [P(negative), P(positive)] out."""
-    inputs = Schema([
-        ColSpec(_MLFLOW_TYPES[c.type], c.name, required=not c.nullable) for c in contract.columns
-    ])
+    inputs = Schema([ColSpec(_MLFLOW_TYPES[c.type], c.name, required=not c.nullable) for c in contract.columns])
     outputs = Schema([TensorSpec(np.dtype("float64"), (-1, 2))])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -85,8 +83,12 @@ def log_training_dataset(data: TrainingData, contract: Contract) -> None:
     frame = pd.concat([data.splits.X_train, data.splits.y_train], axis=1)
     with warnings.catch_warnings():  # MLflow guesses aloud about local sources and integer columns
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(frame, source=str(data.train_path), targets=contract.target,
-                                          name=f"{contract.name}_preprocessing/{data.train_path.name}")
+        dataset = mlflow.data.from_pandas(
+            frame,
+            source=str(data.train_path),
+            targets=contract.target,
+            name=f"{contract.name}_preprocessing/{data.train_path.name}",
+        )
         mlflow.log_input(dataset, context="training")
 
 
@@ -95,8 +97,7 @@ def log_model(estimator, data: TrainingData, contract: Contract, transformer: Pi
     Pipeline, plus the drift reference. Returns the model URI."""
     from msml.monitoring.drift import build_reference
 
-    pipeline = Pipeline([("transform", data.transformer if transformer is None else transformer),
-                         ("model", estimator)])
+    pipeline = Pipeline([("transform", data.transformer if transformer is None else transformer), ("model", estimator)])
     example = data.test_clean[contract.features].head(INPUT_EXAMPLE_ROWS)
     # The signature comes from the contract, so MLflow's hint about inferring integer columns
     # from the example does not apply.

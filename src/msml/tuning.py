@@ -39,8 +39,8 @@ from msml.config import DECISION_THRESHOLD, DEFAULT_SEED, DEFAULT_TIME_BUDGET, D
 from msml.contract import Contract
 from msml.evaluation import calibration_metrics, classifier_metrics, positive_class_metrics, write_evaluation_artifacts
 from msml.preprocessing import TRAIN_FILE, encode_target
-from msml.training import RunSummary, load_data, log_model, log_training_dataset
 from msml.tracking import check_server, setup_tracking
+from msml.training import RunSummary, load_data, log_model, log_training_dataset
 
 DEFAULT_CV_FOLDS = 3
 FAMILIES = ("hgb", "lightgbm")
@@ -65,16 +65,29 @@ def native_transformer(contract: Contract) -> Pipeline:
     cats = contract.categorical_features
     columns = ColumnTransformer(
         # numbers as float64 whatever the rows' dtype (JSON rows with a null arrive as object columns)
-        [("num", FunctionTransformer(pd.DataFrame.astype, kw_args={"dtype": np.float64}), contract.numeric_features),
-         ("cat", OrdinalEncoder(categories=[list(contract.column(c).values) for c in cats],
-                                handle_unknown="use_encoded_value", unknown_value=np.nan, dtype=np.float64), cats)],
+        [
+            ("num", FunctionTransformer(pd.DataFrame.astype, kw_args={"dtype": np.float64}), contract.numeric_features),
+            (
+                "cat",
+                OrdinalEncoder(
+                    categories=[list(contract.column(c).values) for c in cats],
+                    handle_unknown="use_encoded_value",
+                    unknown_value=np.nan,
+                    dtype=np.float64,
+                ),
+                cats,
+            ),
+        ],
         verbose_feature_names_out=False,
     )
     missing_to_nan = FunctionTransformer(pd.DataFrame.where, kw_args={"cond": pd.notna, "other": np.nan})
-    as_categories = FunctionTransformer(pd.DataFrame.astype, kw_args={"dtype": {
-        c: pd.CategoricalDtype(list(range(len(contract.column(c).values)))) for c in cats}})
-    return Pipeline([("missing_to_nan", missing_to_nan), ("columns", columns),
-                     ("as_categories", as_categories)]).set_output(transform="pandas")
+    as_categories = FunctionTransformer(
+        pd.DataFrame.astype,
+        kw_args={"dtype": {c: pd.CategoricalDtype(list(range(len(contract.column(c).values)))) for c in cats}},
+    )
+    return Pipeline(
+        [("missing_to_nan", missing_to_nan), ("columns", columns), ("as_categories", as_categories)]
+    ).set_output(transform="pandas")
 
 
 def suggest_params(trial: optuna.Trial) -> dict:
@@ -116,23 +129,24 @@ def make_estimator(params: dict, seed: int):
     family = params.pop("family", "hgb")
     if family == "hgb":
         # early stopping off: the iteration count is a tuned parameter, and results stay reproducible
-        return HistGradientBoostingClassifier(**params, categorical_features="from_dtype", early_stopping=False,
-                                              random_state=seed)
+        return HistGradientBoostingClassifier(
+            **params, categorical_features="from_dtype", early_stopping=False, random_state=seed
+        )
     if family == "lightgbm":
         from lightgbm import LGBMClassifier
 
         # subsample_freq=1: bagging every iteration (LightGBM ignores `subsample` otherwise); deterministic and
         # row-wise histograms: the same seed gives the same model on any thread count
-        return LGBMClassifier(**params, subsample_freq=1, random_state=seed, deterministic=True,
-                              force_row_wise=True, verbose=-1)
+        return LGBMClassifier(
+            **params, subsample_freq=1, random_state=seed, deterministic=True, force_row_wise=True, verbose=-1
+        )
     raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
 
 
 def make_model(choice: dict, seed: int, folds) -> object:
     """The final estimator: one family, or the soft vote of the best of each; calibrated when chosen."""
     if choice["family"] == ENSEMBLE:
-        model = VotingClassifier([(f, make_estimator(p, seed)) for f, p in choice["members"].items()],
-                                 voting="soft")
+        model = VotingClassifier([(f, make_estimator(p, seed)) for f, p in choice["members"].items()], voting="soft")
     else:
         model = make_estimator(choice["params"], seed)
     if choice["calibration"] != "none":
@@ -178,8 +192,9 @@ def search_data(data, contract: Contract):
     return transformer, X, y, X_test, y_test
 
 
-def out_of_fold_proba(params: dict, X, y: np.ndarray, fold_indices, seed: int, trial: optuna.Trial | None = None
-                      ) -> np.ndarray:
+def out_of_fold_proba(
+    params: dict, X, y: np.ndarray, fold_indices, seed: int, trial: optuna.Trial | None = None
+) -> np.ndarray:
     """Out-of-fold P(positive) of one parameter set; with `trial`, each fold's running CV ROC-AUC is reported
     and the trial is pruned (optuna.TrialPruned) when the pruner says so."""
     proba = np.zeros(len(y))
@@ -193,13 +208,15 @@ def out_of_fold_proba(params: dict, X, y: np.ndarray, fold_indices, seed: int, t
             if step < len(fold_indices) - 1 and trial.should_prune():
                 mlflow.log_metrics({"cv_roc_auc_partial": float(np.mean(scores)), "cv_folds_done": step + 1})
                 mlflow.set_tag("optuna.state", "pruned")
-                raise optuna.TrialPruned(f"{params['family']} pruned after fold {step + 1} "
-                                         f"(cv roc_auc {np.mean(scores):.4f})")
+                raise optuna.TrialPruned(
+                    f"{params['family']} pruned after fold {step + 1} (cv roc_auc {np.mean(scores):.4f})"
+                )
     return proba
 
 
-def objective(trial: optuna.Trial, X, y: np.ndarray, fold_indices, seed: int,
-              out_of_fold: dict[int, np.ndarray] | None = None) -> float:
+def objective(
+    trial: optuna.Trial, X, y: np.ndarray, fold_indices, seed: int, out_of_fold: dict[int, np.ndarray] | None = None
+) -> float:
     """One trial inside its nested run (whichever process runs it): suggest the family and its parameters,
     cross-validate with pruning, log, return the CV ROC-AUC. `out_of_fold` collects the predictions."""
     params = suggest_params(trial)
@@ -208,8 +225,14 @@ def objective(trial: optuna.Trial, X, y: np.ndarray, fold_indices, seed: int,
     mlflow.log_params(params)
     proba = out_of_fold_proba(params, X, y, fold_indices, seed, trial)
     scores = np.array([roc_auc_score(y[test], proba[test]) for _, test in fold_indices])
-    mlflow.log_metrics({"cv_roc_auc_mean": scores.mean(), "cv_roc_auc_std": scores.std(),
-                        "cv_log_loss": log_loss(y, proba), "fit_seconds": time.perf_counter() - started})
+    mlflow.log_metrics(
+        {
+            "cv_roc_auc_mean": scores.mean(),
+            "cv_roc_auc_std": scores.std(),
+            "cv_log_loss": log_loss(y, proba),
+            "fit_seconds": time.perf_counter() - started,
+        }
+    )
     if out_of_fold is not None:
         out_of_fold[trial.number] = proba
     return float(scores.mean())
@@ -239,15 +262,18 @@ def tune(
     creates the study: it waits for it (worker pods started beside the creator).
     """
     if workers > 1 and not workers_mod.is_distributed(storage):
-        raise workers_mod.TuningError("--workers above 1 needs --storage postgresql://…: an in-memory or SQLite "
-                                      "study serves one process")
+        raise workers_mod.TuningError(
+            "--workers above 1 needs --storage postgresql://…: an in-memory or SQLite study serves one process"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rdb = workers_mod.open_storage(storage)
     study_name = study_name or f"{settings.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     existing = workers_mod.find_study(rdb, study_name, wait=workers_mod.JOIN_WAIT_SECONDS if join else 0.0)
     if join and existing is None:
-        raise workers_mod.TuningError(f"--join: no study {study_name!r} in the storage after "
-                                      f"{workers_mod.JOIN_WAIT_SECONDS:.0f} s; start its creator first")
+        raise workers_mod.TuningError(
+            f"--join: no study {study_name!r} in the storage after "
+            f"{workers_mod.JOIN_WAIT_SECONDS:.0f} s; start its creator first"
+        )
     if existing is not None:
         _join(settings, existing, storage, workers, progress)
         return None
@@ -260,27 +286,49 @@ def tune(
     folds = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
     fold_indices = list(folds.split(X, y))
     try:
-        study = optuna.create_study(storage=rdb, study_name=study_name, direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner())
+        study = optuna.create_study(
+            storage=rdb,
+            study_name=study_name,
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            pruner=make_pruner(),
+        )
     except optuna.exceptions.DuplicatedStudyError:
-        raise workers_mod.TuningError(f"study {study_name!r} was created by another process at the same moment; "
-                                      "start workers with --join") from None
+        raise workers_mod.TuningError(
+            f"study {study_name!r} was created by another process at the same moment; start workers with --join"
+        ) from None
     started = time.perf_counter()
     out_of_fold: dict[int, np.ndarray] = {}  # trial number → out-of-fold P(positive), this process's trials
 
     with mlflow.start_run(run_name="tuning") as parent:
         mlflow.set_tags({"msml.stage": "tuning", "msml.contract": contract.name, "msml.optuna_study": study_name})
-        mlflow.log_params({"n_trials": n_trials, "cv_folds": cv_folds, "seed": seed, "sampler": "TPE",
-                           "pruner": "median", "families": ",".join(FAMILIES), "time_budget_s": time_budget,
-                           "workers": workers})
-        spec = workers_mod.StudySpec(parent.info.run_id, experiment_id, n_trials, cv_folds, seed,
-                                     workers_mod.file_sha256(data.train_path))
+        mlflow.log_params(
+            {
+                "n_trials": n_trials,
+                "cv_folds": cv_folds,
+                "seed": seed,
+                "sampler": "TPE",
+                "pruner": "median",
+                "families": ",".join(FAMILIES),
+                "time_budget_s": time_budget,
+                "workers": workers,
+            }
+        )
+        spec = workers_mod.StudySpec(
+            parent.info.run_id, experiment_id, n_trials, cv_folds, seed, workers_mod.file_sha256(data.train_path)
+        )
         spec.save(study)
         log_training_dataset(data, contract)
         if workers == 1:
             deadline = started + time_budget if time_budget else None
-            workers_mod.work(study, spec, lambda trial: objective(trial, X, y, fold_indices, seed, out_of_fold),
-                             storage, progress, deadline=deadline)
+            workers_mod.work(
+                study,
+                spec,
+                lambda trial: objective(trial, X, y, fold_indices, seed, out_of_fold),
+                storage,
+                progress,
+                deadline=deadline,
+            )
         else:
             command = workers_mod.worker_command(storage, study_name, settings.processed_dir, contract.path)
             workers_mod.run_workers(workers, command, settings.tracking_uri, progress)
@@ -288,13 +336,19 @@ def tune(
         search_seconds = time.perf_counter() - started
 
         choice, candidates = choose_model(study, out_of_fold, X, y, folds, seed)
-        progress(f"  chosen: {choice['family']} (cv roc_auc {choice['cv_roc_auc']:.4f}), calibration "
-                 f"{choice['calibration']}; refitting on the whole train split")
+        progress(
+            f"  chosen: {choice['family']} (cv roc_auc {choice['cv_roc_auc']:.4f}), calibration "
+            f"{choice['calibration']}; refitting on the whole train split"
+        )
         best = make_model(choice, seed, folds).fit(X, y)
         mlflow.log_params({f"best_{k}": v for k, v in study.best_params.items()})
-        mlflow.log_params({"chosen_family": choice["family"], "calibration": choice["calibration"],
-                           "trials_completed": len(study.get_trials(deepcopy=False,
-                                                                    states=(optuna.trial.TrialState.COMPLETE,)))})
+        mlflow.log_params(
+            {
+                "chosen_family": choice["family"],
+                "calibration": choice["calibration"],
+                "trials_completed": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
+            }
+        )
         mlflow.set_tag("msml.family", choice["family"])
         proba_test = best.predict_proba(X_test)[:, 1]
         metrics = {
@@ -318,8 +372,7 @@ def tune(
             mlflow.log_artifacts(str(out))
         model_uri = log_model(best, data, contract, transformer=transformer)
 
-    summary = RunSummary(parent.info.run_id, model_uri, experiment_id,
-                         mlflow.get_run(parent.info.run_id).data.metrics)
+    summary = RunSummary(parent.info.run_id, model_uri, experiment_id, mlflow.get_run(parent.info.run_id).data.metrics)
     if run_info:
         summary.write(run_info)
     return summary
@@ -332,8 +385,10 @@ def _join(settings: Settings, study: optuna.Study, storage: str, workers: int, p
     if not train_path.is_file():
         raise workers_mod.TuningError(f"{train_path} not found: run `msml preprocess` (or pass --data) first")
     if workers_mod.file_sha256(train_path) != spec.train_sha256:
-        raise workers_mod.TuningError(f"{train_path} differs from the training file study {study.study_name!r} "
-                                      "was created with: preprocess the same raw data with the same seed")
+        raise workers_mod.TuningError(
+            f"{train_path} differs from the training file study {study.study_name!r} "
+            "was created with: preprocess the same raw data with the same seed"
+        )
     check_server(settings.tracking_uri)
     mlflow.set_tracking_uri(settings.tracking_uri)
     progress(f"joining study {study.study_name!r} (parent run {spec.parent_run_id}, {spec.n_trials} trials)")
@@ -348,13 +403,15 @@ def _join(settings: Settings, study: optuna.Study, storage: str, workers: int, p
     _, X, y, _, _ = search_data(load_data(settings), settings.contract)
     folds = StratifiedKFold(n_splits=spec.cv_folds, shuffle=True, random_state=spec.seed)
     fold_indices = list(folds.split(X, y))
-    done = workers_mod.work(study, spec, lambda trial: objective(trial, X, y, fold_indices, spec.seed), storage,
-                            progress)
+    done = workers_mod.work(
+        study, spec, lambda trial: objective(trial, X, y, fold_indices, spec.seed), storage, progress
+    )
     progress(f"  worker {os.getpid()} ran {done} trial(s); the study's creator refits the best one")
 
 
-def choose_model(study: optuna.Study, out_of_fold: dict[int, np.ndarray], X, y: np.ndarray, folds,
-                 seed: int) -> tuple[dict, dict[str, dict]]:
+def choose_model(
+    study: optuna.Study, out_of_fold: dict[int, np.ndarray], X, y: np.ndarray, folds, seed: int
+) -> tuple[dict, dict[str, dict]]:
     """The candidates by CV ROC-AUC (mean over folds of out-of-fold predictions): the best completed trial of
     each family, and the mean of their probabilities when more than one family completed. Returns the chosen
     one (family, params or members, cv_roc_auc, out-of-fold proba, calibration) and every candidate.
@@ -377,9 +434,11 @@ def choose_model(study: optuna.Study, out_of_fold: dict[int, np.ndarray], X, y: 
                 proba = out_of_fold_proba(params, X, y, fold_indices, seed)
             candidates[family] = {"family": family, "params": params, "proba": proba}
     if len(candidates) > 1:
-        candidates[ENSEMBLE] = {"family": ENSEMBLE,
-                                "members": {f: c["params"] for f, c in candidates.items()},
-                                "proba": np.mean([c["proba"] for c in candidates.values()], axis=0)}
+        candidates[ENSEMBLE] = {
+            "family": ENSEMBLE,
+            "members": {f: c["params"] for f, c in candidates.items()},
+            "proba": np.mean([c["proba"] for c in candidates.values()], axis=0),
+        }
     for c in candidates.values():
         c["cv_roc_auc"] = float(fold_scores(y, c["proba"], folds, X).mean())
     choice = dict(max(candidates.values(), key=lambda c: c["cv_roc_auc"]))

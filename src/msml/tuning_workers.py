@@ -18,9 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterator
 
 import mlflow
 import optuna
@@ -54,13 +54,15 @@ class StudySpec:
             study.set_user_attr(f"msml.{key}", value)
 
     @classmethod
-    def load(cls, study: optuna.Study) -> "StudySpec":
+    def load(cls, study: optuna.Study) -> StudySpec:
         attrs = study.user_attrs
         try:
             return cls(**{f.name: attrs[f"msml.{f.name}"] for f in fields(cls)})
         except KeyError:
-            raise TuningError(f"study {study.study_name!r} was not created by `msml tune` (no msml.* attributes); "
-                              "choose another --study name") from None
+            raise TuningError(
+                f"study {study.study_name!r} was not created by `msml tune` (no msml.* attributes); "
+                "choose another --study name"
+            ) from None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -112,8 +114,10 @@ def find_study(storage: optuna.storages.BaseStorage | None, name: str, wait: flo
             if time.monotonic() >= deadline:
                 return None
         else:
-            if all(f"msml.{f.name}" in study.user_attrs for f in fields(StudySpec)) \
-                    or time.monotonic() >= spec_deadline:
+            if (
+                all(f"msml.{f.name}" in study.user_attrs for f in fields(StudySpec))
+                or time.monotonic() >= spec_deadline
+            ):
                 return study  # StudySpec.load names what is missing
         time.sleep(1.0)
 
@@ -155,15 +159,26 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, objective: Callable[[optuna.
     """One trial as a nested run of the study's parent run, whichever process runs it."""
     pid = os.getpid()
     tags = {WORKER_PID_TAG: str(pid), WORKER_HOST_TAG: socket.gethostname(), TRIAL_NUMBER_TAG: str(trial.number)}
-    with mlflow.start_run(run_name=f"trial-{trial.number:03d}", experiment_id=spec.experiment_id,
-                          parent_run_id=spec.parent_run_id, nested=True, tags=tags) as run:
+    with mlflow.start_run(
+        run_name=f"trial-{trial.number:03d}",
+        experiment_id=spec.experiment_id,
+        parent_run_id=spec.parent_run_id,
+        nested=True,
+        tags=tags,
+    ) as run:
         trial.set_user_attr(TRIAL_RUN_ATTR, run.info.run_id)
         trial.set_user_attr("worker_pid", pid)
         return objective(trial)
 
 
-def work(study: optuna.Study, spec: StudySpec, objective: Callable[[optuna.Trial], float], storage_url: str | None,
-         progress=print, deadline: float | None = None) -> int:
+def work(
+    study: optuna.Study,
+    spec: StudySpec,
+    objective: Callable[[optuna.Trial], float],
+    storage_url: str | None,
+    progress=print,
+    deadline: float | None = None,
+) -> int:
     """Claim and run trials until the budget is spent (or `deadline`, a perf_counter time, has passed); returns
     how many this process ran.
 
@@ -172,8 +187,9 @@ def work(study: optuna.Study, spec: StudySpec, objective: Callable[[optuna.Trial
     """
     lock = lambda: budget_lock(storage_url, study.study_name)  # noqa: E731
     done = 0
-    while (deadline is None or time.perf_counter() < deadline) and \
-            (trial := claim_trial(study, spec.n_trials, lock)) is not None:
+    while (deadline is None or time.perf_counter() < deadline) and (
+        trial := claim_trial(study, spec.n_trials, lock)
+    ) is not None:
         started = time.perf_counter()
         where = f"trial {trial.number + 1}/{spec.n_trials}"
         try:
@@ -187,15 +203,30 @@ def work(study: optuna.Study, spec: StudySpec, objective: Callable[[optuna.Trial
             raise
         study.tell(trial, value)
         done += 1
-        progress(f"  {where}: {trial.params.get('family', '')} cv roc_auc {value:.4f} "
-                 f"(best {study.best_value:.4f}) {time.perf_counter() - started:.1f}s [pid {os.getpid()}]")
+        progress(
+            f"  {where}: {trial.params.get('family', '')} cv roc_auc {value:.4f} "
+            f"(best {study.best_value:.4f}) {time.perf_counter() - started:.1f}s [pid {os.getpid()}]"
+        )
     return done
 
 
 def worker_command(storage_url: str, study_name: str, processed_dir: Path, contract_path: Path) -> list[str]:
     """The command of one worker: `msml tune` joining the study, as on any other machine."""
-    return [str(Path(sys.executable).parent / "msml"), "tune", "--storage", storage_url, "--study", study_name,
-            "--workers", "1", "--join", "--data", str(processed_dir), "--contract", str(contract_path)]
+    return [
+        str(Path(sys.executable).parent / "msml"),
+        "tune",
+        "--storage",
+        storage_url,
+        "--study",
+        study_name,
+        "--workers",
+        "1",
+        "--join",
+        "--data",
+        str(processed_dir),
+        "--contract",
+        str(contract_path),
+    ]
 
 
 def run_workers(n: int, command: list[str], tracking_uri: str, progress=print) -> None:
@@ -216,13 +247,14 @@ def run_workers(n: int, command: list[str], tracking_uri: str, progress=print) -
         for p in procs:
             p.wait(timeout=30)
         raise
-    failed = [f"pid {p.pid} exited {code}" for p, code in zip(procs, codes) if code != 0]
+    failed = [f"pid {p.pid} exited {code}" for p, code in zip(procs, codes, strict=False) if code != 0]
     if failed:
         raise TuningError(f"tuning worker(s) failed: {', '.join(failed)} (their error is printed above)")
 
 
-def wait_for_trials(study: optuna.Study, n_trials: int, progress=print, poll: float = 2.0,
-                    started_only: bool = False) -> None:
+def wait_for_trials(
+    study: optuna.Study, n_trials: int, progress=print, poll: float = 2.0, started_only: bool = False
+) -> None:
     """Block until all `n_trials` trials are finished (workers on other machines may still run some); with
     `started_only`, until the trials that exist are finished (one process that stopped at its time budget)."""
     announced = False

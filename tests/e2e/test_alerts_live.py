@@ -24,9 +24,13 @@ NOTIFY_WITHIN = 60.0
 
 
 def _notified(system, name: str, status: str, since: float) -> list[dict]:
-    return [r for r in read_notifications(system.stack.notifications)
-            if r["received_at"] >= since and r["payload"].get("status") == status
-            and any(a["labels"].get("alertname") == name and a["status"] == status for a in r["payload"]["alerts"])]
+    return [
+        r
+        for r in read_notifications(system.stack.notifications)
+        if r["received_at"] >= since
+        and r["payload"].get("status") == status
+        and any(a["labels"].get("alertname") == name and a["status"] == status for a in r["payload"]["alerts"])
+    ]
 
 
 def _firing_in_prometheus(system, name: str) -> bool:
@@ -55,8 +59,12 @@ def test_model_server_down_fires_notifies_and_resolves(system, tmp_path):
     system.model_server.stop()
     # requests while the model is down answer 503: the error-rate alert is driven by this traffic
     drive_traffic(system, seconds=4, check=False)
-    wait_until(lambda: _notified(system, down.name, "firing", stopped_at), NOTIFY_WITHIN, 0.5,
-               f"{down.name} firing notification at the receiver")
+    wait_until(
+        lambda: _notified(system, down.name, "firing", stopped_at),
+        NOTIFY_WITHIN,
+        0.5,
+        f"{down.name} firing notification at the receiver",
+    )
     assert _firing_in_prometheus(system, down.name)
     fired = _notified(system, down.name, "firing", stopped_at)[0]
     assert fired["payload"]["alerts"][0]["labels"]["severity"] == down.severity
@@ -64,15 +72,23 @@ def test_model_server_down_fires_notifies_and_resolves(system, tmp_path):
     assert fired["received_at"] - stopped_at < NOTIFY_WITHIN
     # the error rate the outage causes fires in Prometheus, but Alertmanager inhibits its notification
     wait_until(lambda: _firing_in_prometheus(system, errors.name), NOTIFY_WITHIN, 0.5, f"{errors.name} in Prometheus")
-    wait_until(lambda: _am_state(system, errors.name) == "suppressed", NOTIFY_WITHIN, 0.5,
-               f"{errors.name} suppressed by Alertmanager")
+    wait_until(
+        lambda: _am_state(system, errors.name) == "suppressed",
+        NOTIFY_WITHIN,
+        0.5,
+        f"{errors.name} suppressed by Alertmanager",
+    )
     assert not _notified(system, errors.name, "firing", stopped_at)
 
     restarted_at = time.time()
     system.model_server.start(wait=180)
     drive_traffic(system, seconds=2)  # served again: 200s
-    wait_until(lambda: _notified(system, down.name, "resolved", restarted_at), NOTIFY_WITHIN, 0.5,
-               f"{down.name} resolved notification at the receiver")
+    wait_until(
+        lambda: _notified(system, down.name, "resolved", restarted_at),
+        NOTIFY_WITHIN,
+        0.5,
+        f"{down.name} resolved notification at the receiver",
+    )
     assert not _firing_in_prometheus(system, down.name)
 
     # the course's notification evidence: the received payloads rendered to an image
@@ -86,10 +102,18 @@ def test_drifted_traffic_notifies_with_the_feature_and_its_value(system):
     started = time.time()
     # only drifted rows: the window (the drift minimum) fills with them within the run
     drive_traffic(system, seconds=4, drift_share="1.0", invalid_share="0", batch_rows="50")
-    wait_until(lambda: _notified(system, drift.name, "firing", started), NOTIFY_WITHIN, 0.5,
-               f"{drift.name} firing notification at the receiver")
-    alerts = [a for r in _notified(system, drift.name, "firing", started) for a in r["payload"]["alerts"]
-              if a["labels"].get("alertname") == drift.name]
+    wait_until(
+        lambda: _notified(system, drift.name, "firing", started),
+        NOTIFY_WITHIN,
+        0.5,
+        f"{drift.name} firing notification at the receiver",
+    )
+    alerts = [
+        a
+        for r in _notified(system, drift.name, "firing", started)
+        for a in r["payload"]["alerts"]
+        if a["labels"].get("alertname") == drift.name
+    ]
     features = {a["labels"]["feature"] for a in alerts}
     assert {"education", "occupation"} <= features, features
     for a in alerts:

@@ -20,10 +20,26 @@ import yaml
 
 from msml.config import DEFAULT_DOCKERHUB_USER, DEFAULT_GITHUB_USER, DEFAULT_STUDENT, load_settings
 from msml.contract import Contract
-from msml.export import (ALERTING_DIR, EXPORTER, GRAFANA_DIR, INFERENCE, MISSING_FILE, PROMETHEUS_DIR, SERVING_IMAGE,
-                         ExportError, _copy_processed, _copy_raw, check_names, collect_evidence, course_files,
-                         runtime_requirements, serving_evidence, write_eksperimen,
-                         write_submission, write_workflow_ci)
+from msml.export import (
+    ALERTING_DIR,
+    EXPORTER,
+    GRAFANA_DIR,
+    INFERENCE,
+    MISSING_FILE,
+    PROMETHEUS_DIR,
+    SERVING_IMAGE,
+    ExportError,
+    _copy_processed,
+    _copy_raw,
+    check_names,
+    collect_evidence,
+    course_files,
+    runtime_requirements,
+    serving_evidence,
+    write_eksperimen,
+    write_submission,
+    write_workflow_ci,
+)
 from tests.conftest import ROOT, run_msml
 from tests.helpers import dataset_digests, lint_workflows
 
@@ -33,41 +49,75 @@ S = DEFAULT_STUDENT
 EKS = f"Eksperimen_SML_{S}"
 SUB = f"SMSML_{S}"
 DATA = "adult_preprocessing"
-PROCESSED_FILES = {"quarantine.csv", "report.json", "test.csv.gz", "test_clean.csv", "train.csv.gz",
-                   "train_clean.csv", "transformer.joblib"}
+PROCESSED_FILES = {
+    "quarantine.csv",
+    "report.json",
+    "test.csv.gz",
+    "test_clean.csv",
+    "train.csv.gz",
+    "train_clean.csv",
+    "transformer.joblib",
+}
 
 # The course's trees, exactly (names, spelling, spaces). `<dir>/` marks a folder; a processed-dataset folder
 # is checked file by file separately. requirements.txt pins PyPI packages only (no msml travels with them).
 EXPECTED = {
     EKS: {
-        ".github/", ".github/workflows/", ".github/workflows/preprocessing.yml", ".gitignore", "README.md",
+        ".github/",
+        ".github/workflows/",
+        ".github/workflows/preprocessing.yml",
+        ".gitignore",
+        "README.md",
         "requirements.txt",
-        "adult_raw/", "adult_raw/README.md", "adult_raw/adult.csv",
-        "preprocessing/", f"preprocessing/Eksperimen_{S}.ipynb", f"preprocessing/automate_{S}.py",
+        "adult_raw/",
+        "adult_raw/README.md",
+        "adult_raw/adult.csv",
+        "preprocessing/",
+        f"preprocessing/Eksperimen_{S}.ipynb",
+        f"preprocessing/automate_{S}.py",
         f"preprocessing/{DATA}/",
     },
     "Workflow-CI": {
-        ".github/", ".github/workflows/", ".github/workflows/training.yml", ".gitignore", "README.md",
+        ".github/",
+        ".github/workflows/",
+        ".github/workflows/training.yml",
+        ".gitignore",
+        "README.md",
         "requirements.txt",
-        "MLProject/", "MLProject/MLproject", "MLProject/conda.yaml", "MLProject/modelling.py",
+        "MLProject/",
+        "MLProject/MLproject",
+        "MLProject/conda.yaml",
+        "MLProject/modelling.py",
         "MLProject/modelling_tuning.py",
-        f"MLProject/{DATA}/", "MLProject/DockerHub.txt",
+        f"MLProject/{DATA}/",
+        "MLProject/DockerHub.txt",
     },
     SUB: {
-        f"{EKS}.txt", "Workflow-CI.txt",
-        "Membangun_model/", "Membangun_model/modelling.py", "Membangun_model/modelling_tuning.py",
-        f"Membangun_model/{DATA}/", "Membangun_model/requirements.txt", "Membangun_model/DagsHub.txt",
-        "Monitoring dan Logging/", "Monitoring dan Logging/2.prometheus.yml",
-        "Monitoring dan Logging/3.prometheus_exporter.py", "Monitoring dan Logging/4.bukti monitoring Prometheus/",
-        "Monitoring dan Logging/5.bukti monitoring Grafana/", "Monitoring dan Logging/6.bukti alerting Grafana/",
+        f"{EKS}.txt",
+        "Workflow-CI.txt",
+        "Membangun_model/",
+        "Membangun_model/modelling.py",
+        "Membangun_model/modelling_tuning.py",
+        f"Membangun_model/{DATA}/",
+        "Membangun_model/requirements.txt",
+        "Membangun_model/DagsHub.txt",
+        "Monitoring dan Logging/",
+        "Monitoring dan Logging/2.prometheus.yml",
+        "Monitoring dan Logging/3.prometheus_exporter.py",
+        "Monitoring dan Logging/4.bukti monitoring Prometheus/",
+        "Monitoring dan Logging/5.bukti monitoring Grafana/",
+        "Monitoring dan Logging/6.bukti alerting Grafana/",
         "Monitoring dan Logging/7.inference.py",
     },
 }
 # Without running servers (--no-evidence) these are listed in MISSING_EVIDENCE.md, never faked.
 EVIDENCE = {
-    f"{SUB}/Membangun_model/screenshoot_dashboard.jpg", f"{SUB}/Membangun_model/screenshoot_artifak.jpg",
-    f"{SUB}/Monitoring dan Logging/1.bukti_serving.jpg", f"{SUB}/Monitoring dan Logging/4.bukti monitoring Prometheus/",
-    f"{SUB}/Monitoring dan Logging/5.bukti monitoring Grafana/", f"{SUB}/Monitoring dan Logging/6.bukti alerting Grafana/",
+    f"{SUB}/Membangun_model/screenshoot_dashboard.jpg",
+    f"{SUB}/Membangun_model/screenshoot_artifak.jpg",
+    f"{SUB}/Monitoring dan Logging/1.bukti_serving.jpg",
+    f"{SUB}/Monitoring dan Logging/4.bukti monitoring Prometheus/",
+    f"{SUB}/Monitoring dan Logging/5.bukti monitoring Grafana/",
+    f"{SUB}/Monitoring dan Logging/6.bukti alerting Grafana/",
 }
 
 
@@ -80,8 +130,6 @@ def tree(root: Path) -> set[str]:
             continue
         found.add(rel.as_posix() + ("/" if path.is_dir() else ""))
     return found
-
-
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +154,10 @@ def test_exact_trees(exported):
 def test_zip_holds_exactly_the_submission_folder(exported):
     with zipfile.ZipFile(exported / f"{SUB}.zip") as zf:
         names = set(zf.namelist())
-    on_disk = {f"{SUB}/"} | {f"{SUB}/{p.relative_to(exported / SUB).as_posix()}" + ("/" if p.is_dir() else "")
-                            for p in (exported / SUB).rglob("*")}
+    on_disk = {f"{SUB}/"} | {
+        f"{SUB}/{p.relative_to(exported / SUB).as_posix()}" + ("/" if p.is_dir() else "")
+        for p in (exported / SUB).rglob("*")
+    }
     assert names == on_disk
     assert all(name.startswith(f"{SUB}/") for name in names)
     # the empty evidence folders are in the zip as folders, with nothing inside
@@ -131,14 +181,16 @@ def test_missing_evidence_is_listed_with_commands_not_faked(exported):
 def test_each_repository_is_committed_on_main(exported):
     for repo in (EKS, "Workflow-CI"):
         path = exported / repo
-        git = lambda *a: subprocess.run(["git", "-C", str(path), *a], capture_output=True, text=True)  # noqa: E731
+        git = lambda *a, path=path: subprocess.run(["git", "-C", str(path), *a], capture_output=True, text=True)  # noqa: E731
         assert git("rev-parse", "--abbrev-ref", "HEAD").stdout.strip() == "main"
         assert git("status", "--porcelain").stdout == ""
         assert len(git("log", "--format=%H").stdout.split()) == 1
         assert git("config", "--local", "user.name").stdout == ""  # the student's identity for their commits
         assert "requirements.txt" in git("ls-files").stdout.split("\n")
-        assert f"git remote add origin https://github.com/{DEFAULT_GITHUB_USER}/{repo}.git" in \
-            (path / "README.md").read_text()
+        assert (
+            f"git remote add origin https://github.com/{DEFAULT_GITHUB_USER}/{repo}.git"
+            in (path / "README.md").read_text()
+        )
 
 
 def test_links_and_names_come_from_config(exported):
@@ -148,8 +200,9 @@ def test_links_and_names_come_from_config(exported):
     dagshub = (sub / "Membangun_model" / "DagsHub.txt").read_text()
     assert dagshub.startswith(f"https://dagshub.com/{DEFAULT_GITHUB_USER}/{EKS}.mlflow\n")
     assert "MLFLOW_TRACKING_PASSWORD=<" in dagshub  # documented, no token
-    assert (exported / "Workflow-CI/MLProject/DockerHub.txt").read_text() == \
-        f"https://hub.docker.com/r/{DEFAULT_DOCKERHUB_USER}/adult-income-classifier\n"
+    assert (
+        exported / "Workflow-CI/MLProject/DockerHub.txt"
+    ).read_text() == f"https://hub.docker.com/r/{DEFAULT_DOCKERHUB_USER}/adult-income-classifier\n"
 
 
 def test_options_override_names(tmp_path):
@@ -164,13 +217,17 @@ def test_options_override_names(tmp_path):
     assert "https://github.com/ani-gh/Eksperimen_SML_Ani.git" in (tmp_path / "E/README.md").read_text()
     assert (tmp_path / "S/Eksperimen_SML_Ani.txt").read_text() == "https://github.com/ani-gh/Eksperimen_SML_Ani\n"
     assert "IMAGE: anidh/adult-income-classifier" in (tmp_path / "W/.github/workflows/training.yml").read_text()
-    assert (tmp_path / "W/MLProject/DockerHub.txt").read_text() == "https://hub.docker.com/r/anidh/adult-income-classifier\n"
+    assert (
+        tmp_path / "W/MLProject/DockerHub.txt"
+    ).read_text() == "https://hub.docker.com/r/anidh/adult-income-classifier\n"
 
 
 def test_workflows_lint_clean_and_fit_their_repository(exported):
     workflows = sorted(exported.glob("*/.github/workflows/*.yml"))
     assert [w.relative_to(exported).as_posix() for w in workflows] == [
-        f"{EKS}/.github/workflows/preprocessing.yml", "Workflow-CI/.github/workflows/training.yml"]
+        f"{EKS}/.github/workflows/preprocessing.yml",
+        "Workflow-CI/.github/workflows/training.yml",
+    ]
     assert lint_workflows(workflows) == []
     for workflow in workflows:
         repo = workflow.parents[2]
@@ -184,8 +241,14 @@ def test_workflows_lint_clean_and_fit_their_repository(exported):
     assert f"python preprocessing/automate_{S}.py" in pre and "[skip ci]" in pre
     assert f"PROCESSED_DIR: preprocessing/{DATA}" in pre
     train = (exported / "Workflow-CI/.github/workflows/training.yml").read_text()
-    for needle in ("mlflow run MLProject -e tune", "run_info.json", "mlflow models build-docker",
-                   "docker/login-action@", "secrets.DOCKERHUB_TOKEN", "actions/upload-artifact@"):
+    for needle in (
+        "mlflow run MLProject -e tune",
+        "run_info.json",
+        "mlflow models build-docker",
+        "docker/login-action@",
+        "secrets.DOCKERHUB_TOKEN",
+        "actions/upload-artifact@",
+    ):
         assert needle in train, needle
 
 
@@ -195,13 +258,23 @@ def test_requirements_pin_the_runtime_closure_from_pypi_only(exported):
         if "==" in line and not line.startswith("#"):
             name, version = line.split("==")
             locked[name.lower().replace("_", "-")] = version
-    texts = {p: (exported / p).read_text() for p in
-             (f"{EKS}/requirements.txt", "Workflow-CI/requirements.txt", f"{SUB}/Membangun_model/requirements.txt")}
+    texts = {
+        p: (exported / p).read_text()
+        for p in (f"{EKS}/requirements.txt", "Workflow-CI/requirements.txt", f"{SUB}/Membangun_model/requirements.txt")
+    }
     assert len(set(texts.values())) == 1
     lines = [line for line in next(iter(texts.values())).splitlines() if line and not line.startswith("#")]
     assert lines == runtime_requirements(ROOT)
     pins = dict(line.split("==") for line in lines)
-    assert {"mlflow", "scikit-learn", "pandas", "sqlalchemy", "optuna", "prometheus-client", "grafana-foundation-sdk"} <= set(pins)
+    assert {
+        "mlflow",
+        "scikit-learn",
+        "pandas",
+        "sqlalchemy",
+        "optuna",
+        "prometheus-client",
+        "grafana-foundation-sdk",
+    } <= set(pins)
     assert not {"msml", "pytest", "zizmor", "check-jsonschema", "nbclient", "schemathesis"} & set(pins)
     for name, version in pins.items():
         assert locked.get(name.lower().replace("_", "-")) == version, name
@@ -237,6 +310,7 @@ def test_exported_course_files_are_the_generated_ones(exported):
 
 # --- the course files in a fresh virtualenv: exported requirements.txt only ------------------------------------
 
+
 @pytest.fixture(scope="module")
 def course_env(exported, tmp_path_factory):
     """One venv per session with only the exported requirements.txt (pip's local cache), and temp copies of the units.
@@ -252,8 +326,14 @@ def course_env(exported, tmp_path_factory):
     # one OpenMP thread: on a loaded 2-core machine HistGradientBoosting's spinning threads made a 2-trial
     # tuning run take > 10 min wall (measured), single-threaded it took 2 min
     env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", "requirements.txt"],
-                            cwd=exported / "Workflow-CI", env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "-r", "requirements.txt"],
+        cwd=exported / "Workflow-CI",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     missing = subprocess.run([str(py), "-c", "import msml"], env=env, capture_output=True, text=True)
     assert missing.returncode != 0, "msml must not be importable in the course venv"
@@ -289,8 +369,12 @@ def baseline_run(course_env, tmp_path_factory):
     py, _, work = course_env
     tmp = tmp_path_factory.mktemp("modelling")
     store = f"sqlite:///{tmp / 'm.db'}"
-    _run(course_env, [str(py), "modelling.py", "--run-info", str(tmp / "baseline.json")],
-         cwd=work / SUB / "Membangun_model", MLFLOW_TRACKING_URI=store)
+    _run(
+        course_env,
+        [str(py), "modelling.py", "--run-info", str(tmp / "baseline.json")],
+        cwd=work / SUB / "Membangun_model",
+        MLFLOW_TRACKING_URI=store,
+    )
     return store, json.loads((tmp / "baseline.json").read_text())
 
 
@@ -298,8 +382,9 @@ def test_modelling_autolog_metrics_equal_msml_train(baseline_run, processed, tmp
     from msml.training import train_baseline
 
     store, info = baseline_run
-    settings = load_settings(root=ROOT).with_overrides(processed_dir=processed, tracking_uri=f"sqlite:///{tmp_path / 'p.db'}",
-                                                       artifact_root=tmp_path / "artifacts")
+    settings = load_settings(root=ROOT).with_overrides(
+        processed_dir=processed, tracking_uri=f"sqlite:///{tmp_path / 'p.db'}", artifact_root=tmp_path / "artifacts"
+    )
     package = train_baseline(settings)
     course = _metrics(store, info["run_id"])
     autolog = {k: v for k, v in package.metrics.items() if k.startswith("training_")}
@@ -317,9 +402,24 @@ def test_modelling_tuning_logs_autolog_names_and_artifacts(course_env, baseline_
 
     py, _, work = course_env
     store_path = tmp_path / "t.db"
-    _run(course_env, [str(py), "modelling_tuning.py", "--n-trials", "2", "--cv-folds", "2", "--max-iter", "50", "--run-info",
-                      str(tmp_path / "tune.json")], cwd=work / SUB / "Membangun_model", timeout=900,
-         MLFLOW_TRACKING_URI=f"sqlite:///{store_path}")
+    _run(
+        course_env,
+        [
+            str(py),
+            "modelling_tuning.py",
+            "--n-trials",
+            "2",
+            "--cv-folds",
+            "2",
+            "--max-iter",
+            "50",
+            "--run-info",
+            str(tmp_path / "tune.json"),
+        ],
+        cwd=work / SUB / "Membangun_model",
+        timeout=900,
+        MLFLOW_TRACKING_URI=f"sqlite:///{store_path}",
+    )
     info = json.loads((tmp_path / "tune.json").read_text())
     client = mlflow.MlflowClient(f"sqlite:///{store_path}")
     run = client.get_run(info["run_id"])
@@ -327,8 +427,11 @@ def test_modelling_tuning_logs_autolog_names_and_artifacts(course_env, baseline_
     autolog_names = {k for k in _metrics(baseline_store, baseline["run_id"]) if k.startswith("training_")}
     assert autolog_names <= set(run.data.metrics), autolog_names - set(run.data.metrics)
     assert run.data.params["n_trials"] == "2" and run.data.params["best_max_iter"] == "50"
-    artifacts = {a.path for top in client.list_artifacts(run.info.run_id)
-                 for a in ([top] if not top.is_dir else client.list_artifacts(run.info.run_id, top.path))}
+    artifacts = {
+        a.path
+        for top in client.list_artifacts(run.info.run_id)
+        for a in ([top] if not top.is_dir else client.list_artifacts(run.info.run_id, top.path))
+    }
     extra = artifacts - {"model"}
     assert len([a for a in extra if not a.startswith("model/")]) >= 2, artifacts
     assert "model" in {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -337,15 +440,32 @@ def test_modelling_tuning_logs_autolog_names_and_artifacts(course_env, baseline_
 
 
 def test_mlflow_run_mlproject_main(course_env, baseline_run, tmp_path):
-    py, _, work = course_env
+    _py, _, work = course_env
     run_info = tmp_path / "project.json"
-    result = _run(course_env, ["mlflow", "run", "MLProject", "-e", "main", "--env-manager", "local",
-                               "--experiment-name", "adult-classification", "-P", f"run_info={run_info}"],
-                  cwd=work / "Workflow-CI", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'w.db'}")
+    result = _run(
+        course_env,
+        [
+            "mlflow",
+            "run",
+            "MLProject",
+            "-e",
+            "main",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "adult-classification",
+            "-P",
+            f"run_info={run_info}",
+        ],
+        cwd=work / "Workflow-CI",
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'w.db'}",
+    )
     project = json.loads(run_info.read_text())
     assert f"Run (ID '{project['run_id']}') succeeded" in result.stderr
     store, baseline = baseline_run
-    assert project["metrics"]["training_roc_auc"] == pytest.approx(_metrics(store, baseline["run_id"])["training_roc_auc"])
+    assert project["metrics"]["training_roc_auc"] == pytest.approx(
+        _metrics(store, baseline["run_id"])["training_roc_auc"]
+    )
 
 
 def test_exporter_and_inference_against_a_served_model(course_env, baseline_run, tmp_path):
@@ -361,20 +481,58 @@ def test_exporter_and_inference_against_a_served_model(course_env, baseline_run,
     logs = []
     procs = []
     try:
-        for cmd, port in (([str(py.parent / "mlflow"), "models", "serve", "-m", baseline["model_uri"], "-p",
-                            str(model_port), "-h", "127.0.0.1", "--env-manager", "local", "-w", "1"], model_port),
-                          ([str(py), EXPORTER, "--port", str(exporter_port), "--model-url",
-                            f"http://127.0.0.1:{model_port}"], exporter_port)):
+        for cmd, port in (
+            (
+                [
+                    str(py.parent / "mlflow"),
+                    "models",
+                    "serve",
+                    "-m",
+                    baseline["model_uri"],
+                    "-p",
+                    str(model_port),
+                    "-h",
+                    "127.0.0.1",
+                    "--env-manager",
+                    "local",
+                    "-w",
+                    "1",
+                ],
+                model_port,
+            ),
+            (
+                [str(py), EXPORTER, "--port", str(exporter_port), "--model-url", f"http://127.0.0.1:{model_port}"],
+                exporter_port,
+            ),
+        ):
             log = (tmp_path / f"{port}.log").open("w")
             logs.append(log)
-            procs.append(subprocess.Popen(cmd, cwd=monitoring, env={**env, "MLFLOW_TRACKING_URI": store},
-                                          stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    cmd, cwd=monitoring, env={**env, "MLFLOW_TRACKING_URI": store}, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
             _wait_ok(f"http://127.0.0.1:{port}/ping", procs[-1], tmp_path / f"{port}.log")
-        out = _run(course_env, [str(py), INFERENCE, "--url", f"http://127.0.0.1:{exporter_port}", "--count", "30",
-                                "--batch", "10", "--data", str(work / SUB / "Membangun_model" / DATA)], cwd=monitoring)
+        out = _run(
+            course_env,
+            [
+                str(py),
+                INFERENCE,
+                "--url",
+                f"http://127.0.0.1:{exporter_port}",
+                "--count",
+                "30",
+                "--batch",
+                "10",
+                "--data",
+                str(work / SUB / "Membangun_model" / DATA),
+            ],
+            cwd=monitoring,
+        )
         assert "30 rows, accuracy" in out.stdout
-        bad = httpx.post(f"http://127.0.0.1:{exporter_port}/invocations",
-                         json={"dataframe_records": [{"age": "old"}]}, timeout=10)
+        bad = httpx.post(
+            f"http://127.0.0.1:{exporter_port}/invocations", json={"dataframe_records": [{"age": "old"}]}, timeout=10
+        )
         assert bad.status_code == 400 and "do not match the contract" in bad.json()["error"]
         metrics = httpx.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=10).text
     finally:
@@ -385,8 +543,11 @@ def test_exporter_and_inference_against_a_served_model(course_env, baseline_run,
             log.close()
     from prometheus_client.parser import text_string_to_metric_families
 
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(metrics) for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+    }
     assert samples[("msml_rows_scored_total", ())] == 30
     assert samples[("msml_batch_rows_count", ())] == 3
     assert samples[("msml_requests_total", (("endpoint", "/invocations"), ("status", "200")))] == 3
@@ -416,13 +577,16 @@ def _wait_ok(url: str, proc, log, timeout: float = 120) -> None:
 
 # --- evidence comes from running servers only ---------------------------------------------------------------
 
+
 def test_without_running_servers_every_evidence_is_listed_and_nothing_written(tmp_path):
-    settings = load_settings(root=ROOT).with_overrides(tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}",
-                                                       artifact_root=tmp_path / "artifacts")
+    settings = load_settings(root=ROOT).with_overrides(
+        tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}", artifact_root=tmp_path / "artifacts"
+    )
     folder = tmp_path / SUB
     dead = "http://127.0.0.1:9"  # discard port: nothing answers
-    written, missing = collect_evidence(settings, tmp_path, folder, dead, dead, dead, tmp_path / "none.jsonl",
-                                        echo=lambda _: None)
+    written, missing = collect_evidence(
+        settings, tmp_path, folder, dead, dead, dead, tmp_path / "none.jsonl", echo=lambda _: None
+    )
     assert written == [] and not list(tmp_path.rglob("*.jpg"))
     listed = {m.path for m in missing}
     for item in EVIDENCE:
@@ -462,16 +626,17 @@ def test_serving_evidence_renders_a_live_request_and_response(processed, contrac
     # the MLflow UI pages of the same store (its own `mlflow server`), each captured once its content showed
     from msml.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, check_capture, mlflow_evidence
 
-    ui = settings.with_overrides(artifact_root=tmp_path / "registry" / "artifacts", experiment="serving-tests",
-                                 model_name=contract.model_name)
+    ui = settings.with_overrides(
+        artifact_root=tmp_path / "registry" / "artifacts", experiment="serving-tests", model_name=contract.model_name
+    )
     shots = mlflow_evidence(ui, tmp_path / "mlflow")
     assert [p.name for p in shots] == [MLFLOW_DASHBOARD, MLFLOW_ARTIFACTS]
     for shot in shots:
         check_capture(shot)
 
 
-
 # --- re-export and safety -----------------------------------------------------------------------------------------
+
 
 def _git(path, *args):
     result = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True)
@@ -505,15 +670,20 @@ def test_a_second_export_into_pushed_clones_adds_a_commit_that_fast_forwards(exp
 
 
 def test_bad_names_are_refused_with_one_clear_line(tmp_path):
-    result = run_msml("export", "--out", str(tmp_path / "dist"), "--no-evidence", "--student", "Yudha Elfransyah",
-                      timeout=120)
+    result = run_msml(
+        "export", "--out", str(tmp_path / "dist"), "--no-evidence", "--student", "Yudha Elfransyah", timeout=120
+    )
     assert result.returncode != 0
-    assert result.stderr.strip() == ("error: --student 'Yudha Elfransyah' is not a valid name: "
-                                     "use only letters, digits, '-' and '_'")
+    assert result.stderr.strip() == (
+        "error: --student 'Yudha Elfransyah' is not a valid name: use only letters, digits, '-' and '_'"
+    )
     assert not (tmp_path / "dist").exists()
     settings = load_settings(root=ROOT)
-    for field, option, value in (("github_user", "--github-user", "../x"), ("dockerhub_user", "--dockerhub-user", "a;b"),
-                                 ("student", "--student", "")):
+    for field, option, value in (
+        ("github_user", "--github-user", "../x"),
+        ("dockerhub_user", "--dockerhub-user", "a;b"),
+        ("student", "--student", ""),
+    ):
         with pytest.raises(ExportError, match=f"^{option} {re.escape(repr(value))} is not a valid name"):
             check_names(settings.with_overrides(**{field: value}))
     check_names(settings.with_overrides(student="Ani_2", github_user="ani-gh"))  # letters, digits, - and _ pass
@@ -535,5 +705,5 @@ def test_only_the_raw_file_and_the_listed_processed_outputs_are_copied(tmp_path)
     assert {p.name for p in (tmp_path / "out_raw").iterdir()} == {"adult.csv", "README.md"}
     assert {p.name for p in (tmp_path / "out_processed").iterdir()} == set(OUTPUT_FILES) == PROCESSED_FILES
     (processed / "train.csv.gz").unlink()
-    with pytest.raises(ExportError, match="missing train.csv.gz"):
+    with pytest.raises(ExportError, match=r"missing train\.csv\.gz"):
         _copy_processed(settings, tmp_path / "again")

@@ -27,8 +27,12 @@ def test_preprocess_killed_mid_write_leaves_the_previous_dataset(tmp_path, proce
     shutil.copytree(processed, out)
     before = _hashes(out)
     # a different seed: the new files differ from the old ones, so a mix would show
-    proc = subprocess.Popen([str(BIN / "msml"), "preprocess", "--raw", str(RAW), "--out", str(out), "--seed", "7"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN / "msml"), "preprocess", "--raw", str(RAW), "--out", str(out), "--seed", "7"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         tmp = list(tmp_path.glob(f".{out.name}.tmp-*"))
@@ -41,8 +45,12 @@ def test_preprocess_killed_mid_write_leaves_the_previous_dataset(tmp_path, proce
     verify_manifest(out, tuple(name for name in before if name != MANIFEST_FILE))
     assert len(load_training_data(out, contract).X_train) > 0
     # the next run clears the killed run's temp folder and replaces the dataset as a whole
-    subprocess.run([str(BIN / "msml"), "preprocess", "--raw", str(RAW), "--out", str(out), "--seed", "7"],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN / "msml"), "preprocess", "--raw", str(RAW), "--out", str(out), "--seed", "7"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
     assert json.loads((out / "report.json").read_text())["seed"] == 7
 
@@ -91,9 +99,15 @@ def test_concurrent_promotions_leave_the_better_model_champion(tmp_path):
             runs[score] = run.info.run_id
         assert register_and_promote(f"runs:/{runs[0.70]}/model", "contest", runs[0.70]).promoted
         start = time.time() + 8  # after every contender has imported MLflow
-        procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, uri, str(start), runs[s]], text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for s in (0.81, 0.93, 0.86, 0.89)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", CONTENDER, uri, str(start), runs[s]],
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for s in (0.81, 0.93, 0.86, 0.89)
+        ]
         outputs = [p.communicate(timeout=120) for p in procs]
         assert all(p.returncode == 0 for p in procs), outputs
         client = MlflowClient()

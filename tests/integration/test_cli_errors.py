@@ -59,9 +59,19 @@ def test_port_held_by_a_foreign_listener_stops_the_demo_before_training(tmp_path
 
 def test_missing_system_program_exit_5(tmp_path):
     env = {"MSML_HOME": str(tmp_path), "PATH": "/nonexistent"}  # no prometheus on PATH
-    result = run_msml("monitoring", "up", "--gateway-port", str(free_port()), "--prometheus-port",
-                      str(free_port()), "--alertmanager-port", str(free_port()), "--receiver-port",
-                      str(free_port()), env=env)
+    result = run_msml(
+        "monitoring",
+        "up",
+        "--gateway-port",
+        str(free_port()),
+        "--prometheus-port",
+        str(free_port()),
+        "--alertmanager-port",
+        str(free_port()),
+        "--receiver-port",
+        str(free_port()),
+        env=env,
+    )
     _one_line_error(result, 5, "prometheus is installed", "make system")
 
 
@@ -69,14 +79,24 @@ def test_missing_system_program_exit_5(tmp_path):
 def test_server_that_never_gets_ready_exit_6(tmp_path):
     """MLflow's scoring server exits (no such model): reported in one line with its log, exit 6."""
     env = {"MSML_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri()}  # empty store
-    result = run_msml("serve", "--port", str(free_port()), "--model-uri", "models:/nope@champion", "--wait", "120",
-                      env=env, timeout=180)
+    result = run_msml(
+        "serve",
+        "--port",
+        str(free_port()),
+        "--model-uri",
+        "models:/nope@champion",
+        "--wait",
+        "120",
+        env=env,
+        timeout=180,
+    )
     _one_line_error(result, 6, "exited before answering", "not found", "model-server.log")
 
 
 def test_export_failure_exit_7(tmp_path):
-    result = run_msml("export", "--out", str(tmp_path / "dist"), "--no-evidence",
-                      env={"MSML_HOME": str(tmp_path)}, timeout=300)
+    result = run_msml(
+        "export", "--out", str(tmp_path / "dist"), "--no-evidence", env={"MSML_HOME": str(tmp_path)}, timeout=300
+    )
     _one_line_error(result, 7, "has no pyproject.toml")
 
 
@@ -93,16 +113,26 @@ def test_every_option_has_help():
         for name, sub in getattr(command, "commands", {}).items():
             yield from walk(sub, f"{path} {name}")
 
-    missing = [f"{path} {param.opts[0]}" for path, param in walk(typer.main.get_command(app), "msml")
-               if not (param.help or "").strip() and param.opts[0] != "--help"]
+    missing = [
+        f"{path} {param.opts[0]}"
+        for path, param in walk(typer.main.get_command(app), "msml")
+        if not (param.help or "").strip() and param.opts[0] != "--help"
+    ]
     assert not missing, "options without help: " + ", ".join(missing)
 
 
 def test_an_unexpected_error_shows_a_traceback_without_local_variables():
-    code = ("import sys\nfrom msml import cli\n"
-            "@cli.app.command('boom')\ndef boom():\n    password = 'hunter2-in-a-local'\n    raise ValueError('a bug')\n"
-            "sys.argv = ['msml', 'boom']\ncli.main()\n")
-    result = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "COLUMNS": "200"})
+    code = (
+        "import sys\nfrom msml import cli\n"
+        "@cli.app.command('boom')\ndef boom():\n    password = 'hunter2-in-a-local'\n    raise ValueError('a bug')\n"
+        "sys.argv = ['msml', 'boom']\ncli.main()\n"
+    )
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert result.returncode == 1 and "ValueError: a bug" in result.stderr, result.stderr
     assert "hunter2" not in result.stdout + result.stderr

@@ -13,8 +13,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image, ImageDraw
 
-from msml.evidence import (Browser, CaptureError, blank_bands, check_capture, grafana_alert_stems, grafana_panel_stems,
-                           numbered, prometheus_stems)
+from msml.evidence import (
+    Browser,
+    CaptureError,
+    blank_bands,
+    check_capture,
+    grafana_alert_stems,
+    grafana_panel_stems,
+    numbered,
+    prometheus_stems,
+)
 from msml.monitoring.definitions import ALERTS, PANELS
 
 # A page like Prometheus's graph: the plot appears only once /data answered (slowly, 1.5 s).
@@ -34,7 +42,7 @@ READY = "() => !!document.querySelector('#plot .path') && !!document.querySelect
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if self.path == "/data":
             threading.Event().wait(1.5)
             body, kind = b"[10,40,35,80,60,90,70,100,95,60,40,20,50,75,85,90,60,30,45,70,100,80,60]", "application/json"
@@ -111,9 +119,13 @@ def test_blank_and_half_drawn_captures_are_rejected(tmp_path):
 
 def test_names_are_numbered_from_one_and_derived_from_the_definitions():
     prom = numbered(prometheus_stems())
-    assert prom[:len(PANELS)] == [f"{i}.monitoring_{p.key}.jpg" for i, p in enumerate(PANELS, start=1)]
+    assert prom[: len(PANELS)] == [f"{i}.monitoring_{p.key}.jpg" for i, p in enumerate(PANELS, start=1)]
     assert [n.split(".", 1)[0] for n in prom] == [str(i) for i in range(1, len(prom) + 1)]
     assert len(numbered(grafana_panel_stems())) >= 10
     keys = [a.key for a in ALERTS[:2]]
-    assert numbered(grafana_alert_stems(keys)) == [f"1.rules_{keys[0]}.jpg", f"2.notifikasi_{keys[0]}.jpg",
-                                                   f"3.rules_{keys[1]}.jpg", f"4.notifikasi_{keys[1]}.jpg"]
+    assert numbered(grafana_alert_stems(keys)) == [
+        f"1.rules_{keys[0]}.jpg",
+        f"2.notifikasi_{keys[0]}.jpg",
+        f"3.rules_{keys[1]}.jpg",
+        f"4.notifikasi_{keys[1]}.jpg",
+    ]

@@ -21,8 +21,15 @@ import numpy as np
 import pytest
 
 from msml.ci import AS_BUILT_SUFFIX, SERVING_ENV
-from msml.containers import (STAND_IN_LABEL, Engine, EngineError, container_logs, remove_container, remove_images,
-                             run_model_image)
+from msml.containers import (
+    STAND_IN_LABEL,
+    Engine,
+    EngineError,
+    container_logs,
+    remove_container,
+    remove_images,
+    run_model_image,
+)
 from msml.loadgen import frame_to_rows
 from msml.preprocessing import load_clean_splits
 from msml.serving.model_server import wait_for_ping
@@ -59,10 +66,17 @@ def image(engine, champion):
     """The champion's image, built by the CLI through the engine's socket as the workflow builds it."""
     name = f"localhost/msml-image-test:{uuid.uuid4().hex[:8]}"
     try:
-        result = run_msml("build-image", "-m", champion.uri, "-n", name, timeout=1500,
-                          env={"DOCKER_HOST": engine.docker_host, "MLFLOW_TRACKING_URI": champion.tracking_uri})
+        result = run_msml(
+            "build-image",
+            "-m",
+            champion.uri,
+            "-n",
+            name,
+            timeout=1500,
+            env={"DOCKER_HOST": engine.docker_host, "MLFLOW_TRACKING_URI": champion.tracking_uri},
+        )
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-        built = json.loads(result.stdout[result.stdout.rindex("\n{"):])
+        built = json.loads(result.stdout[result.stdout.rindex("\n{") :])
         yield {"name": name, "built": built, "log": result.stdout}
     finally:
         remove_images(engine, [name, name + AS_BUILT_SUFFIX], log=lambda _: None)

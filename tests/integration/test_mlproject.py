@@ -16,8 +16,8 @@ import yaml
 from mlflow import MlflowClient
 
 from msml.ci import check_dockerfile
-from msml.generated import stale
 from msml.config import load_settings
+from msml.generated import stale
 from msml.project import (
     CONDA_FILE,
     DOCKERHUB_FILE,
@@ -73,8 +73,14 @@ def mlflow_run(*args: str, env: dict, cwd: Path, timeout: float = SLOW_LIMIT) ->
     full_env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **env}
     for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         full_env.pop(name, None)
-    return subprocess.run([str(BIN / "mlflow"), "run", str(PROJECT), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "mlflow"), "run", str(PROJECT), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def client_for(tmp: Path) -> MlflowClient:
@@ -118,9 +124,14 @@ def test_conda_env_pins_what_the_package_pins():
     assert f"python={PYTHON_VERSION}" in deps and PYTHON_VERSION == "3.12.7"
     pip = next(d["pip"] for d in deps if isinstance(d, dict))
     norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
-    lock = {norm(n): v for n, v in (line.split("==", 1) for line in
-                                    (ROOT / "requirements" / "runtime.txt").read_text().splitlines()
-                                    if "==" in line and not line.startswith("#"))}
+    lock = {
+        norm(n): v
+        for n, v in (
+            line.split("==", 1)
+            for line in (ROOT / "requirements" / "runtime.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")
+        )
+    }
     assert pip[:-1] == locked_requirements(ROOT)
     assert "mlflow==2.19.0" in pip and "scikit-learn==1.5.2" in pip
     for req in pip[:-1]:
@@ -130,7 +141,9 @@ def test_conda_env_pins_what_the_package_pins():
 
 
 def test_dockerhub_link_comes_from_the_settings(monkeypatch):
-    assert (PROJECT / DOCKERHUB_FILE).read_text() == "https://hub.docker.com/r/yudhaelfransyah/adult-income-classifier\n"
+    assert (
+        PROJECT / DOCKERHUB_FILE
+    ).read_text() == "https://hub.docker.com/r/yudhaelfransyah/adult-income-classifier\n"
     monkeypatch.setenv("MSML_DOCKERHUB_USER", "someone")
     files = project_files(load_settings(root=ROOT), ROOT)
     assert files[f"{PROJECT_DIR}/{DOCKERHUB_FILE}"].startswith("https://hub.docker.com/r/someone/")
@@ -144,8 +157,9 @@ def main_run(tmp_path_factory) -> dict:
     """`mlflow run MLProject -e main --env-manager local` from another directory, without --experiment-name."""
     tmp = tmp_path_factory.mktemp("mlproject-main")
     run_info = tmp / "run_info.json"
-    result = mlflow_run("-e", "main", "--env-manager", "local", "-P", f"run_info={run_info}",
-                        env=store_env(tmp), cwd=tmp)
+    result = mlflow_run(
+        "-e", "main", "--env-manager", "local", "-P", f"run_info={run_info}", env=store_env(tmp), cwd=tmp
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return {"tmp": tmp, "result": result, "info": json.loads(run_info.read_text())}
 
@@ -176,8 +190,23 @@ def test_main_entry_point_logs_into_the_project_run(main_run):
 def test_ci_proof_runs_tune_through_the_project_and_generates_the_image(tmp_path):
     """What `make ci-local` runs (`msml ci`), with a tiny budget: the tuning parent run is the project run."""
     out = tmp_path / "ci"
-    result = run_msml("ci", "--entry", "tune", "--trials", "1", "--cv-folds", "2", "--seed", str(cheapest_seed()),
-                      "--out", str(out), "--image-tag", "abc123", env=store_env(tmp_path), timeout=SLOW_LIMIT)
+    result = run_msml(
+        "ci",
+        "--entry",
+        "tune",
+        "--trials",
+        "1",
+        "--cv-folds",
+        "2",
+        "--seed",
+        str(cheapest_seed()),
+        "--out",
+        str(out),
+        "--image-tag",
+        "abc123",
+        env=store_env(tmp_path),
+        timeout=SLOW_LIMIT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((out / "run_summary.json").read_text())
     run_info = json.loads((out / "run_info.json").read_text())
@@ -219,16 +248,28 @@ def test_dockerfile_check_is_not_a_rubber_stamp(tmp_path, monkeypatch):
     problems = "\n".join(check_dockerfile(bad))
     assert "slim Python" in problems and "DOCKERHUB_TOKEN" in problems and "does not serve" in problems
     monkeypatch.setenv("SOME_API_TOKEN", "s3cr3t-value-123")
-    bad.write_text("FROM python:3.12-slim\nCOPY model_dir/model /opt/ml/model\nLABEL x=s3cr3t-value-123\n"
-                   'ENTRYPOINT ["python", "-c", "from mlflow.models import container as C; C._serve(\'local\')"]\n')
+    bad.write_text(
+        "FROM python:3.12-slim\nCOPY model_dir/model /opt/ml/model\nLABEL x=s3cr3t-value-123\n"
+        'ENTRYPOINT ["python", "-c", "from mlflow.models import container as C; C._serve(\'local\')"]\n'
+    )
     assert any("value of a secret" in p for p in check_dockerfile(bad))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(SLOW_LIMIT)
 def test_broken_data_path_fails_mlflow_run_with_the_cause(tmp_path):
-    result = mlflow_run("-e", "main", "--env-manager", "local", "-P", f"data_path={tmp_path / 'nowhere'}",
-                        "-P", f"run_info={tmp_path / 'run_info.json'}", env=store_env(tmp_path), cwd=tmp_path)
+    result = mlflow_run(
+        "-e",
+        "main",
+        "--env-manager",
+        "local",
+        "-P",
+        f"data_path={tmp_path / 'nowhere'}",
+        "-P",
+        f"run_info={tmp_path / 'run_info.json'}",
+        env=store_env(tmp_path),
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
     log = result.stdout + result.stderr
     assert "processed file not found" in log and str(tmp_path / "nowhere") in log
@@ -239,8 +280,17 @@ def test_broken_data_path_fails_mlflow_run_with_the_cause(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(SLOW_LIMIT)
 def test_ci_fails_when_the_entry_point_fails(tmp_path):
-    result = run_msml("ci", "--entry", "main", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "ci"),
-                      env=store_env(tmp_path), timeout=SLOW_LIMIT)
+    result = run_msml(
+        "ci",
+        "--entry",
+        "main",
+        "--data",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(tmp_path / "ci"),
+        env=store_env(tmp_path),
+        timeout=SLOW_LIMIT,
+    )
     assert result.returncode != 0
     assert "processed file not found" in result.stderr and "mlflow run -e main` exited" in result.stderr
     assert not (tmp_path / "ci" / "run_summary.json").exists()
@@ -250,8 +300,9 @@ def test_ci_fails_when_the_entry_point_fails(tmp_path):
 @pytest.mark.timeout(SLOW_LIMIT)
 def test_same_data_and_seed_reproduce_the_metrics(main_run, tmp_path):
     out = tmp_path / "ci"
-    result = run_msml("ci", "--entry", "main", "--no-dockerfile", "--out", str(out), env=store_env(tmp_path),
-                      timeout=SLOW_LIMIT)
+    result = run_msml(
+        "ci", "--entry", "main", "--no-dockerfile", "--out", str(out), env=store_env(tmp_path), timeout=SLOW_LIMIT
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     again = json.loads((out / "run_summary.json").read_text())["metrics"]
     first = main_run["info"]["metrics"]
@@ -282,8 +333,10 @@ def test_training_workflow_does_what_the_course_asks():
     assert "ls -t" not in WORKFLOW.read_text() and "|| true" not in WORKFLOW.read_text()
     login = next(s for s in steps if s.get("uses", "").startswith("docker/login-action@"))
     assert len(login["uses"].split("@")[1].split()[0]) == 40  # pinned by commit sha
-    assert login["with"] == {"username": "${{ secrets.DOCKERHUB_USERNAME }}",
-                             "password": "${{ secrets.DOCKERHUB_TOKEN }}"}
+    assert login["with"] == {
+        "username": "${{ secrets.DOCKERHUB_USERNAME }}",
+        "password": "${{ secrets.DOCKERHUB_TOKEN }}",
+    }
     assert login["if"] == "steps.push.outputs.push == 'true'"  # no secrets: built, not pushed, and said so
     assert "not pushed" in runs
     assert any("upload-artifact" in s.get("uses", "") for s in steps)

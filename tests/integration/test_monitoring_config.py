@@ -61,8 +61,11 @@ def test_promtool_rule_unit_tests_pass():
 
 def test_every_alert_has_a_firing_and_a_not_firing_promtool_case():
     tests = yaml.safe_load((MON / "prometheus/tests/alerts_test.yml").read_text())["tests"]
-    cases = [(t["alert_rule_test"][0]["alertname"], bool(t["alert_rule_test"][0]["exp_alerts"]))
-             for t in tests if "alert_rule_test" in t]
+    cases = [
+        (t["alert_rule_test"][0]["alertname"], bool(t["alert_rule_test"][0]["exp_alerts"]))
+        for t in tests
+        if "alert_rule_test" in t
+    ]
     for a in definitions.ALERTS:
         assert (a.name, True) in cases and (a.name, False) in cases, a.name
 
@@ -109,27 +112,42 @@ def test_live_alertmanager_inhibits_the_error_rate_while_the_model_server_is_dow
 
     port = free_port()
     config = tmp_path / "alertmanager.yml"
-    config.write_text(render._yaml(render.alertmanager_config(render.Targets.local(render.Ports(receiver=free_port())))))
-    proc = spawn([need_binary("prometheus-alertmanager"), f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
-                  f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="], tmp_path / "am.log")
+    config.write_text(
+        render._yaml(render.alertmanager_config(render.Targets.local(render.Ports(receiver=free_port()))))
+    )
+    proc = spawn(
+        [
+            need_binary("prometheus-alertmanager"),
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        tmp_path / "am.log",
+    )
     base = f"http://127.0.0.1:{port}/api/v2/alerts"
     try:
-        alerts = [{"labels": {"alertname": "ModelServerDown", "job": "gateway", "severity": "critical"}},
-                  {"labels": {"alertname": "HighErrorRate", "job": "gateway", "severity": "critical"}},
-                  {"labels": {"alertname": "HighErrorRate", "job": "other", "severity": "critical"}}]
+        alerts = [
+            {"labels": {"alertname": "ModelServerDown", "job": "gateway", "severity": "critical"}},
+            {"labels": {"alertname": "HighErrorRate", "job": "gateway", "severity": "critical"}},
+            {"labels": {"alertname": "HighErrorRate", "job": "other", "severity": "critical"}},
+        ]
         deadline = time.monotonic() + 30
         while True:
             try:
-                req = urllib.request.Request(base, data=json.dumps(alerts).encode(), method="POST",
-                                             headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(
+                    base, data=json.dumps(alerts).encode(), method="POST", headers={"Content-Type": "application/json"}
+                )
                 urllib.request.urlopen(req, timeout=2).close()
                 break
             except OSError:
                 assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "am.log").read_text()
                 time.sleep(0.2)
+
         def states():
             with urllib.request.urlopen(base, timeout=5) as resp:
                 return {(a["labels"]["alertname"], a["labels"]["job"]): a["status"] for a in json.loads(resp.read())}
+
         while len(got := states()) < 3 or got[("HighErrorRate", "gateway")]["state"] != "suppressed":
             assert time.monotonic() < deadline, got
             time.sleep(0.2)
@@ -234,15 +252,17 @@ def test_grafana_provisioning_files_have_the_shape_grafana_11_reads():
     assert alerting["apiVersion"] == 1
     rules = alerting["groups"][0]["rules"]
     assert len(rules) >= 3 and len(rules) == len(definitions.ALERTS)
-    for rule, a in zip(rules, definitions.ALERTS):
+    for rule, a in zip(rules, definitions.ALERTS, strict=False):
         assert rule["title"] == a.name and rule["condition"] == "C" and len(rule["uid"]) <= 40
         query = rule["data"][0]
         assert query["datasourceUid"] == render.DATASOURCE_UID and query["model"]["expr"] == a.grafana_query
         # missing data alerts once, through the alert that owns it
         assert rule["noDataState"] == ("Alerting" if a.name == "GatewayDown" else "OK"), a.name
         assert rule["annotations"]["runbook_url"] == a.runbook_url
-        assert rule["data"][2]["model"]["conditions"][0]["evaluator"] == {"params": [a.threshold],
-                                                                           "type": a.grafana_evaluator}
+        assert rule["data"][2]["model"]["conditions"][0]["evaluator"] == {
+            "params": [a.threshold],
+            "type": a.grafana_evaluator,
+        }
         assert "folderUID" not in rule and "ruleGroup" not in rule  # API-only fields
     interval = render._duration_seconds(alerting["groups"][0]["interval"])
     assert interval % 10 == 0  # Grafana's scheduler ticks every 10 s
@@ -284,8 +304,9 @@ def test_stack_start_is_idempotent_and_stop_stops_exactly_its_processes(tmp_path
 
     need_binary("prometheus")
     need_binary("alertmanager", "prometheus-alertmanager")
-    ports = render.Ports(gateway=free_port(), mlflow=free_port(), prometheus=free_port(),
-                         alertmanager=free_port(), receiver=free_port())
+    ports = render.Ports(
+        gateway=free_port(), mlflow=free_port(), prometheus=free_port(), alertmanager=free_port(), receiver=free_port()
+    )
     try:
         first = stack.start(tmp_path, ports, render.FAST)
         pids = stack.running(tmp_path)

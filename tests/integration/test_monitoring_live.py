@@ -23,15 +23,15 @@ import httpx
 import pytest
 import yaml
 
+from msml.config import load_settings
+from msml.demo import start_tracking_server
 from msml.monitoring import stack
 from msml.monitoring.definitions import ALERTS, GATEWAY_JOB, all_queries
 from msml.monitoring.drift import MIN_ROWS as DRIFT_MIN_ROWS
 from msml.monitoring.render import ALERTS_FILE, FAST, RECORDING_FILE, Ports
 from msml.serving.model_server import ModelServer
-from msml.config import load_settings
-from msml.demo import start_tracking_server
-from msml.serving.processes import stop_process
 from msml.serving.processes import stop as stop_pidfile
+from msml.serving.processes import stop_process
 from tests.conftest import ROOT, run_msml
 from tests.integration.serving_fixtures import free_port, start_gateway, train_and_register
 
@@ -87,21 +87,37 @@ def live_system(workdir: Path, processed: Path, contract, tracking_server: bool 
     """Model server, gateway and the monitoring stack (and, asked, the MLflow tracking server with
     `--expose-prometheus`), each stopped by the handle or pid file that started it."""
     model = registered_model(workdir, processed, contract)
-    ports = Ports(gateway=free_port(), model_server=free_port(), mlflow=free_port(), prometheus=free_port(),
-                  alertmanager=free_port(), receiver=free_port())
+    ports = Ports(
+        gateway=free_port(),
+        model_server=free_port(),
+        mlflow=free_port(),
+        prometheus=free_port(),
+        alertmanager=free_port(),
+        receiver=free_port(),
+    )
     server = ModelServer(model.uri, model.tracking_uri, ports.model_server, workdir / "model-server.log")
     gateway = tracking = None
     run_dir = workdir / "run"
     # the tracking server exactly as `make demo` starts it (demo.start_tracking_server: pid file in run_dir)
     settings = load_settings(contract_path=contract.path).with_overrides(
-        root=workdir, tracking_uri=model.tracking_uri, artifact_root=workdir / "model" / "artifacts")
+        root=workdir, tracking_uri=model.tracking_uri, artifact_root=workdir / "model" / "artifacts"
+    )
     try:
         if tracking_server:
             tracking = start_tracking_server(settings, ports)
         server.start(wait=180)
-        gateway, gateway_url = start_gateway(server.url, model.tracking_uri, workdir / "gateway.log",
-                                             "--model-uri", model.uri, "--probe-interval", "0.25",
-                                             "--drift-window", str(DRIFT_MIN_ROWS), port=ports.gateway)
+        gateway, gateway_url = start_gateway(
+            server.url,
+            model.tracking_uri,
+            workdir / "gateway.log",
+            "--model-uri",
+            model.uri,
+            "--probe-interval",
+            "0.25",
+            "--drift-window",
+            str(DRIFT_MIN_ROWS),
+            port=ports.gateway,
+        )
         yield LiveSystem(server, gateway_url, stack.start(run_dir, ports, FAST), processed, tracking)
     finally:
         stack.stop(run_dir)
@@ -113,9 +129,25 @@ def live_system(workdir: Path, processed: Path, contract, tracking_server: bool 
 
 def drive_traffic(system: LiveSystem, seconds: float = 6, check: bool = True, **extra: str) -> None:
     """`msml loadgen` against the gateway: real test rows, some drifted and invalid, with feedback."""
-    args = ["loadgen", "--url", system.gateway_url, "--duration", str(seconds), "--concurrency", "4",
-            "--batch-rows", "4", "--drift-share", "0.3", "--invalid-share", "0.1", "--feedback",
-            "--data", str(system.processed), "--no-progress"]
+    args = [
+        "loadgen",
+        "--url",
+        system.gateway_url,
+        "--duration",
+        str(seconds),
+        "--concurrency",
+        "4",
+        "--batch-rows",
+        "4",
+        "--drift-share",
+        "0.3",
+        "--invalid-share",
+        "0.1",
+        "--feedback",
+        "--data",
+        str(system.processed),
+        "--no-progress",
+    ]
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", v]
     result = run_msml(*args, timeout=seconds + 60)
@@ -147,7 +179,9 @@ def test_every_dashboard_and_alert_query_returns_data(live):
     except AssertionError:
         pytest.fail("queries without data: " + json.dumps(empty, indent=1))
     # live data, not the definitions: the gateway's own metric names Prometheus holds samples for
-    scraped = prom_query(live.stack.prometheus_url, f'count by (__name__) ({{__name__=~"msml_.+",job="{GATEWAY_JOB}"}})')
+    scraped = prom_query(
+        live.stack.prometheus_url, f'count by (__name__) ({{__name__=~"msml_.+",job="{GATEWAY_JOB}"}})'
+    )
     assert len(scraped) >= 12, sorted(r["metric"]["__name__"] for r in scraped)
 
 
@@ -171,8 +205,7 @@ def _promtool_series(metrics_text: str, instance: str) -> dict[str, str]:
     return series
 
 
-def test_fresh_gateway_with_traffic_and_no_feedback_raises_no_alert_in_15_minutes(live, processed, contract,
-                                                                                    tmp_path):
+def test_fresh_gateway_with_traffic_and_no_feedback_raises_no_alert_in_15_minutes(live, processed, contract, tmp_path):
     """A new gateway scored some rows (fewer than the drift minimum) and got no feedback: its live scrape, held
     for 15 minutes of promtool time, raises none of the alerts. Before issue 15, live accuracy exported 0 and
     LiveAccuracyDrop fired, and PSI over a handful of rows fired DataDriftPSI."""
@@ -180,12 +213,21 @@ def test_fresh_gateway_with_traffic_and_no_feedback_raises_no_alert_in_15_minute
     from tests.integration.serving_fixtures import parse_metrics
 
     model = registered_model(tmp_path, processed, contract)
-    proc, url = start_gateway(live.model_server.url, model.tracking_uri, tmp_path / "fresh-gateway.log",
-                              "--model-uri", model.uri, "--drift-window", str(DRIFT_MIN_ROWS))
+    proc, url = start_gateway(
+        live.model_server.url,
+        model.tracking_uri,
+        tmp_path / "fresh-gateway.log",
+        "--model-uri",
+        model.uri,
+        "--drift-window",
+        str(DRIFT_MIN_ROWS),
+    )
     try:
         rows = load_test_rows(processed, contract)[0][: DRIFT_MIN_ROWS // 2]
         for start in range(0, len(rows), 50):
-            assert httpx.post(f"{url}/invocations", json={"rows": rows[start:start + 50]}, timeout=30).status_code == 200
+            assert (
+                httpx.post(f"{url}/invocations", json={"rows": rows[start : start + 50]}, timeout=30).status_code == 200
+            )
         text = httpx.get(f"{url}/metrics", timeout=10).text
     finally:
         stop_process(proc)
@@ -194,10 +236,17 @@ def test_fresh_gateway_with_traffic_and_no_feedback_raises_no_alert_in_15_minute
     tests = {
         "rule_files": [str(ROOT / "monitoring/prometheus/rules" / f) for f in (RECORDING_FILE, ALERTS_FILE)],
         "evaluation_interval": "15s",
-        "tests": [{"interval": "15s", "input_series": [{"series": k, "values": v} for k, v in
-                                                       _promtool_series(text, "gateway:8000").items()],
-                   "alert_rule_test": [{"eval_time": f"{m}m", "alertname": a.name, "exp_alerts": []}
-                                       for a in ALERTS for m in (1, 5, 10, 15)]}],
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [{"series": k, "values": v} for k, v in _promtool_series(text, "gateway:8000").items()],
+                "alert_rule_test": [
+                    {"eval_time": f"{m}m", "alertname": a.name, "exp_alerts": []}
+                    for a in ALERTS
+                    for m in (1, 5, 10, 15)
+                ],
+            }
+        ],
     }
     path = tmp_path / "fresh_gateway_test.yml"
     path.write_text(yaml.safe_dump(tests, sort_keys=False))
@@ -218,7 +267,10 @@ def test_the_targets_are_scraped_and_the_rules_loaded(live):
 def test_every_target_is_up_and_the_mlflow_ui_answers(live):
     """What `make demo` ends with (its last step is the same `wait_targets_up`), the MLflow UI included."""
     assert stack.wait_targets_up(live.stack.prometheus_url, timeout=30) == {
-        "gateway": "up", "prometheus": "up", "mlflow": "up"}
+        "gateway": "up",
+        "prometheus": "up",
+        "mlflow": "up",
+    }
     with urllib.request.urlopen(f"{live.mlflow_url}/", timeout=10) as resp:
         assert resp.status == 200 and b"<title>MLflow</title>" in resp.read()
     with urllib.request.urlopen(f"{live.mlflow_url}/api/2.0/mlflow/registered-models/search", timeout=10) as resp:
@@ -232,8 +284,11 @@ def test_prometheus_evidence_is_numbered_and_every_image_shows_its_content(live,
     from msml.evidence import check_capture, numbered, prometheus_evidence, prometheus_stems
 
     written = prometheus_evidence(tmp_path, live.stack.prometheus_url, live.stack.notifications)
-    notified = [n.split("notifikasi_alertmanager_", 1)[1].removesuffix(".jpg") for n in
-                (p.name for p in written) if "notifikasi_alertmanager_" in n]
+    notified = [
+        n.split("notifikasi_alertmanager_", 1)[1].removesuffix(".jpg")
+        for n in (p.name for p in written)
+        if "notifikasi_alertmanager_" in n
+    ]
     assert [p.name for p in written] == numbered(prometheus_stems(notified))
     for shot in written:
         check_capture(shot)  # raises on a blank or half-drawn capture

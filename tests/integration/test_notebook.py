@@ -1,5 +1,6 @@
 """The course's experiment notebook runs headless, follows the template, does its preprocessing in its own pandas /
-scikit-learn cells, and its last section shows automate_<student>.py's outputs equal its own (and `msml preprocess`'s)."""
+scikit-learn cells, and its last section shows automate_<student>.py's outputs equal its own (and
+`msml preprocess`'s)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,6 @@ HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*$", re.MULTILINE)
 
 def headings(nb) -> list[str]:
     return [h for cell in nb.cells if cell.cell_type == "markdown" for h in HEADING.findall(cell.source)]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -90,4 +89,3 @@ def test_notebook_outputs_equal_the_automation_and_msml_preprocess(executed, pro
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     printed = "".join(o.get("text", "") for o in last.outputs if o.output_type == "stream")
     assert printed.startswith("IDENTIK:"), printed
-

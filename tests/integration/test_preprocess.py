@@ -53,7 +53,10 @@ def test_no_leakage_transformer_statistics_come_from_train_only(processed, contr
 def test_same_input_and_seed_give_identical_bytes(tmp_path, contract, processed):
     again = tmp_path / "again"
     preprocess(RAW, again, contract, seed=42)
-    digest = lambda d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+
+    def digest(d):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+
     assert digest(again) == digest(processed)
 
 
@@ -88,8 +91,11 @@ def test_cli_refuses_bad_files_with_a_specific_message(tmp_path, content, messag
     bad = tmp_path / "bad.csv"
     bad.write_bytes(content)
     for command in ("validate", "preprocess"):
-        result = run_msml(command, "--raw", str(bad), "--out", str(tmp_path / "o")) if command == "preprocess" \
+        result = (
+            run_msml(command, "--raw", str(bad), "--out", str(tmp_path / "o"))
+            if command == "preprocess"
             else run_msml(command, "--raw", str(bad))
+        )
         assert result.returncode == 2
         assert message in result.stderr
         assert "Traceback" not in result.stderr

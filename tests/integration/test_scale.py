@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import tempfile
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -54,7 +54,7 @@ def small_processed(tmp_path_factory, raw_path, contract) -> Path:
 
     root = tmp_path_factory.mktemp("small")
     with raw_path.open() as f:
-        (root / "raw.csv").write_text("".join(line for _, line in zip(range(1 + SMALL_ROWS), f)))
+        (root / "raw.csv").write_text("".join(line for _, line in zip(range(1 + SMALL_ROWS), f, strict=False)))
     out = root / f"{contract.name}_preprocessing"
     preprocess(root / "raw.csv", out, contract, seed=42)
     return out
@@ -77,9 +77,15 @@ def server(small_processed):
     client_home = root / "client"  # the clients' own home: nothing may be written there
     client_home.mkdir()
     env = {"MSML_HOME": str(client_home), "MSML_PROCESSED": str(small_processed), "MLFLOW_TRACKING_URI": url}
-    state = {"url": url, "env": env, "client_home": client_home, "optuna": optuna_uri,
-             "mlflow_db": f"postgresql://postgres@127.0.0.1:{pg_port}/{MLFLOW_DB}",
-             "artifacts": root / "server" / ".run" / "tracking" / "artifacts", "pg_port": pg_port}
+    state = {
+        "url": url,
+        "env": env,
+        "client_home": client_home,
+        "optuna": optuna_uri,
+        "mlflow_db": f"postgresql://postgres@127.0.0.1:{pg_port}/{MLFLOW_DB}",
+        "artifacts": root / "server" / ".run" / "tracking" / "artifacts",
+        "pg_port": pg_port,
+    }
     try:
         yield state
     finally:
@@ -97,12 +103,30 @@ def trained(server, tmp_path_factory):
     env = server["env"]
     baseline = run_msml("train", "--run-info", str(out / "baseline.json"), env=env)
     assert baseline.returncode == 0, baseline.stderr
-    tuned = run_msml("tune", "--n-trials", str(TRIALS), "--cv-folds", str(FOLDS), "--storage", server["optuna"],
-                     "--study", STUDY, "--workers", str(WORKERS), "--run-info", str(out / "tuned.json"), env=env)
+    tuned = run_msml(
+        "tune",
+        "--n-trials",
+        str(TRIALS),
+        "--cv-folds",
+        str(FOLDS),
+        "--storage",
+        server["optuna"],
+        "--study",
+        STUDY,
+        "--workers",
+        str(WORKERS),
+        "--run-info",
+        str(out / "tuned.json"),
+        env=env,
+    )
     assert tuned.returncode == 0, tuned.stdout + tuned.stderr
     mlflow.set_tracking_uri(server["url"])
-    return {"baseline": json.loads((out / "baseline.json").read_text()),
-            "tuned": json.loads((out / "tuned.json").read_text()), "stdout": tuned.stdout, "out": out}
+    return {
+        "baseline": json.loads((out / "baseline.json").read_text()),
+        "tuned": json.loads((out / "tuned.json").read_text()),
+        "stdout": tuned.stdout,
+        "out": out,
+    }
 
 
 def test_runs_models_and_the_gate_go_through_the_server(server, trained):
@@ -113,8 +137,11 @@ def test_runs_models_and_the_gate_go_through_the_server(server, trained):
     assert tuned.info.artifact_uri.startswith("mlflow-artifacts:")
     names = {f.path for f in client.list_artifacts(tuned.info.run_id, "evaluation")}
     assert "evaluation/roc_curve.png" in names
-    local = Path(mlflow.artifacts.download_artifacts(run_id=tuned.info.run_id, artifact_path="model/MLmodel",
-                                                     dst_path=str(trained["out"] / "dl")))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=tuned.info.run_id, artifact_path="model/MLmodel", dst_path=str(trained["out"] / "dl")
+        )
+    )
     assert local.read_text().startswith("artifact_path") or "flavors" in local.read_text()
     assert any(server["artifacts"].rglob("MLmodel"))
     # the clients wrote nothing locally: no SQLite store, no artifact folder
@@ -154,8 +181,9 @@ def test_two_workers_share_one_study_exactly_once(server, trained):
         assert by_run[t.user_attrs[TRIAL_RUN_ATTR]].data.tags[WORKER_PID_TAG] == str(t.user_attrs["worker_pid"])
         assert by_run[t.user_attrs[TRIAL_RUN_ATTR]].data.metrics["cv_roc_auc_mean"] == pytest.approx(t.value)
     # the best trial is refitted once, by the process that created the study
-    assert {k[len("best_"):]: v for k, v in parent.data.params.items() if k.startswith("best_")} == {
-        k: str(v) for k, v in study.best_params.items()}
+    assert {k[len("best_") :]: v for k, v in parent.data.params.items() if k.startswith("best_")} == {
+        k: str(v) for k, v in study.best_params.items()
+    }
     assert parent.data.metrics["best_cv_roc_auc"] == pytest.approx(study.best_value)
     assert trained["stdout"].count("refitting the best parameters") == 1
     assert not any(client.list_artifacts(c.info.run_id) for c in children)  # models only on the parent
@@ -165,8 +193,16 @@ def test_distributed_tuning_errors_are_clear(server, trained):
     env = server["env"]
     local = run_msml("tune", "--workers", "2", "--n-trials", "1", env=env)
     assert local.returncode == 2 and "needs --storage postgresql://" in local.stderr, local.stderr
-    down = run_msml("tune", "--storage", f"postgresql://postgres@127.0.0.1:{free_port()}/{OPTUNA_DB}",
-                    "--study", "x", "--workers", "2", env=env)
+    down = run_msml(
+        "tune",
+        "--storage",
+        f"postgresql://postgres@127.0.0.1:{free_port()}/{OPTUNA_DB}",
+        "--study",
+        "x",
+        "--workers",
+        "2",
+        env=env,
+    )
     assert down.returncode == 2 and "cannot be used" in down.stderr and "Traceback" not in down.stderr, down.stderr
     joined = run_msml("tune", "--storage", server["optuna"], "--study", STUDY, "--join", env=env)
     # the study's budget is spent: a late worker joins, runs nothing, and leaves the refit to the creator

@@ -33,7 +33,7 @@ def test_lint_catches_an_unsafe_workflow(tmp_path):
         "    runs-on: ubuntu-24.04\n"
         "    steps:\n"
         "      - uses: actions/checkout@v4\n"
-        "      - run: echo \"${{ github.event.pull_request.title }}\"\n"
+        '      - run: echo "${{ github.event.pull_request.title }}"\n'
     )
     failures = lint_workflows([bad])
     assert any(f.startswith("zizmor") and "template-injection" in f for f in failures), failures

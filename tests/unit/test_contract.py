@@ -75,7 +75,7 @@ def test_row_model_derives_from_the_contract(contract):
 def test_another_contract_needs_no_code(tmp_path):
     spec = tmp_path / "iris.yaml"
     spec.write_text(
-        "name: tiny\ntarget: {name: y, labels: [\"no\", \"yes\"], positive: \"yes\"}\n"
+        'name: tiny\ntarget: {name: y, labels: ["no", "yes"], positive: "yes"}\n'
         "columns:\n  x: {type: float, min: 0, max: 10}\n  colour: {type: category, values: [red, blue]}\n"
     )
     tiny = Contract.load(spec)

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from msml.config import load_settings
-from msml.export import EXPORTER, INFERENCE, EXPORTER_METRICS, course_files, notebook_files
+from msml.export import EXPORTER, EXPORTER_METRICS, INFERENCE, course_files, notebook_files
 from tests.conftest import ROOT
 from tests.helpers import dataset_digests
 
@@ -19,14 +19,30 @@ STUDENT = SETTINGS.student
 NOTEBOOK = ROOT / "notebooks" / f"Eksperimen_{STUDENT}.ipynb"
 # The call a reviewer looks for in each file (the course's rubric), and the steps it must show as functions.
 GRADED = {
-    f"automate_{STUDENT}.py": ["def load_raw(", "def validate(", "def clean(", "def split(", "def fit_transformer(",
-                               "def write(", "def main(", "train_test_split(", "StandardScaler(", "OneHotEncoder("],
+    f"automate_{STUDENT}.py": [
+        "def load_raw(",
+        "def validate(",
+        "def clean(",
+        "def split(",
+        "def fit_transformer(",
+        "def write(",
+        "def main(",
+        "train_test_split(",
+        "StandardScaler(",
+        "OneHotEncoder(",
+    ],
     "modelling.py": ["mlflow.sklearn.autolog(", "LogisticRegression(", "mlflow.start_run("],
-    "modelling_tuning.py": ["mlflow.log_params(", "mlflow.log_metric(", "mlflow.log_metrics(", "mlflow.log_artifact(",
-                            "mlflow.sklearn.log_model(", "MLFLOW_TRACKING_URI", "training_accuracy_score",
-                            "training_roc_auc"],
-    EXPORTER: ["from prometheus_client import", "Counter(", "Histogram(", "Gauge(", "generate_latest(",
-               "/invocations"],
+    "modelling_tuning.py": [
+        "mlflow.log_params(",
+        "mlflow.log_metric(",
+        "mlflow.log_metrics(",
+        "mlflow.log_artifact(",
+        "mlflow.sklearn.log_model(",
+        "MLFLOW_TRACKING_URI",
+        "training_accuracy_score",
+        "training_roc_auc",
+    ],
+    EXPORTER: ["from prometheus_client import", "Counter(", "Histogram(", "Gauge(", "generate_latest(", "/invocations"],
     INFERENCE: ["/invocations", "test_clean.csv"],
 }
 
@@ -79,8 +95,17 @@ def test_course_files_import_only_their_requirements(files):
 def test_the_notebook_does_its_own_preprocessing():
     code = notebook_code(NOTEBOOK)
     assert "msml" not in imported_modules(code)
-    for step in ("pd.read_csv(", "drop_duplicates(", "train_test_split(", "SimpleImputer(", "StandardScaler(",
-                 "OneHotEncoder(", "pd.cut(", ".fit(train[", f"automate_{STUDENT}.py"):
+    for step in (
+        "pd.read_csv(",
+        "drop_duplicates(",
+        "train_test_split(",
+        "SimpleImputer(",
+        "StandardScaler(",
+        "OneHotEncoder(",
+        "pd.cut(",
+        ".fit(train[",
+        f"automate_{STUDENT}.py",
+    ):
         assert step in code, step
     # split before fit: the transformer is fitted after train_test_split, on train only
     assert code.index("train_test_split(") < code.index(".fit(train[")
@@ -102,8 +127,8 @@ def test_contract_constants_follow_the_contract(files):
     contract = SETTINGS.contract
     namespace: dict = {}
     source = files[f"automate_{STUDENT}.py"]
-    constants = source[source.index("DATASET = "):source.index("FEATURES = ")]
-    exec(constants, namespace)  # noqa: S102 - our own generated constants
+    constants = source[source.index("DATASET = ") : source.index("FEATURES = ")]
+    exec(constants, namespace)
     assert list(namespace["COLUMNS"]) == contract.features
     assert namespace["TARGET"] == contract.target and namespace["POSITIVE"] == contract.positive
     assert namespace["MISSING_MARKERS"] == contract.missing_markers
@@ -117,14 +142,24 @@ def test_committed_notebook_automation_is_current():
     for rel, text in notebook_files(SETTINGS, ROOT).items():
         path = ROOT / rel
         assert path.is_file() and path.read_text() == text, (
-            f"{rel} is stale: python -c \"from msml.config import load_settings; from msml.export import "
+            f'{rel} is stale: python -c "from msml.config import load_settings; from msml.export import '
             f"notebook_files; from msml.generated import write; s = load_settings(); write(s.root, "
-            f"notebook_files(s, s.root))\"")
+            f'notebook_files(s, s.root))"'
+        )
 
 
 DIRTY_EDITS = [  # (row, column index, raw value): every kind of bad value the contract rejects
-    (3, 0, "abc"), (5, 0, "150"), (7, 1, " Foo"), (9, 14, " maybe"), (11, 3, ""), (13, 2, " 12.5"), (15, 0, "16"),
-    (17, 12, " 0"), (19, 3, " ?"), (21, 0, "-3"), (23, 0, "1e3"),
+    (3, 0, "abc"),
+    (5, 0, "150"),
+    (7, 1, " Foo"),
+    (9, 14, " maybe"),
+    (11, 3, ""),
+    (13, 2, " 12.5"),
+    (15, 0, "16"),
+    (17, 12, " 0"),
+    (19, 3, " ?"),
+    (21, 0, "-3"),
+    (23, 0, "1e3"),
 ]
 
 
@@ -161,9 +196,14 @@ def test_automate_equals_msml_preprocess_on_dirty_rows(files, tmp_path, raw_path
 
 def test_automate_refuses_bad_input_with_one_message(files, tmp_path, capsys):
     automate, _ = _load_automate(files, tmp_path)
-    for text, message in (("", "not found or empty"), ("age,workclass\n1,Private\n", "missing required column"),
-                          ("\n".join([",".join([*SETTINGS.contract.features, "class"]),
-                                      ",".join(["x"] * 15)]) + "\n", "rows (100.0%) are invalid")):
+    for text, message in (
+        ("", "not found or empty"),
+        ("age,workclass\n1,Private\n", "missing required column"),
+        (
+            "\n".join([",".join([*SETTINGS.contract.features, "class"]), ",".join(["x"] * 15)]) + "\n",
+            "rows (100.0%) are invalid",
+        ),
+    ):
         raw = tmp_path / "bad.csv"
         raw.write_text(text)
         assert automate.main(["--raw", str(raw), "--out", str(tmp_path / "o")]) == 2

@@ -110,8 +110,9 @@ def real(contract):
 def test_rare_categories_are_pooled_and_still_counted(real, contract):
     reference, _ = real
     country = reference["features"]["native-country"]
-    assert len(country["pooled"]) > 30 and all(v >= 0.01 for k, v in country["proportions"].items()
-                                                if k not in (OTHER, MISSING))
+    assert len(country["pooled"]) > 30 and all(
+        v >= 0.01 for k, v in country["proportions"].items() if k not in (OTHER, MISSING)
+    )
     window = SlidingPSI(reference, window=2, min_rows=1)
     window.add([{"native-country": country["pooled"][0]}, {"native-country": country["pooled"][1]}])
     feature = next(i for i, f in enumerate(window.features) if f.name == "native-country")
@@ -121,9 +122,9 @@ def test_rare_categories_are_pooled_and_still_counted(real, contract):
 def test_nothing_is_reported_below_the_minimum_and_small_windows_are_refused(real):
     reference, rows = real
     window = SlidingPSI(reference)
-    window.add(rows[:MIN_ROWS - 1])
+    window.add(rows[: MIN_ROWS - 1])
     assert window.values() == {}
-    window.add(rows[MIN_ROWS - 1:MIN_ROWS])
+    window.add(rows[MIN_ROWS - 1 : MIN_ROWS])
     assert set(window.values()) == set(reference["features"])
     with pytest.raises(ValueError, match="min_rows"):
         SlidingPSI(reference, window=MIN_ROWS - 1)

@@ -37,7 +37,8 @@ def test_workflow_bakes_the_serving_env_into_the_pushed_image(path):
 
 def test_serving_env_layer():
     assert serving_env_dockerfile("img:1-as-built") == (
-        "FROM img:1-as-built\nENV " + " ".join(f"{k}={v}" for k, v in SERVING_ENV.items()) + "\n")
+        "FROM img:1-as-built\nENV " + " ".join(f"{k}={v}" for k, v in SERVING_ENV.items()) + "\n"
+    )
     assert SERVING_ENV["OMP_NUM_THREADS"] == "1"
 
 
@@ -66,5 +67,5 @@ def test_an_engine_that_cannot_start_says_why():
     """The real podman service, pointed at a storage root it cannot create, exits; the error carries its reason."""
     if shutil.which("podman") is None:
         pytest.skip("podman not installed")
-    with pytest.raises(EngineError, match="podman system service` exited .*no-such-dir"):
+    with pytest.raises(EngineError, match=r"podman system service` exited .*no-such-dir"):
         Engine(cache=Path("/proc/no-such-dir")).start()

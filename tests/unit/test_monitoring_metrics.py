@@ -13,8 +13,11 @@ from msml.monitoring.metrics import GatewayMetrics
 
 def _samples(m: GatewayMetrics) -> dict[tuple[str, tuple], float]:
     text = generate_latest(m.registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_live_accuracy_is_nan_until_feedback_then_the_value_set():

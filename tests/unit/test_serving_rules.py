@@ -27,8 +27,9 @@ def test_whitespace_and_markers_read_the_same_at_training_and_at_serving(contrac
     path.write_text(",".join(row) + "\n" + ",".join(row.values()) + "\n")
 
     trained = contract.read_csv(path).iloc[0]
-    served = contract.row_model.model_validate(contract.normalise_row(
-        {k: v for k, v in row.items() if k != contract.target})).model_dump()
+    served = contract.row_model.model_validate(
+        contract.normalise_row({k: v for k, v in row.items() if k != contract.target})
+    ).model_dump()
     assert trained[category.name] == served[category.name] == category.values[-1]
     assert trained.isna()[nullable] and served[nullable] is None
     assert len(contract.validate(contract.read_csv(path)).valid) == 1  # not quarantined for its padding

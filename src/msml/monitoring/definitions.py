@@ -97,7 +97,13 @@ MISSING_RATIO = RecordingRule(
     ),
 )
 RECORDING_RULES: tuple[RecordingRule, ...] = (
-    REQUEST_RATE, ERROR_RATIO, LATENCY_P50, LATENCY_P95, LATENCY_P99, MODEL_LATENCY_P50, MODEL_LATENCY_P95,
+    REQUEST_RATE,
+    ERROR_RATIO,
+    LATENCY_P50,
+    LATENCY_P95,
+    LATENCY_P99,
+    MODEL_LATENCY_P50,
+    MODEL_LATENCY_P95,
     MISSING_RATIO,
 )
 
@@ -124,65 +130,174 @@ class Panel:
 
 PANELS: tuple[Panel, ...] = (
     # row "traffic"
-    Panel("throughput", "Throughput by endpoint",
-          (Query(f"sum by (endpoint) ({REQUEST_RATE.record}{{{JOB}}})", "{{endpoint}}"),),
-          "reqps", description="HTTP requests per second handled by the gateway.", row="traffic"),
-    Panel("error_rate", "Error rate (5xx share)", (Query(f"max({ERROR_RATIO.record}{{{JOB}}})", "5xx share"),),
-          "percentunit", description="Share of gateway responses that were server errors.", thresholds=(0.05,),
-          row="traffic"),
-    Panel("latency", "Gateway latency p50 / p95 / p99",
-          (Query(f"max by (endpoint) ({LATENCY_P50.record}{{{JOB}}})", "p50 {{endpoint}}"),
-           Query(f"max by (endpoint) ({LATENCY_P95.record}{{{JOB}}})", "p95 {{endpoint}}"),
-           Query(f"max by (endpoint) ({LATENCY_P99.record}{{{JOB}}})", "p99 {{endpoint}}")), "s",
-          description="End-to-end request latency quantiles from the gateway's histogram.", row="traffic"),
-    Panel("model_latency", "Model-server latency p50 / p95",
-          (Query(f"max({MODEL_LATENCY_P50.record}{{{JOB}}})", "p50"),
-           Query(f"max({MODEL_LATENCY_P95.record}{{{JOB}}})", "p95")), "s",
-          description="Latency of the gateway's calls to the model server's /invocations.", row="traffic"),
-    Panel("batch_size", "Rows per model batch (mean)",
-          (Query(f"sum(rate({BATCH_ROWS}_sum{{{JOB}}}[{RATE_INTERVAL}])) / "
-                 f"sum(rate({BATCH_ROWS}_count{{{JOB}}}[{RATE_INTERVAL}]))", "rows/batch"),),
-          "short", description="Mean rows per micro-batch sent to the model server.", row="traffic"),
-    Panel("in_flight", "Requests in flight", (Query(f"sum({IN_FLIGHT}{{{JOB}}})", "in flight"),), "short",
-          description="Prediction requests being handled right now.", row="traffic"),
-    Panel("cpu", "Gateway CPU", (Query(f"sum(rate({PROCESS_CPU}{{{JOB}}}[{RATE_INTERVAL}]))", "cores"),),
-          "short", description="CPU seconds per second used by the gateway process.", row="traffic"),
-    Panel("memory", "Gateway memory (RSS)", (Query(f"sum({PROCESS_MEMORY}{{{JOB}}})", "rss"),), "bytes",
-          description="Resident memory of the gateway process.", row="traffic"),
+    Panel(
+        "throughput",
+        "Throughput by endpoint",
+        (Query(f"sum by (endpoint) ({REQUEST_RATE.record}{{{JOB}}})", "{{endpoint}}"),),
+        "reqps",
+        description="HTTP requests per second handled by the gateway.",
+        row="traffic",
+    ),
+    Panel(
+        "error_rate",
+        "Error rate (5xx share)",
+        (Query(f"max({ERROR_RATIO.record}{{{JOB}}})", "5xx share"),),
+        "percentunit",
+        description="Share of gateway responses that were server errors.",
+        thresholds=(0.05,),
+        row="traffic",
+    ),
+    Panel(
+        "latency",
+        "Gateway latency p50 / p95 / p99",
+        (
+            Query(f"max by (endpoint) ({LATENCY_P50.record}{{{JOB}}})", "p50 {{endpoint}}"),
+            Query(f"max by (endpoint) ({LATENCY_P95.record}{{{JOB}}})", "p95 {{endpoint}}"),
+            Query(f"max by (endpoint) ({LATENCY_P99.record}{{{JOB}}})", "p99 {{endpoint}}"),
+        ),
+        "s",
+        description="End-to-end request latency quantiles from the gateway's histogram.",
+        row="traffic",
+    ),
+    Panel(
+        "model_latency",
+        "Model-server latency p50 / p95",
+        (
+            Query(f"max({MODEL_LATENCY_P50.record}{{{JOB}}})", "p50"),
+            Query(f"max({MODEL_LATENCY_P95.record}{{{JOB}}})", "p95"),
+        ),
+        "s",
+        description="Latency of the gateway's calls to the model server's /invocations.",
+        row="traffic",
+    ),
+    Panel(
+        "batch_size",
+        "Rows per model batch (mean)",
+        (
+            Query(
+                f"sum(rate({BATCH_ROWS}_sum{{{JOB}}}[{RATE_INTERVAL}])) / "
+                f"sum(rate({BATCH_ROWS}_count{{{JOB}}}[{RATE_INTERVAL}]))",
+                "rows/batch",
+            ),
+        ),
+        "short",
+        description="Mean rows per micro-batch sent to the model server.",
+        row="traffic",
+    ),
+    Panel(
+        "in_flight",
+        "Requests in flight",
+        (Query(f"sum({IN_FLIGHT}{{{JOB}}})", "in flight"),),
+        "short",
+        description="Prediction requests being handled right now.",
+        row="traffic",
+    ),
+    Panel(
+        "cpu",
+        "Gateway CPU",
+        (Query(f"sum(rate({PROCESS_CPU}{{{JOB}}}[{RATE_INTERVAL}]))", "cores"),),
+        "short",
+        description="CPU seconds per second used by the gateway process.",
+        row="traffic",
+    ),
+    Panel(
+        "memory",
+        "Gateway memory (RSS)",
+        (Query(f"sum({PROCESS_MEMORY}{{{JOB}}})", "rss"),),
+        "bytes",
+        description="Resident memory of the gateway process.",
+        row="traffic",
+    ),
     # row "model"
-    Panel("predictions", "Predictions by class",
-          (Query(f"sum by ({PREDICTED_CLASS}) (rate({PREDICTIONS}{{{JOB}}}[{RATE_INTERVAL}]))",
-                 f"{{{{{PREDICTED_CLASS}}}}}"),),
-          "short", description="Predicted rows per second, by predicted class.", row="model"),
-    Panel("probability", "Predicted probability distribution",
-          (Query(f"sum by (le) (increase({PROBABILITY}_bucket{{{JOB}}}[{RATE_INTERVAL}]))", "{{le}}"),), "short",
-          kind="heatmap", description="Histogram of the predicted probability of the positive class.", row="model"),
+    Panel(
+        "predictions",
+        "Predictions by class",
+        (
+            Query(
+                f"sum by ({PREDICTED_CLASS}) (rate({PREDICTIONS}{{{JOB}}}[{RATE_INTERVAL}]))",
+                f"{{{{{PREDICTED_CLASS}}}}}",
+            ),
+        ),
+        "short",
+        description="Predicted rows per second, by predicted class.",
+        row="model",
+    ),
+    Panel(
+        "probability",
+        "Predicted probability distribution",
+        (Query(f"sum by (le) (increase({PROBABILITY}_bucket{{{JOB}}}[{RATE_INTERVAL}]))", "{{le}}"),),
+        "short",
+        kind="heatmap",
+        description="Histogram of the predicted probability of the positive class.",
+        row="model",
+    ),
     # `>= 0` drops the NaN a gateway exports before any feedback: the panel shows no data, not 0 %
-    Panel("live_accuracy", "Live accuracy", (Query(f"min({LIVE_ACCURACY}{{{JOB}}} >= 0)", "accuracy"),),
-          "percentunit", description="Accuracy of the predictions that received ground-truth feedback "
-                                     "(no data before any feedback).", row="model"),
+    Panel(
+        "live_accuracy",
+        "Live accuracy",
+        (Query(f"min({LIVE_ACCURACY}{{{JOB}}} >= 0)", "accuracy"),),
+        "percentunit",
+        description="Accuracy of the predictions that received ground-truth feedback (no data before any feedback).",
+        row="model",
+    ),
     # row "data"
-    Panel("drift_psi", "Drift PSI per feature", (Query(f"max by (feature) ({DRIFT_PSI}{{{JOB}}})", "{{feature}}"),),
-          "short", description="Population stability index of recent rows against the training reference "
-                               f"(absent until the window holds {DRIFT_MIN_ROWS} rows).",
-          thresholds=(DRIFT_PSI_THRESHOLD,), row="data"),
-    Panel("drift_window_rows", "Rows in the drift window",
-          (Query(f"max({DRIFT_WINDOW_ROWS}{{{JOB}}})", "rows"),), "short",
-          description=f"Rows the drift statistic is computed over; PSI is exported from {DRIFT_MIN_ROWS} rows.",
-          thresholds=(), row="data"),
-    Panel("missing_rate", "Missing-value rate per feature",
-          (Query(f"max by (feature) ({MISSING_RATIO.record}{{{JOB}}})", "{{feature}}"),), "percentunit",
-          description="Share of scored rows with the feature missing.", row="data"),
-    Panel("validation_failures", "Validation failures by field",
-          (Query(f"sum by (field, reason) (rate({VALIDATION_FAILURES}{{{JOB}}}[{RATE_INTERVAL}]))",
-                 "{{field}}: {{reason}}"),),
-          "short", description="Request rows rejected by the contract, per second.", row="data"),
+    Panel(
+        "drift_psi",
+        "Drift PSI per feature",
+        (Query(f"max by (feature) ({DRIFT_PSI}{{{JOB}}})", "{{feature}}"),),
+        "short",
+        description="Population stability index of recent rows against the training reference "
+        f"(absent until the window holds {DRIFT_MIN_ROWS} rows).",
+        thresholds=(DRIFT_PSI_THRESHOLD,),
+        row="data",
+    ),
+    Panel(
+        "drift_window_rows",
+        "Rows in the drift window",
+        (Query(f"max({DRIFT_WINDOW_ROWS}{{{JOB}}})", "rows"),),
+        "short",
+        description=f"Rows the drift statistic is computed over; PSI is exported from {DRIFT_MIN_ROWS} rows.",
+        thresholds=(),
+        row="data",
+    ),
+    Panel(
+        "missing_rate",
+        "Missing-value rate per feature",
+        (Query(f"max by (feature) ({MISSING_RATIO.record}{{{JOB}}})", "{{feature}}"),),
+        "percentunit",
+        description="Share of scored rows with the feature missing.",
+        row="data",
+    ),
+    Panel(
+        "validation_failures",
+        "Validation failures by field",
+        (
+            Query(
+                f"sum by (field, reason) (rate({VALIDATION_FAILURES}{{{JOB}}}[{RATE_INTERVAL}]))",
+                "{{field}}: {{reason}}",
+            ),
+        ),
+        "short",
+        description="Request rows rejected by the contract, per second.",
+        row="data",
+    ),
     # stats above the rows
-    Panel("model_up", "Model server up", (Query(f"min({MODEL_UP}{{{JOB}}})", "up"),), "short", kind="stat",
-          description="1 when the model server answered the gateway's last /ping."),
-    Panel("model_info", "Model served", (Query(f"max by (name, version, alias) ({MODEL_INFO}_info{{{JOB}}})",
-                                                "{{name}} v{{version}} @{{alias}}"),), "short", kind="stat",
-          description="Name, version and alias of the model the gateway serves."),
+    Panel(
+        "model_up",
+        "Model server up",
+        (Query(f"min({MODEL_UP}{{{JOB}}})", "up"),),
+        "short",
+        kind="stat",
+        description="1 when the model server answered the gateway's last /ping.",
+    ),
+    Panel(
+        "model_info",
+        "Model served",
+        (Query(f"max by (name, version, alias) ({MODEL_INFO}_info{{{JOB}}})", "{{name}} v{{version}} @{{alias}}"),),
+        "short",
+        kind="stat",
+        description="Name, version and alias of the model the gateway serves.",
+    ),
 )
 ROWS = ("traffic", "model", "data")
 
@@ -249,70 +364,127 @@ _VALUE = '{{ $value | printf "%.3g" }}'
 
 ALERTS: tuple[Alert, ...] = (
     Alert(
-        "ModelServerDown", "model_server_down", f"min by (job, instance) ({MODEL_UP})", "<", 1, "30s", "critical",
+        "ModelServerDown",
+        "model_server_down",
+        f"min by (job, instance) ({MODEL_UP})",
+        "<",
+        1,
+        "30s",
+        "critical",
         "The model server is not answering the gateway's /ping.",
         "Gateway {{ $labels.instance }} has had no answer from the model server's /ping for 30s "
         "(model_up = " + _VALUE + ").",
         firing=AlertCase({f"{MODEL_UP}{{{_GW}}}": "1 1 0x60"}),
         healthy=AlertCase({f"{MODEL_UP}{{{_GW}}}": "1x60"}),
         labels={"job": GATEWAY_JOB, "instance": _GW_INSTANCE},
-        annotations={"description": f"Gateway {_GW_INSTANCE} has had no answer from the model server's /ping "
-                                    "for 30s (model_up = 0)."},
+        annotations={
+            "description": f"Gateway {_GW_INSTANCE} has had no answer from the model server's /ping "
+            "for 30s (model_up = 0)."
+        },
     ),
     Alert(
-        "GatewayDown", "gateway_down", f'up{{job="{GATEWAY_JOB}"}}', "<", 1, "1m", "critical",
+        "GatewayDown",
+        "gateway_down",
+        f'up{{job="{GATEWAY_JOB}"}}',
+        "<",
+        1,
+        "1m",
+        "critical",
         "Prometheus cannot scrape the gateway.",
         "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}) for 1m (up = {{ $value }}): "
         "every gateway metric is missing, so no other gateway alert can be trusted.",
         firing=AlertCase({f"up{{{_GW}}}": "0x60"}),
         healthy=AlertCase({f"up{{{_GW}}}": "1x60"}),
         labels={"job": GATEWAY_JOB, "instance": _GW_INSTANCE},
-        annotations={"description": f"Prometheus could not scrape {_GW_INSTANCE} (job gateway) for 1m (up = 0): every "
-                                    "gateway metric is missing, so no other gateway alert can be trusted."},
+        annotations={
+            "description": f"Prometheus could not scrape {_GW_INSTANCE} (job gateway) for 1m (up = 0): every "
+            "gateway metric is missing, so no other gateway alert can be trusted."
+        },
         no_data_alerts=True,
     ),
     Alert(
-        "HighErrorRate", "error_rate", ERROR_RATIO.record, ">", 0.05, "2m", "critical",
+        "HighErrorRate",
+        "error_rate",
+        ERROR_RATIO.record,
+        ">",
+        0.05,
+        "2m",
+        "critical",
         "More than 5% of gateway responses are server errors.",
-        "{{ $value | humanizePercentage }} of {{ $labels.job }} responses were 5xx over the last " + WINDOW
+        "{{ $value | humanizePercentage }} of {{ $labels.job }} responses were 5xx over the last "
+        + WINDOW
         + " (threshold 5%).",
-        firing=AlertCase({f'{REQUESTS}{{{_PREDICT},status="200"}}': "0+30x60",
-                          f'{REQUESTS}{{{_PREDICT},status="503"}}': "0+30x60"}),
-        healthy=AlertCase({f'{REQUESTS}{{{_PREDICT},status="200"}}': "0+60x60",
-                           f'{REQUESTS}{{{_PREDICT},status="422"}}': "0+5x60"}),
+        firing=AlertCase(
+            {f'{REQUESTS}{{{_PREDICT},status="200"}}': "0+30x60", f'{REQUESTS}{{{_PREDICT},status="503"}}': "0+30x60"}
+        ),
+        healthy=AlertCase(
+            {f'{REQUESTS}{{{_PREDICT},status="200"}}': "0+60x60", f'{REQUESTS}{{{_PREDICT},status="422"}}': "0+5x60"}
+        ),
         labels={"job": GATEWAY_JOB},
         annotations={"description": "50% of gateway responses were 5xx over the last 1m (threshold 5%)."},
         inhibited_by=("ModelServerDown",),
     ),
     Alert(
-        "HighLatencyP95", "latency_p95", LATENCY_P95.record, ">", 0.5, "5m", "warning",
+        "HighLatencyP95",
+        "latency_p95",
+        LATENCY_P95.record,
+        ">",
+        0.5,
+        "5m",
+        "warning",
         "Gateway p95 latency is above 500 ms.",
         "p95 latency of {{ $labels.endpoint }} on {{ $labels.job }} is {{ $value | humanizeDuration }} "
         "(threshold 500ms).",
-        firing=AlertCase({f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="0.5"}}': "0+1x60",
-                          f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="1.0"}}': "0+20x60",
-                          f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="+Inf"}}': "0+20x60"}),
-        healthy=AlertCase({f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="0.05"}}': "0+19x60",
-                           f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="0.5"}}': "0+20x60",
-                           f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="+Inf"}}': "0+20x60"}),
+        firing=AlertCase(
+            {
+                f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="0.5"}}': "0+1x60",
+                f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="1.0"}}': "0+20x60",
+                f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="+Inf"}}': "0+20x60",
+            }
+        ),
+        healthy=AlertCase(
+            {
+                f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="0.05"}}': "0+19x60",
+                f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="0.5"}}': "0+20x60",
+                f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="+Inf"}}': "0+20x60",
+            }
+        ),
         labels={"job": GATEWAY_JOB, "endpoint": "/invocations"},
         annotations={"description": "p95 latency of /invocations on gateway is 973.7ms (threshold 500ms)."},
     ),
     Alert(
-        "DataDriftPSI", "drift_psi", f"max by (job, feature) ({DRIFT_PSI})", ">", DRIFT_PSI_THRESHOLD, "10m",
-        "warning", f"A feature's recent distribution drifted from the training reference (PSI > {DRIFT_PSI_THRESHOLD:g}).",
+        "DataDriftPSI",
+        "drift_psi",
+        f"max by (job, feature) ({DRIFT_PSI})",
+        ">",
+        DRIFT_PSI_THRESHOLD,
+        "10m",
+        "warning",
+        f"A feature's recent distribution drifted from the training reference (PSI > {DRIFT_PSI_THRESHOLD:g}).",
         "Feature {{ $labels.feature }} drifted on {{ $labels.job }}: PSI " + _VALUE + f" > {DRIFT_PSI_THRESHOLD:g} "
         f"over the last window of recent rows (PSI is only exported from {DRIFT_MIN_ROWS} rows).",
-        firing=AlertCase({f'{DRIFT_PSI}{{{_GW},feature="age"}}': "0.05 0.35x60",
-                          f'{DRIFT_PSI}{{{_GW},feature="hours_per_week"}}': "0.01x60"}),
+        firing=AlertCase(
+            {
+                f'{DRIFT_PSI}{{{_GW},feature="age"}}': "0.05 0.35x60",
+                f'{DRIFT_PSI}{{{_GW},feature="hours_per_week"}}': "0.01x60",
+            }
+        ),
         healthy=AlertCase({f'{DRIFT_PSI}{{{_GW},feature="age"}}': "0.05x60"}),
         labels={"job": GATEWAY_JOB, "feature": "age"},
-        annotations={"description": f"Feature age drifted on gateway: PSI 0.35 > {DRIFT_PSI_THRESHOLD:g} over the "
-                                    f"last window of recent rows (PSI is only exported from {DRIFT_MIN_ROWS} rows)."},
+        annotations={
+            "description": f"Feature age drifted on gateway: PSI 0.35 > {DRIFT_PSI_THRESHOLD:g} over the "
+            f"last window of recent rows (PSI is only exported from {DRIFT_MIN_ROWS} rows)."
+        },
     ),
     Alert(
         # `>= 0` drops the NaN exported before any feedback (no evidence, no alert; also for Grafana's reducer)
-        "LiveAccuracyDrop", "accuracy", f"min by (job) ({LIVE_ACCURACY} >= 0)", "<", 0.75, "10m", "warning",
+        "LiveAccuracyDrop",
+        "accuracy",
+        f"min by (job) ({LIVE_ACCURACY} >= 0)",
+        "<",
+        0.75,
+        "10m",
+        "warning",
         "Accuracy on ground-truth feedback fell below 75%.",
         "Live accuracy on {{ $labels.job }} is {{ $value | humanizePercentage }} (threshold 75%) over the "
         "recent feedback.",

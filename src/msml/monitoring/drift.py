@@ -14,11 +14,11 @@ alert cannot fire). `MIN_ROWS` is measured, see the comment beside it.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections import deque
-from typing import Any, Iterable, Mapping
-
-import math
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,8 +42,9 @@ THRESHOLD = 0.2  # the usual "significant shift" line for the population stabili
 MIN_ROWS = 400
 
 
-def build_reference(train_clean: pd.DataFrame, contract: Contract, bins: int = DEFAULT_BINS,
-                    rare_share: float = RARE_SHARE) -> dict[str, Any]:
+def build_reference(
+    train_clean: pd.DataFrame, contract: Contract, bins: int = DEFAULT_BINS, rare_share: float = RARE_SHARE
+) -> dict[str, Any]:
     """The training reference distribution of every feature, JSON-serialisable.
 
     Numeric features: inner bin edges at the train split's quantiles (duplicates dropped, so a feature
@@ -93,7 +94,7 @@ def build_reference(train_clean: pd.DataFrame, contract: Contract, bins: int = D
 def psi(expected: Iterable[float], actual: Iterable[float], epsilon: float = EPSILON) -> float:
     """Population stability index between two distributions given as shares over the same bins."""
     total = 0.0
-    for e, a in zip(expected, actual):
+    for e, a in zip(expected, actual, strict=False):
         e = max(e, epsilon)
         a = max(a, epsilon)
         total += (a - e) * math.log(a / e)
@@ -103,7 +104,7 @@ def psi(expected: Iterable[float], actual: Iterable[float], epsilon: float = EPS
 class _FeatureBins:
     """Maps one feature's value to its bin index; holds the reference shares per bin."""
 
-    __slots__ = ("name", "numeric", "edges", "index", "expected", "missing_bin")
+    __slots__ = ("edges", "expected", "index", "missing_bin", "name", "numeric")
 
     def __init__(self, name: str, spec: Mapping[str, Any]) -> None:
         self.name = name
@@ -141,13 +142,20 @@ class SlidingPSI:
     `values()` is empty: PSI on fewer rows measures sampling noise, so a window smaller than that is refused.
     """
 
-    def __init__(self, reference: Mapping[str, Any], window: int = DEFAULT_WINDOW, epsilon: float = EPSILON,
-                 min_rows: int = MIN_ROWS):
+    def __init__(
+        self,
+        reference: Mapping[str, Any],
+        window: int = DEFAULT_WINDOW,
+        epsilon: float = EPSILON,
+        min_rows: int = MIN_ROWS,
+    ):
         if window < 1:
             raise ValueError("window must be at least 1 row")
         if not 1 <= min_rows <= window:
-            raise ValueError(f"the drift window ({window} rows) must hold at least min_rows ({min_rows}) rows: "
-                             "PSI on fewer rows is sampling noise")
+            raise ValueError(
+                f"the drift window ({window} rows) must hold at least min_rows ({min_rows}) rows: "
+                "PSI on fewer rows is sampling noise"
+            )
         self.window = window
         self.min_rows = min_rows
         self.epsilon = epsilon
@@ -163,11 +171,11 @@ class SlidingPSI:
         features, counts, window = self.features, self.counts, self.window
         for row in rows:
             bins = tuple(f.bin(row.get(f.name)) for f in features)
-            for c, b in zip(counts, bins):
+            for c, b in zip(counts, bins, strict=False):
                 c[b] += 1
             self.rows.append(bins)
             if len(self.rows) > window:
-                for c, b in zip(counts, self.rows.popleft()):
+                for c, b in zip(counts, self.rows.popleft(), strict=False):
                     c[b] -= 1
 
     def values(self) -> dict[str, float]:
@@ -177,5 +185,5 @@ class SlidingPSI:
             return {}
         return {
             f.name: psi(f.expected, (c / n for c in counts), self.epsilon)
-            for f, counts in zip(self.features, self.counts)
+            for f, counts in zip(self.features, self.counts, strict=False)
         }

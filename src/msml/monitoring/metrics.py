@@ -6,8 +6,18 @@ them through the name constants below, never by retyping a string.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+import contextlib
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
 
 PREFIX = "msml"
 
@@ -52,49 +62,78 @@ class GatewayMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            try:
+            with contextlib.suppress(ValueError):  # already on this registry
                 r.register(collector)
-            except ValueError:
-                pass  # already on this registry
-        self.requests = Counter(_strip_total(REQUESTS), "HTTP requests by endpoint and status code.",
-                                ["endpoint", "status"], registry=r)
-        self.request_seconds = Histogram(REQUEST_SECONDS, "Gateway request latency (seconds), end to end.",
-                                         ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.model_request_seconds = Histogram(MODEL_REQUEST_SECONDS,
-                                               "Latency of calls to the model server's /invocations (seconds).",
-                                               buckets=LATENCY_BUCKETS, registry=r)
-        self.model_errors = Counter(_strip_total(MODEL_ERRORS), "Failed calls to the model server by kind.",
-                                    ["kind"], registry=r)
+        self.requests = Counter(
+            _strip_total(REQUESTS), "HTTP requests by endpoint and status code.", ["endpoint", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            REQUEST_SECONDS,
+            "Gateway request latency (seconds), end to end.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_request_seconds = Histogram(
+            MODEL_REQUEST_SECONDS,
+            "Latency of calls to the model server's /invocations (seconds).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_errors = Counter(
+            _strip_total(MODEL_ERRORS), "Failed calls to the model server by kind.", ["kind"], registry=r
+        )
         self.in_flight = Gauge(IN_FLIGHT, "Prediction requests being handled now.", registry=r)
-        self.batch_rows = Histogram(BATCH_ROWS, "Rows per batch sent to the model server.",
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.validation_failures = Counter(_strip_total(VALIDATION_FAILURES),
-                                           "Rejected request rows by field and reason.", ["field", "reason"],
-                                           registry=r)
+        self.batch_rows = Histogram(
+            BATCH_ROWS, "Rows per batch sent to the model server.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.validation_failures = Counter(
+            _strip_total(VALIDATION_FAILURES),
+            "Rejected request rows by field and reason.",
+            ["field", "reason"],
+            registry=r,
+        )
         self.rows_scored = Counter(_strip_total(ROWS_SCORED), "Rows scored by the model.", registry=r)
-        self.predictions = Counter(_strip_total(PREDICTIONS), "Predictions by predicted class.", [PREDICTED_CLASS],
-                                   registry=r)
-        self.probability = Histogram(PROBABILITY, "Predicted probability of the positive class.",
-                                     buckets=PROBABILITY_BUCKETS, registry=r)
-        self.feature_missing = Counter(_strip_total(FEATURE_MISSING), "Scored rows with this feature missing.",
-                                       ["feature"], registry=r)
+        self.predictions = Counter(
+            _strip_total(PREDICTIONS), "Predictions by predicted class.", [PREDICTED_CLASS], registry=r
+        )
+        self.probability = Histogram(
+            PROBABILITY, "Predicted probability of the positive class.", buckets=PROBABILITY_BUCKETS, registry=r
+        )
+        self.feature_missing = Counter(
+            _strip_total(FEATURE_MISSING), "Scored rows with this feature missing.", ["feature"], registry=r
+        )
         # absent until the drift window holds drift.MIN_ROWS rows (SlidingPSI.values() is empty before)
-        self.drift_psi = Gauge(DRIFT_PSI, "Population stability index of the recent rows against the "
-                                          "training reference, per feature.", ["feature"], registry=r)
-        self.drift_window_rows = Gauge(DRIFT_WINDOW_ROWS, "Rows in the drift window (PSI is exported once it "
-                                                          "holds the minimum).", registry=r)
+        self.drift_psi = Gauge(
+            DRIFT_PSI,
+            "Population stability index of the recent rows against the training reference, per feature.",
+            ["feature"],
+            registry=r,
+        )
+        self.drift_window_rows = Gauge(
+            DRIFT_WINDOW_ROWS, "Rows in the drift window (PSI is exported once it holds the minimum).", registry=r
+        )
         self.drift_window_rows.set(float("nan"))  # until the gateway has a drift window (track_drift_window)
         self.model_up = Gauge(MODEL_UP, "1 when the model server answered its last /ping, else 0.", registry=r)
         self.model_info = Info(MODEL_INFO, "The model being served.", registry=r)
-        self.feedback = Counter(_strip_total(FEEDBACK), "Ground-truth feedback received, by outcome.",
-                                ["outcome"], registry=r)
-        self.live_accuracy = Gauge(LIVE_ACCURACY, "Accuracy of the predictions that received ground truth, "
-                                                  "over the recent feedback window (NaN before any).", registry=r)
+        self.feedback = Counter(
+            _strip_total(FEEDBACK), "Ground-truth feedback received, by outcome.", ["outcome"], registry=r
+        )
+        self.live_accuracy = Gauge(
+            LIVE_ACCURACY,
+            "Accuracy of the predictions that received ground truth, over the recent feedback window (NaN before any).",
+            registry=r,
+        )
         # NaN, not 0, until feedback arrives: no evidence is no value, and `NaN < 0.75` never fires
         self.live_accuracy.set(float("nan"))
-        self.rejected = Counter(_strip_total(REJECTED), "Prediction requests not scored, by reason: queue_full, "
-                                "model_down, deadline, client_gone (also counted as status 499), withdrawn "
-                                "(dropped from the queue before the model call).", ["reason"], registry=r)
+        self.rejected = Counter(
+            _strip_total(REJECTED),
+            "Prediction requests not scored, by reason: queue_full, "
+            "model_down, deadline, client_gone (also counted as status 499), withdrawn "
+            "(dropped from the queue before the model call).",
+            ["reason"],
+            registry=r,
+        )
 
     def track_drift_window(self, drift) -> None:
         """Export the row count of the gateway's drift window (a `SlidingPSI`, anything with len()), read at each

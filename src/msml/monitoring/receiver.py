@@ -38,7 +38,7 @@ def make_server(host: str, port: int, out: str | Path) -> ThreadingHTTPServer:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             if length <= 0 or length > MAX_BODY:
                 return self._reply(400 if length <= 0 else 413, {"error": f"body of {length} bytes refused"})
@@ -51,7 +51,7 @@ def make_server(host: str, port: int, out: str | Path) -> ThreadingHTTPServer:
                 f.write(json.dumps(record) + "\n")
             self._reply(200, {"status": "recorded"})
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path.rstrip("/") in ("/alerts", ""):
                 with lock:
                     return self._reply(200, read_notifications(out))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from msml.config import Ports
+from msml.config import DEFAULT_PORTS, Ports
 from msml.monitoring.definitions import (
     ALERTS,
     GATEWAY_JOB,
@@ -48,7 +48,6 @@ PYTHON_IMAGE = "python:3.11-slim"
 POSTGRES_IMAGE = "postgres:15"  # the major version Debian bookworm ships (msml tracking up)
 
 
-
 @dataclass(frozen=True)
 class Targets:
     """Addresses as the monitoring servers see each other (127.0.0.1 locally, service names in compose)."""
@@ -60,18 +59,22 @@ class Targets:
     receiver_url: str
 
     @classmethod
-    def local(cls, ports: Ports = Ports()) -> "Targets":
+    def local(cls, ports: Ports = DEFAULT_PORTS) -> Targets:
         return cls(
-            gateway=f"127.0.0.1:{ports.gateway}", mlflow=f"127.0.0.1:{ports.mlflow}",
-            prometheus=f"127.0.0.1:{ports.prometheus}", alertmanager=f"127.0.0.1:{ports.alertmanager}",
+            gateway=f"127.0.0.1:{ports.gateway}",
+            mlflow=f"127.0.0.1:{ports.mlflow}",
+            prometheus=f"127.0.0.1:{ports.prometheus}",
+            alertmanager=f"127.0.0.1:{ports.alertmanager}",
             receiver_url=f"http://127.0.0.1:{ports.receiver}/alerts",
         )
 
     @classmethod
-    def compose(cls, ports: Ports = Ports()) -> "Targets":
+    def compose(cls, ports: Ports = DEFAULT_PORTS) -> Targets:
         return cls(
-            gateway=f"gateway:{ports.gateway}", mlflow=f"mlflow:{ports.mlflow}",
-            prometheus=f"prometheus:{ports.prometheus}", alertmanager=f"alertmanager:{ports.alertmanager}",
+            gateway=f"gateway:{ports.gateway}",
+            mlflow=f"mlflow:{ports.mlflow}",
+            prometheus=f"prometheus:{ports.prometheus}",
+            alertmanager=f"alertmanager:{ports.alertmanager}",
             receiver_url=f"http://receiver:{ports.receiver}/alerts",
         )
 
@@ -100,6 +103,7 @@ def _yaml(data: object, header: str = HEADER) -> str:
 
 # --- Prometheus -------------------------------------------------------------------------------------------------
 
+
 def prometheus_config(targets: Targets, timing: Timing = PRODUCTION, rule_files: list[str] | None = None) -> dict:
     """prometheus.yml: scrape the gateway, the MLflow tracking server (`--expose-prometheus`) and Prometheus."""
     return {
@@ -115,8 +119,9 @@ def prometheus_config(targets: Targets, timing: Timing = PRODUCTION, rule_files:
 
 
 def recording_rules() -> dict:
-    return {"groups": [{"name": "msml-recording", "rules": [{"record": r.record, "expr": r.expr}
-                                                            for r in RECORDING_RULES]}]}
+    return {
+        "groups": [{"name": "msml-recording", "rules": [{"record": r.record, "expr": r.expr} for r in RECORDING_RULES]}]
+    }
 
 
 def _annotations(a: Alert) -> dict:
@@ -125,10 +130,23 @@ def _annotations(a: Alert) -> dict:
 
 
 def alerting_rules(timing: Timing = PRODUCTION) -> dict:
-    return {"groups": [{"name": "msml-alerts", "rules": [
-        {"alert": a.name, "expr": a.expr, "for": timing.for_override or a.for_,
-         "labels": {"severity": a.severity}, "annotations": _annotations(a)}
-        for a in ALERTS]}]}
+    return {
+        "groups": [
+            {
+                "name": "msml-alerts",
+                "rules": [
+                    {
+                        "alert": a.name,
+                        "expr": a.expr,
+                        "for": timing.for_override or a.for_,
+                        "labels": {"severity": a.severity},
+                        "annotations": _annotations(a),
+                    }
+                    for a in ALERTS
+                ],
+            }
+        ]
+    }
 
 
 def _duration_seconds(text: str) -> int:
@@ -143,63 +161,117 @@ def promtool_tests() -> dict:
     tests = []
     for a in ALERTS:
         eval_time = f"{_duration_seconds(a.for_) + 120}s"
-        expected = {"exp_labels": {"alertname": a.name, "severity": a.severity, **a.labels},
-                    "exp_annotations": {**_annotations(a), **a.annotations}}
+        expected = {
+            "exp_labels": {"alertname": a.name, "severity": a.severity, **a.labels},
+            "exp_annotations": {**_annotations(a), **a.annotations},
+        }
         for case, alerts in ((a.firing, [expected]), (a.healthy, [])):
-            tests.append({
-                "interval": "15s",
-                "input_series": [{"series": s, "values": v} for s, v in case.series.items()],
-                "alert_rule_test": [{"eval_time": eval_time, "alertname": a.name, "exp_alerts": alerts}],
-            })
+            tests.append(
+                {
+                    "interval": "15s",
+                    "input_series": [{"series": s, "values": v} for s, v in case.series.items()],
+                    "alert_rule_test": [{"eval_time": eval_time, "alertname": a.name, "exp_alerts": alerts}],
+                }
+            )
         for cause_name in a.inhibited_by:
             cause = alert(cause_name)
             eval_time = f"{max(_duration_seconds(a.for_), _duration_seconds(cause.for_)) + 120}s"
             symptom = {**a.firing.series}
-            tests.append({
-                "interval": "15s",
-                "input_series": [{"series": s, "values": v} for s, v in {**symptom, **cause.firing.series}.items()],
-                "promql_expr_test": [{"expr": a.grafana_query, "eval_time": eval_time, "exp_samples": []}],
-            })
-            tests.append({
-                "interval": "15s",
-                "input_series": [{"series": s, "values": v} for s, v in {**symptom, **cause.healthy.series}.items()],
-                "promql_expr_test": [{"expr": f"count({a.grafana_query}) > 0", "eval_time": eval_time,
-                                      "exp_samples": [{"labels": "{}", "value": 1}]}],
-            })
-    return {"rule_files": [f"../rules/{RECORDING_FILE}", f"../rules/{ALERTS_FILE}"],
-            "evaluation_interval": "15s", "tests": tests}
+            tests.append(
+                {
+                    "interval": "15s",
+                    "input_series": [{"series": s, "values": v} for s, v in {**symptom, **cause.firing.series}.items()],
+                    "promql_expr_test": [{"expr": a.grafana_query, "eval_time": eval_time, "exp_samples": []}],
+                }
+            )
+            tests.append(
+                {
+                    "interval": "15s",
+                    "input_series": [
+                        {"series": s, "values": v} for s, v in {**symptom, **cause.healthy.series}.items()
+                    ],
+                    "promql_expr_test": [
+                        {
+                            "expr": f"count({a.grafana_query}) > 0",
+                            "eval_time": eval_time,
+                            "exp_samples": [{"labels": "{}", "value": 1}],
+                        }
+                    ],
+                }
+            )
+    return {
+        "rule_files": [f"../rules/{RECORDING_FILE}", f"../rules/{ALERTS_FILE}"],
+        "evaluation_interval": "15s",
+        "tests": tests,
+    }
 
 
 # --- Alertmanager -----------------------------------------------------------------------------------------------
+
 
 def alertmanager_config(targets: Targets, timing: Timing = PRODUCTION) -> dict:
     """Every alert to one webhook receiver that records notifications, resolved ones included; a symptom alert
     is inhibited (not notified) while its cause fires for the same job (`Alert.inhibited_by`)."""
     return {
-        "route": {"receiver": "msml-webhook", "group_by": ["alertname", "job"],
-                  "group_wait": timing.group_wait, "group_interval": timing.group_interval,
-                  "repeat_interval": timing.repeat_interval},
-        "inhibit_rules": [{"source_matchers": [f'alertname="{cause}"'], "target_matchers": [f'alertname="{a.name}"'],
-                           "equal": ["job"]}
-                          for a in ALERTS for cause in a.inhibited_by],
-        "receivers": [{"name": "msml-webhook",
-                       "webhook_configs": [{"url": targets.receiver_url, "send_resolved": True}]}],
+        "route": {
+            "receiver": "msml-webhook",
+            "group_by": ["alertname", "job"],
+            "group_wait": timing.group_wait,
+            "group_interval": timing.group_interval,
+            "repeat_interval": timing.repeat_interval,
+        },
+        "inhibit_rules": [
+            {
+                "source_matchers": [f'alertname="{cause}"'],
+                "target_matchers": [f'alertname="{a.name}"'],
+                "equal": ["job"],
+            }
+            for a in ALERTS
+            for cause in a.inhibited_by
+        ],
+        "receivers": [
+            {"name": "msml-webhook", "webhook_configs": [{"url": targets.receiver_url, "send_resolved": True}]}
+        ],
     }
 
 
 # --- Grafana ----------------------------------------------------------------------------------------------------
 
+
 def grafana_datasource(prometheus_url: str) -> dict:
-    return {"apiVersion": 1, "datasources": [{
-        "name": "Prometheus", "type": "prometheus", "uid": DATASOURCE_UID, "access": "proxy",
-        "url": prometheus_url, "isDefault": True, "editable": False,
-        "jsonData": {"httpMethod": "POST", "timeInterval": PRODUCTION.scrape_interval}}]}
+    return {
+        "apiVersion": 1,
+        "datasources": [
+            {
+                "name": "Prometheus",
+                "type": "prometheus",
+                "uid": DATASOURCE_UID,
+                "access": "proxy",
+                "url": prometheus_url,
+                "isDefault": True,
+                "editable": False,
+                "jsonData": {"httpMethod": "POST", "timeInterval": PRODUCTION.scrape_interval},
+            }
+        ],
+    }
 
 
 def grafana_dashboard_provider(path: str = "/var/lib/grafana/dashboards") -> dict:
-    return {"apiVersion": 1, "providers": [{
-        "name": "msml", "orgId": 1, "folder": GRAFANA_FOLDER, "type": "file", "disableDeletion": True,
-        "allowUiUpdates": False, "updateIntervalSeconds": 30, "options": {"path": path}}]}
+    return {
+        "apiVersion": 1,
+        "providers": [
+            {
+                "name": "msml",
+                "orgId": 1,
+                "folder": GRAFANA_FOLDER,
+                "type": "file",
+                "disableDeletion": True,
+                "allowUiUpdates": False,
+                "updateIntervalSeconds": 30,
+                "options": {"path": path},
+            }
+        ],
+    }
 
 
 def _to_plain(obj) -> object:
@@ -223,19 +295,27 @@ def _panel_builder(panel: Panel, panel_id: int):
         builder = timeseries.Panel().height(8).span(12).fill_opacity(10)
     builder = builder.id(panel_id).title(panel.title).description(panel.description).unit(panel.unit)
     builder = builder.datasource(datasource)
-    for ref, query in zip("ABCDEFGH", panel.queries):
+    for ref, query in zip("ABCDEFGH", panel.queries, strict=False):
         target = prometheus.Dataquery().expr(query.expr).legend_format(query.legend).ref_id(ref)
         if panel.kind == "heatmap":
             target = target.format(PromQueryFormat.HEATMAP)
         builder = builder.with_target(target.datasource(datasource))
     if panel.thresholds:
-        steps = [dm.Threshold(value=None, color="green")] + [dm.Threshold(value=t, color="red")
-                                                              for t in panel.thresholds]
+        steps = [dm.Threshold(value=None, color="green")] + [
+            dm.Threshold(value=t, color="red") for t in panel.thresholds
+        ]
         builder = builder.thresholds(db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(steps))
     if panel.key == "model_up":
-        builder = builder.mappings([dm.ValueMap(options={
-            "0": dm.ValueMappingResult(text="DOWN", color="red", index=0),
-            "1": dm.ValueMappingResult(text="UP", color="green", index=1)})])
+        builder = builder.mappings(
+            [
+                dm.ValueMap(
+                    options={
+                        "0": dm.ValueMappingResult(text="DOWN", color="red", index=0),
+                        "1": dm.ValueMappingResult(text="UP", color="green", index=1),
+                    }
+                )
+            ]
+        )
     if panel.key == "model_info":
         from grafana_foundation_sdk.models.common import BigValueTextMode
 
@@ -246,8 +326,9 @@ def _panel_builder(panel: Panel, panel_id: int):
 def panel_ids() -> dict[str, int]:
     """Grafana panel id per panel key: stats first, then each row's graphs two per line (row panels take the
     ids after the last panel)."""
-    ordered = [p for p in PANELS if p.kind == "stat"] + [p for row in ROWS for p in PANELS
-                                                         if p.kind != "stat" and p.row == row]
+    ordered = [p for p in PANELS if p.kind == "stat"] + [
+        p for row in ROWS for p in PANELS if p.kind != "stat" and p.row == row
+    ]
     return {p.key: i for i, p in enumerate(ordered, start=1)}
 
 
@@ -258,20 +339,36 @@ def grafana_rule_uid(a: Alert) -> str:
 def grafana_dashboard() -> dict:
     """The gateway dashboard, built with grafana-foundation-sdk (Grafana 11.6 schema)."""
     from grafana_foundation_sdk.builders import dashboard as db
-
     from grafana_foundation_sdk.models import dashboard as dm
 
-    datasource = (db.DatasourceVariable("datasource").label("Data source").type("prometheus")
-                  .current(dm.VariableOption(text="Prometheus", value=DATASOURCE_UID)))
-    job = (db.QueryVariable("job").label("Job")
-           .datasource(dm.DataSourceRef(type_val="prometheus", uid="${datasource}"))
-           # every job exporting the gateway's metrics (several gateways can be scraped under their own job)
-           .query({"query": f"label_values({MODEL_UP}, job)", "refId": "job"})
-           .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True).all_value(".+")
-           .current(dm.VariableOption(text="All", value="$__all")))
-    builder = (db.Dashboard("MSML gateway").uid(DASHBOARD_UID).tags(["msml", "gateway"]).refresh("10s")
-               .time("now-30m", "now").description("Serving, model and data-quality metrics of the msml gateway.")
-               .with_variable(datasource).with_variable(job))
+    datasource = (
+        db.DatasourceVariable("datasource")
+        .label("Data source")
+        .type("prometheus")
+        .current(dm.VariableOption(text="Prometheus", value=DATASOURCE_UID))
+    )
+    job = (
+        db.QueryVariable("job")
+        .label("Job")
+        .datasource(dm.DataSourceRef(type_val="prometheus", uid="${datasource}"))
+        # every job exporting the gateway's metrics (several gateways can be scraped under their own job)
+        .query({"query": f"label_values({MODEL_UP}, job)", "refId": "job"})
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .multi(True)
+        .include_all(True)
+        .all_value(".+")
+        .current(dm.VariableOption(text="All", value="$__all"))
+    )
+    builder = (
+        db.Dashboard("MSML gateway")
+        .uid(DASHBOARD_UID)
+        .tags(["msml", "gateway"])
+        .refresh("10s")
+        .time("now-30m", "now")
+        .description("Serving, model and data-quality metrics of the msml gateway.")
+        .with_variable(datasource)
+        .with_variable(job)
+    )
     stats = [p for p in PANELS if p.kind == "stat"]
     ids = panel_ids()
     for panel in stats:
@@ -287,21 +384,46 @@ def _grafana_rule(a: Alert, timing: Timing) -> dict:
     from grafana_foundation_sdk.builders import alerting, expr, prometheus
     from grafana_foundation_sdk.models import alerting as am
 
-    query = (alerting.Query("A").datasource_uid(DATASOURCE_UID)
-             .relative_time_range(am.RelativeTimeRange(from_val=600, to=0))
-             .model(prometheus.Dataquery().expr(a.grafana_query).instant().ref_id("A")))
-    reduce = (alerting.Query("B").datasource_uid("__expr__")
-              .model(expr.TypeReduce().ref_id("B").expression("A").reducer("last")))
-    threshold = (alerting.Query("C").datasource_uid("__expr__")
-                 .model(expr.TypeThreshold().ref_id("C").expression("B").conditions(
-                     [expr.ExprTypeThresholdConditions().evaluator(
-                         expr.ExprTypeThresholdConditionsEvaluator().type(a.grafana_evaluator).params([a.threshold]))])))
-    rule = (alerting.Rule(a.name).uid(grafana_rule_uid(a)).condition("C")
-            .queries([query, reduce, threshold]).for_val(timing.for_override or a.for_)
-            .labels({"severity": a.severity}).annotations(_grafana_annotations(a))
-            # missing data alerts once, through the rule that owns it (the gateway cannot be scraped)
-            .no_data_state("Alerting" if a.no_data_alerts else "OK")
-            .exec_err_state("Error" if a.no_data_alerts else "OK").is_paused(False))
+    query = (
+        alerting.Query("A")
+        .datasource_uid(DATASOURCE_UID)
+        .relative_time_range(am.RelativeTimeRange(from_val=600, to=0))
+        .model(prometheus.Dataquery().expr(a.grafana_query).instant().ref_id("A"))
+    )
+    reduce = (
+        alerting.Query("B")
+        .datasource_uid("__expr__")
+        .model(expr.TypeReduce().ref_id("B").expression("A").reducer("last"))
+    )
+    threshold = (
+        alerting.Query("C")
+        .datasource_uid("__expr__")
+        .model(
+            expr.TypeThreshold()
+            .ref_id("C")
+            .expression("B")
+            .conditions(
+                [
+                    expr.ExprTypeThresholdConditions().evaluator(
+                        expr.ExprTypeThresholdConditionsEvaluator().type(a.grafana_evaluator).params([a.threshold])
+                    )
+                ]
+            )
+        )
+    )
+    rule = (
+        alerting.Rule(a.name)
+        .uid(grafana_rule_uid(a))
+        .condition("C")
+        .queries([query, reduce, threshold])
+        .for_val(timing.for_override or a.for_)
+        .labels({"severity": a.severity})
+        .annotations(_grafana_annotations(a))
+        # missing data alerts once, through the rule that owns it (the gateway cannot be scraped)
+        .no_data_state("Alerting" if a.no_data_alerts else "OK")
+        .exec_err_state("Error" if a.no_data_alerts else "OK")
+        .is_paused(False)
+    )
     plain = _to_plain(rule.build())
     # file provisioning keeps folder, group and org on the group, not on each rule
     for key in ("folderUID", "ruleGroup", "orgID"):
@@ -322,15 +444,35 @@ def grafana_alerting(receiver_url: str, timing: Timing = PRODUCTION) -> dict:
     """Unified-alerting file provisioning: the rule group, a webhook contact point and the policy routing to it."""
     from grafana_foundation_sdk.builders import alerting
 
-    contact = _to_plain(alerting.ContactPoint().name(CONTACT_POINT).uid(CONTACT_POINT).type("webhook")
-                        .settings({"url": receiver_url, "httpMethod": "POST"}).disable_resolve_message(False).build())
-    policy = _to_plain(alerting.NotificationPolicy().receiver(CONTACT_POINT).group_by(["grafana_folder", "alertname"])
-                       .group_wait(timing.group_wait).group_interval(timing.group_interval)
-                       .repeat_interval(timing.repeat_interval).build())
+    contact = _to_plain(
+        alerting.ContactPoint()
+        .name(CONTACT_POINT)
+        .uid(CONTACT_POINT)
+        .type("webhook")
+        .settings({"url": receiver_url, "httpMethod": "POST"})
+        .disable_resolve_message(False)
+        .build()
+    )
+    policy = _to_plain(
+        alerting.NotificationPolicy()
+        .receiver(CONTACT_POINT)
+        .group_by(["grafana_folder", "alertname"])
+        .group_wait(timing.group_wait)
+        .group_interval(timing.group_interval)
+        .repeat_interval(timing.repeat_interval)
+        .build()
+    )
     return {
         "apiVersion": 1,
-        "groups": [{"orgId": 1, "name": RULE_GROUP, "folder": GRAFANA_FOLDER, "interval": timing.grafana_interval,
-                    "rules": [_grafana_rule(a, timing) for a in ALERTS]}],
+        "groups": [
+            {
+                "orgId": 1,
+                "name": RULE_GROUP,
+                "folder": GRAFANA_FOLDER,
+                "interval": timing.grafana_interval,
+                "rules": [_grafana_rule(a, timing) for a in ALERTS],
+            }
+        ],
         "contactPoints": [{"orgId": 1, "name": contact.pop("name"), "receivers": [contact]}],
         "policies": [{"orgId": 1, **policy}],
     }
@@ -338,7 +480,8 @@ def grafana_alerting(receiver_url: str, timing: Timing = PRODUCTION) -> dict:
 
 # --- docker-compose ---------------------------------------------------------------------------------------------
 
-def compose_file(model_image: str, ports: Ports = Ports()) -> dict:
+
+def compose_file(model_image: str, ports: Ports = DEFAULT_PORTS) -> dict:
     """docker-compose.yml: model server image, gateway, MLflow tracking server, receiver, Prometheus,
     Alertmanager, Grafana — published on 127.0.0.1 only."""
     p = ports
@@ -352,58 +495,91 @@ def compose_file(model_image: str, ports: Ports = Ports()) -> dict:
                 "ports": [f"127.0.0.1:{p.model_server}:8080"],
             },
             "gateway": {
-                **msml, "depends_on": ["model-server"],
-                "command": ["sh", "-c", f"{install} msml gateway --host 0.0.0.0 --port {p.gateway} "
-                                        f"--model-url http://model-server:8080 --drift-reference /app/{DRIFT_REFERENCE_FILE}"],
+                **msml,
+                "depends_on": ["model-server"],
+                "command": [
+                    "sh",
+                    "-c",
+                    f"{install} msml gateway --host 0.0.0.0 --port {p.gateway} "
+                    f"--model-url http://model-server:8080 --drift-reference /app/{DRIFT_REFERENCE_FILE}",
+                ],
                 "ports": [f"127.0.0.1:{p.gateway}:{p.gateway}"],
             },
             "mlflow": {
                 **msml,
-                "command": ["sh", "-c", f"{install} mlflow server --host 0.0.0.0 --port {p.mlflow} "
-                                        "--backend-store-uri sqlite:////app/mlflow.db --default-artifact-root "
-                                        "/app/mlartifacts --expose-prometheus /tmp/mlflow-metrics"],
+                "command": [
+                    "sh",
+                    "-c",
+                    f"{install} mlflow server --host 0.0.0.0 --port {p.mlflow} "
+                    "--backend-store-uri sqlite:////app/mlflow.db --default-artifact-root "
+                    "/app/mlartifacts --expose-prometheus /tmp/mlflow-metrics",
+                ],
                 "ports": [f"127.0.0.1:{p.mlflow}:{p.mlflow}"],
             },
             # `docker compose --profile postgres up`: the shared tracking server (msml tracking up) on :5050,
             # PostgreSQL store, artifacts proxied; the database is reachable only inside the compose network
             "postgres": {
-                "image": POSTGRES_IMAGE, "profiles": ["postgres"],
+                "image": POSTGRES_IMAGE,
+                "profiles": ["postgres"],
                 "environment": {"POSTGRES_DB": "mlflow", "POSTGRES_HOST_AUTH_METHOD": "trust"},
                 "volumes": ["pgdata:/var/lib/postgresql/data"],
             },
             "tracking-server": {
-                **msml, "profiles": ["postgres"], "depends_on": ["postgres"],
-                "command": ["sh", "-c", f"{install} mlflow server --host 0.0.0.0 --port 5050 --backend-store-uri "
-                                        "postgresql://postgres@postgres:5432/mlflow --artifacts-destination "
-                                        "/app/.run/tracking/artifacts --expose-prometheus /tmp/mlflow-metrics"],
+                **msml,
+                "profiles": ["postgres"],
+                "depends_on": ["postgres"],
+                "command": [
+                    "sh",
+                    "-c",
+                    f"{install} mlflow server --host 0.0.0.0 --port 5050 --backend-store-uri "
+                    "postgresql://postgres@postgres:5432/mlflow --artifacts-destination "
+                    "/app/.run/tracking/artifacts --expose-prometheus /tmp/mlflow-metrics",
+                ],
                 "ports": ["127.0.0.1:5050:5050"],
             },
             "receiver": {
                 **msml,
-                "command": ["sh", "-c", f"{install} msml monitoring receiver --host 0.0.0.0 --port {p.receiver} "
-                                        "--out /app/.run/notifications.jsonl"],
+                "command": [
+                    "sh",
+                    "-c",
+                    f"{install} msml monitoring receiver --host 0.0.0.0 --port {p.receiver} "
+                    "--out /app/.run/notifications.jsonl",
+                ],
                 "ports": [f"127.0.0.1:{p.receiver}:{p.receiver}"],
             },
             "prometheus": {
-                "image": PROMETHEUS_IMAGE, "depends_on": ["gateway", "mlflow", "alertmanager"],
-                "command": ["--config.file=/etc/prometheus/prometheus.compose.yml",
-                            f"--web.listen-address=0.0.0.0:{p.prometheus}"],
+                "image": PROMETHEUS_IMAGE,
+                "depends_on": ["gateway", "mlflow", "alertmanager"],
+                "command": [
+                    "--config.file=/etc/prometheus/prometheus.compose.yml",
+                    f"--web.listen-address=0.0.0.0:{p.prometheus}",
+                ],
                 "volumes": ["./monitoring/prometheus:/etc/prometheus:ro"],
                 "ports": [f"127.0.0.1:{p.prometheus}:{p.prometheus}"],
             },
             "alertmanager": {
-                "image": ALERTMANAGER_IMAGE, "depends_on": ["receiver"],
-                "command": ["--config.file=/etc/alertmanager/alertmanager.compose.yml",
-                            f"--web.listen-address=0.0.0.0:{p.alertmanager}", "--cluster.listen-address="],
+                "image": ALERTMANAGER_IMAGE,
+                "depends_on": ["receiver"],
+                "command": [
+                    "--config.file=/etc/alertmanager/alertmanager.compose.yml",
+                    f"--web.listen-address=0.0.0.0:{p.alertmanager}",
+                    "--cluster.listen-address=",
+                ],
                 "volumes": ["./monitoring/alertmanager:/etc/alertmanager:ro"],
                 "ports": [f"127.0.0.1:{p.alertmanager}:{p.alertmanager}"],
             },
             "grafana": {
-                "image": GRAFANA_IMAGE, "depends_on": ["prometheus"],
-                "environment": {"GF_AUTH_ANONYMOUS_ENABLED": "true", "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
-                                "GF_SERVER_HTTP_PORT": str(p.grafana)},
-                "volumes": ["./monitoring/grafana/provisioning:/etc/grafana/provisioning:ro",
-                            "./monitoring/grafana/dashboards:/var/lib/grafana/dashboards:ro"],
+                "image": GRAFANA_IMAGE,
+                "depends_on": ["prometheus"],
+                "environment": {
+                    "GF_AUTH_ANONYMOUS_ENABLED": "true",
+                    "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
+                    "GF_SERVER_HTTP_PORT": str(p.grafana),
+                },
+                "volumes": [
+                    "./monitoring/grafana/provisioning:/etc/grafana/provisioning:ro",
+                    "./monitoring/grafana/dashboards:/var/lib/grafana/dashboards:ro",
+                ],
                 "ports": [f"127.0.0.1:{p.grafana}:{p.grafana}"],
             },
         },
@@ -412,6 +588,7 @@ def compose_file(model_image: str, ports: Ports = Ports()) -> dict:
 
 
 # --- all files --------------------------------------------------------------------------------------------------
+
 
 def default_model_image() -> str:
     """The Kriteria 3 image of the default contract's model (compose takes another via MSML_MODEL_IMAGE).
@@ -447,11 +624,11 @@ def render_files(model_image: str | None = None, processed_dir: Path | None = No
         "monitoring/prometheus/tests/alerts_test.yml": _yaml(promtool_tests()),
         "monitoring/alertmanager/alertmanager.yml": _yaml(alertmanager_config(local)),
         "monitoring/alertmanager/alertmanager.compose.yml": _yaml(alertmanager_config(compose)),
-        "monitoring/grafana/provisioning/datasources/prometheus.yml":
-            _yaml(grafana_datasource(f"http://{compose.prometheus}")),
+        "monitoring/grafana/provisioning/datasources/prometheus.yml": _yaml(
+            grafana_datasource(f"http://{compose.prometheus}")
+        ),
         "monitoring/grafana/provisioning/dashboards/msml.yml": _yaml(grafana_dashboard_provider()),
         "monitoring/grafana/provisioning/alerting/msml.yml": _yaml(grafana_alerting(compose.receiver_url)),
         f"monitoring/grafana/dashboards/{DASHBOARD_UID}.json": json.dumps(grafana_dashboard(), indent=2) + "\n",
         "docker-compose.yml": _yaml(compose_file(model_image)),
     }
-

@@ -15,6 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from msml.config import DEFAULT_PORTS
+from msml.errors import MissingProgramError, ServerError
 from msml.monitoring.render import (
     ALERTS_FILE,
     PRODUCTION,
@@ -28,7 +30,6 @@ from msml.monitoring.render import (
     prometheus_config,
     recording_rules,
 )
-from msml.errors import MissingProgramError, ServerError
 from msml.serving.processes import PidFile, check_port, read_pid, start_background, wait_ready
 from msml.serving.processes import stop as stop_pidfile
 
@@ -67,8 +68,11 @@ class Stack:
         return self.run_dir / f"{component}.log"
 
     def urls(self) -> dict[str, str]:
-        return {"prometheus": self.prometheus_url, "alertmanager": self.alertmanager_url,
-                "receiver": f"{self.receiver_url}/alerts"}
+        return {
+            "prometheus": self.prometheus_url,
+            "alertmanager": self.alertmanager_url,
+            "receiver": f"{self.receiver_url}/alerts",
+        }
 
 
 def binary(*names: str) -> str:
@@ -77,20 +81,20 @@ def binary(*names: str) -> str:
         found = shutil.which(name)
         if found:
             return found
-    raise MissingProgramError(f"none of {', '.join(names)} is installed (run `make system`, which runs "
-                              "scripts/install-system-deps.sh)")
+    raise MissingProgramError(
+        f"none of {', '.join(names)} is installed (run `make system`, which runs scripts/install-system-deps.sh)"
+    )
 
 
 # The CLI option that moves each component's port (named in the "port busy" message).
-PORT_OPTIONS = {"prometheus": "--prometheus-port", "alertmanager": "--alertmanager-port",
-                "receiver": "--receiver-port"}
+PORT_OPTIONS = {"prometheus": "--prometheus-port", "alertmanager": "--alertmanager-port", "receiver": "--receiver-port"}
 
 
 def port_of(ports: Ports, component: str) -> int:
     return getattr(ports, component)
 
 
-def check_ports(run_dir: str | Path, ports: Ports = Ports()) -> None:
+def check_ports(run_dir: str | Path, ports: Ports = DEFAULT_PORTS) -> None:
     """PortBusyError unless each component's port is free or held by the component we already run."""
     for name, option in PORT_OPTIONS.items():
         if read_pid(Path(run_dir) / f"{name}.pid") is None:
@@ -110,8 +114,9 @@ def write_configs(stack: Stack, timing: Timing = PRODUCTION) -> dict[str, Path]:
     }
     paths["recording"].write_text(_yaml(recording_rules()))
     paths["alerts"].write_text(_yaml(alerting_rules(timing)))
-    paths["prometheus"].write_text(_yaml(prometheus_config(
-        targets, timing, rule_files=[str(paths["recording"]), str(paths["alerts"])])))
+    paths["prometheus"].write_text(
+        _yaml(prometheus_config(targets, timing, rule_files=[str(paths["recording"]), str(paths["alerts"])]))
+    )
     paths["alertmanager"].write_text(_yaml(alertmanager_config(targets, timing)))
     return paths
 
@@ -120,33 +125,51 @@ def commands(stack: Stack, paths: dict[str, Path], timing: Timing = PRODUCTION) 
     p, work = stack.ports, stack.workdir
     return {
         "prometheus": [
-            binary("prometheus"), f"--config.file={paths['prometheus']}",
-            f"--storage.tsdb.path={work / 'prometheus-data'}", "--storage.tsdb.retention.time=2d",
-            f"--web.listen-address=127.0.0.1:{p.prometheus}", f"--web.external-url={stack.prometheus_url}/",
+            binary("prometheus"),
+            f"--config.file={paths['prometheus']}",
+            f"--storage.tsdb.path={work / 'prometheus-data'}",
+            "--storage.tsdb.retention.time=2d",
+            f"--web.listen-address=127.0.0.1:{p.prometheus}",
+            f"--web.external-url={stack.prometheus_url}/",
             f"--rules.alert.resend-delay={timing.resend_delay}",
         ],
         "alertmanager": [
-            binary("alertmanager", "prometheus-alertmanager"), f"--config.file={paths['alertmanager']}",
-            f"--storage.path={work / 'alertmanager-data'}", f"--web.listen-address=127.0.0.1:{p.alertmanager}",
+            binary("alertmanager", "prometheus-alertmanager"),
+            f"--config.file={paths['alertmanager']}",
+            f"--storage.path={work / 'alertmanager-data'}",
+            f"--web.listen-address=127.0.0.1:{p.alertmanager}",
             f"--web.external-url={stack.alertmanager_url}/",
             "--cluster.listen-address=",
         ],
         "receiver": [
-            sys.executable, "-m", "msml.cli", "monitoring", "receiver", "--host", "127.0.0.1",
-            "--port", str(p.receiver), "--out", str(stack.notifications),
+            sys.executable,
+            "-m",
+            "msml.cli",
+            "monitoring",
+            "receiver",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(p.receiver),
+            "--out",
+            str(stack.notifications),
         ],
     }
 
 
-def start(run_dir: str | Path, ports: Ports = Ports(), timing: Timing = PRODUCTION,
-          timeout: float = 60.0) -> Stack:
+def start(
+    run_dir: str | Path, ports: Ports = DEFAULT_PORTS, timing: Timing = PRODUCTION, timeout: float = 60.0
+) -> Stack:
     """Start the receiver, Alertmanager and Prometheus (those not already running); wait until all are ready."""
     stack = Stack(Path(run_dir), ports)
     check_ports(run_dir, ports)
     paths = write_configs(stack, timing)
     cmds = commands(stack, paths, timing)
-    ready = {"prometheus": f"{stack.prometheus_url}/-/ready", "alertmanager": f"{stack.alertmanager_url}/-/ready",
-             "receiver": f"{stack.receiver_url}/-/ready"}
+    ready = {
+        "prometheus": f"{stack.prometheus_url}/-/ready",
+        "alertmanager": f"{stack.alertmanager_url}/-/ready",
+        "receiver": f"{stack.receiver_url}/-/ready",
+    }
     started = []
     try:
         for name in ("receiver", "alertmanager", "prometheus"):  # receivers first: nothing is sent into the void
@@ -155,7 +178,9 @@ def start(run_dir: str | Path, ports: Ports = Ports(), timing: Timing = PRODUCTI
                 started.append(name)
         for name in ("receiver", "alertmanager", "prometheus"):
             pidfile = stack.pidfile(name)
-            wait_ready(ready[name], timeout, alive=lambda: read_pid(pidfile) is not None, log=stack.log(name))
+            wait_ready(
+                ready[name], timeout, alive=lambda pidfile=pidfile: read_pid(pidfile) is not None, log=stack.log(name)
+            )
     except BaseException:
         for name in started:  # only what this call started
             stop_pidfile(stack.pidfile(name))
