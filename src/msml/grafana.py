@@ -32,8 +32,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from msml.monitoring.definitions import alert
-from msml.monitoring.render import (DASHBOARD_UID, GRAFANA_IMAGE, PRODUCTION, Ports, Targets, _duration_seconds,
-                                   grafana_rule_uid, panel_ids)
+from msml.monitoring.render import (
+    DASHBOARD_UID,
+    GRAFANA_IMAGE,
+    PRODUCTION,
+    Ports,
+    Targets,
+    _duration_seconds,
+    grafana_rule_uid,
+    panel_ids,
+)
 
 # Alerts the loadgen's traffic fires (drifted rows, feedback contradicting every prediction), then the one stopped
 # by stopping the model server; none may be inhibited by another (a muted rule never fires while its cause does).
@@ -183,7 +191,7 @@ def alerts_firing(settings, grafana_url: str, notifications: Path, ports: Ports 
         holds = " and ".join(f"{n} ({alert(n).for_})" for n in TRAFFIC_ALERTS)
         echo(f"drifted traffic with wrong feedback to {gateway} until {holds} fire")
         for name in TRAFFIC_ALERTS:
-            _wait(lambda: firing(name), FIRE_TIMEOUT, f"{name} firing in Grafana and notified")
+            _wait(lambda name=name: firing(name), FIRE_TIMEOUT, f"{name} firing in Grafana and notified")
         echo(f"stopping the demo's model server while traffic flows ({OUTAGE_ALERT})")
         stopped = stop(settings.run_dir / "model-server.pid")
         _wait(lambda: firing(OUTAGE_ALERT), OUTAGE_TIMEOUT, f"{OUTAGE_ALERT} firing in Grafana and notified")

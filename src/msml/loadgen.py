@@ -3,8 +3,8 @@
 Options add a share of drifted rows (real rows with their features shifted along the contract's
 ranges and categories), a share of invalid rows (each kind of contract violation), and ground-truth
 feedback for the predictions, a share of it deliberately wrong (the label the gateway did not predict: concept
-drift or a labelling change, as LiveAccuracyDrop sees it). Runs at a target rate (open loop) or a concurrency (closed loop), for
-a duration or a count — always bounded — and reports throughput, latency percentiles and errors.
+drift or a labelling change, as LiveAccuracyDrop sees it). Runs at a target rate (open loop) or a concurrency
+(closed loop), for a duration or a count — always bounded — and reports throughput, latency percentiles and errors.
 """
 
 from __future__ import annotations
@@ -146,7 +146,8 @@ class LoadReport:
 async def run_load(url: str, rows: list[dict[str, Any]], truths: list[str] | None = None, *,
                    concurrency: int | None = 8, rate: float | None = None, duration: float | None = None,
                    count: int | None = None, drift_share: float = 0.0, invalid_share: float = 0.0,
-                   feedback: bool = False, wrong_feedback_share: float = 0.0, batch_rows: int = 1, seed: int = 0, timeout: float = 10.0,
+                   feedback: bool = False, wrong_feedback_share: float = 0.0, batch_rows: int = 1, seed: int = 0,
+                   timeout: float = 10.0,
                    contract: Contract | None = None, progress: Callable[[int], None] | None = None,
                    max_in_flight: int = 256) -> LoadReport:
     """Send requests of `batch_rows` real rows to `<url>/invocations`; bounded by `duration` and/or `count`.

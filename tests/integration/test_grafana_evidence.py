@@ -19,11 +19,21 @@ from dataclasses import fields
 import pytest
 import yaml
 
-from msml.grafana import (ALERT_NAMES, CONTAINER, FIRE_TIMEOUT, OUTAGE_TIMEOUT, GrafanaError, check_stack,
-                          compose_hosts, inhibited_among, run_command)
+from msml.grafana import (
+    ALERT_NAMES,
+    CONTAINER,
+    FIRE_TIMEOUT,
+    OUTAGE_ALERT,
+    OUTAGE_TIMEOUT,
+    TRAFFIC_ALERTS,
+    GrafanaError,
+    check_stack,
+    compose_hosts,
+    inhibited_among,
+    run_command,
+)
 from msml.monitoring.definitions import ALERTS, alert
-from msml.monitoring.render import _duration_seconds
-from msml.monitoring.render import DASHBOARD_UID, GRAFANA_IMAGE, Ports, _to_plain
+from msml.monitoring.render import DASHBOARD_UID, GRAFANA_IMAGE, Ports, _duration_seconds, _to_plain
 from tests.conftest import ROOT, run_msml
 from tests.integration.serving_fixtures import free_port
 
@@ -143,8 +153,9 @@ def test_without_the_demo_stack_it_says_which_server_is_missing():
 def test_the_alerts_it_fires_are_in_the_definitions():
     assert len(set(ALERT_NAMES)) == 3 and all(alert(name) for name in ALERT_NAMES)
     # each wait outlasts the alert's `for` (the alert must hold that long before Grafana fires it)
-    assert FIRE_TIMEOUT > max(_duration_seconds(alert(n).for_) for n in ALERT_NAMES if n != "ModelServerDown")
-    assert OUTAGE_TIMEOUT > _duration_seconds(alert("ModelServerDown").for_)
+    assert max(_duration_seconds(alert(n).for_) for n in TRAFFIC_ALERTS) < FIRE_TIMEOUT
+    assert _duration_seconds(alert(OUTAGE_ALERT).for_) < OUTAGE_TIMEOUT
+    assert set(ALERT_NAMES) == {*TRAFFIC_ALERTS, OUTAGE_ALERT}
 
 
 def test_no_alert_it_fires_is_inhibited_by_another_it_fires():

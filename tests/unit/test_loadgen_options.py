@@ -13,7 +13,8 @@ from tests.conftest import run_msml
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--feedback", "--wrong-feedback-share", "1.5"], "error: --wrong-feedback-share must be between 0 and 1, got 1.5"),
-    (["--feedback", "--wrong-feedback-share", "-0.1"], "error: --wrong-feedback-share must be between 0 and 1, got -0.1"),
+    (["--feedback", "--wrong-feedback-share", "-0.1"],
+     "error: --wrong-feedback-share must be between 0 and 1, got -0.1"),
     (["--wrong-feedback-share", "0.5"], "error: --wrong-feedback-share needs --feedback"),
 ])
 def test_a_bad_wrong_feedback_share_is_one_line_and_exit_2(args, message):
