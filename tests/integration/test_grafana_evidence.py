@@ -59,7 +59,7 @@ def dashboard_problems(dash: dict) -> list[str]:
 
     problems = lost_keys(dash, _to_plain(dashboard.Dashboard.from_json(dash)))
     for i, panel in enumerate(dash["panels"]):
-        for j, target in enumerate(panel["targets"]):
+        for j, target in enumerate(panel.get("targets", [])):  # a row panel has none
             problems += lost_keys(target, _to_plain(prometheus.Dataquery.from_json(target)), f"/panels[{i}]/targets[{j}]")
     return problems
 
