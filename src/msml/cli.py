@@ -601,6 +601,9 @@ def loadgen(
     drift_share: float = typer.Option(0.0, "--drift-share", min=0.0, max=1.0, help="Share of drifted rows."),
     invalid_share: float = typer.Option(0.0, "--invalid-share", min=0.0, max=1.0, help="Share of invalid rows."),
     feedback: bool = typer.Option(False, "--feedback/--no-feedback", help="Send ground truth to /feedback."),
+    wrong_feedback_share: float = typer.Option(
+        0.0, "--wrong-feedback-share", help="Share of scored rows whose feedback is the label the gateway did not "
+        "predict (simulates concept drift or a labelling change: LiveAccuracyDrop); needs --feedback."),
     batch_rows: int = typer.Option(1, "--batch-rows", min=1, max=1000, help="Rows per request."),
     seed: int = SeedOpt,
     data: Optional[Path] = typer.Option(None, "--data", help="Processed directory (default from settings)."),
@@ -617,6 +620,10 @@ def loadgen(
 
     if invalid_share + drift_share > 1:
         _fail("--invalid-share + --drift-share must be at most 1")
+    if not 0 <= wrong_feedback_share <= 1:
+        _fail(f"--wrong-feedback-share must be between 0 and 1, got {wrong_feedback_share:g}")
+    if wrong_feedback_share and not feedback:
+        _fail("--wrong-feedback-share needs --feedback (it is a share of the feedback sent)")
     if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
         _fail(f"{url} is not loopback; pass --allow-remote to load another host")
     if duration is None and count is None:
@@ -634,7 +641,8 @@ def loadgen(
         task = bar.add_task("load", total=count)
         report = asyncio.run(run_load(
             url, rows, truths, concurrency=concurrency, rate=rate, duration=duration, count=count,
-            drift_share=drift_share, invalid_share=invalid_share, feedback=feedback, batch_rows=batch_rows,
+            drift_share=drift_share, invalid_share=invalid_share, feedback=feedback,
+            wrong_feedback_share=wrong_feedback_share, batch_rows=batch_rows,
             seed=seed, contract=settings.contract, progress=lambda n: bar.advance(task, n)))
     typer.echo(report.summary())
     if report.failed:

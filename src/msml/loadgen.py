@@ -2,8 +2,9 @@
 
 Options add a share of drifted rows (real rows with their features shifted along the contract's
 ranges and categories), a share of invalid rows (each kind of contract violation), and ground-truth
-feedback for the predictions. Runs at a target rate (open loop) or a concurrency (closed loop), for
-a duration or a count — always bounded — and reports throughput, latency percentiles and errors.
+feedback for the predictions, a share of it deliberately wrong (the label the gateway did not predict: concept
+drift or a labelling change, as LiveAccuracyDrop sees it). Runs at a target rate (open loop) or a concurrency
+(closed loop), for a duration or a count — always bounded — and reports throughput, latency percentiles and errors.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from msml.contract import Contract
 MAX_DURATION = 3600.0
 MAX_COUNT = 10_000_000
 FEEDBACK_BATCH = 50
+WRONG = object()  # a row whose feedback must contradict the gateway's prediction
 INVALID_KINDS = ("out_of_range", "unknown_category", "missing", "wrong_type", "unexpected_field")
 
 
@@ -104,6 +106,7 @@ class LoadReport:
     server_errors: int = 0  # 5xx
     transport_errors: int = 0  # no answer (refused, timeout)
     feedback_sent: int = 0
+    wrong_feedback_sent: int = 0  # of feedback_sent, the labels contradicting the prediction on purpose
     live_accuracy: float | None = None
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list, repr=False)
@@ -135,20 +138,24 @@ class LoadReport:
         ]
         if self.feedback_sent:
             acc = "n/a" if self.live_accuracy is None else f"{self.live_accuracy:.4f}"
-            lines.append(f"feedback sent {self.feedback_sent}, gateway live accuracy {acc}")
+            lines.append(f"feedback sent {self.feedback_sent} ({self.wrong_feedback_sent} deliberately wrong), "
+                         f"gateway live accuracy {acc}")
         return "\n".join(lines)
 
 
 async def run_load(url: str, rows: list[dict[str, Any]], truths: list[str] | None = None, *,
                    concurrency: int | None = 8, rate: float | None = None, duration: float | None = None,
                    count: int | None = None, drift_share: float = 0.0, invalid_share: float = 0.0,
-                   feedback: bool = False, batch_rows: int = 1, seed: int = 0, timeout: float = 10.0,
+                   feedback: bool = False, wrong_feedback_share: float = 0.0, batch_rows: int = 1, seed: int = 0,
+                   timeout: float = 10.0,
                    contract: Contract | None = None, progress: Callable[[int], None] | None = None,
                    max_in_flight: int = 256) -> LoadReport:
     """Send requests of `batch_rows` real rows to `<url>/invocations`; bounded by `duration` and/or `count`.
 
     With `rate` (requests/s) requests start on a fixed schedule (open loop, at most `max_in_flight` at a
     time); otherwise `concurrency` workers each send the next request when the last one is answered.
+    With `feedback`, each scored row with a known label gets it back on `/feedback`; a `wrong_feedback_share` of the
+    scored rows (drifted ones included) gets the label the gateway did not predict instead.
     """
     import httpx
 
@@ -162,10 +169,15 @@ async def run_load(url: str, rows: list[dict[str, Any]], truths: list[str] | Non
         raise ValueError("drifted or invalid rows need the contract")
     if feedback and truths is None:
         raise ValueError("feedback needs the true labels")
+    if not 0.0 <= wrong_feedback_share <= 1.0:
+        raise ValueError(f"the wrong-feedback share must be between 0 and 1, got {wrong_feedback_share:g}")
+    if wrong_feedback_share and not (feedback and contract is not None):
+        raise ValueError("wrong feedback needs feedback on and the contract (its two labels)")
     rng = random.Random(seed)
+    wrong_rng = random.Random(seed + 1)  # its own stream: the rows sent do not depend on the wrong share
     maker = RowMaker(contract, rows, seed) if contract is not None else None
     report = LoadReport()
-    pending_feedback: list[dict[str, Any]] = []
+    pending_feedback: list[tuple[dict[str, Any], bool]] = []  # (item, deliberately wrong)
     url = url.rstrip("/")
     started = time.perf_counter()
     deadline = started + duration
@@ -185,6 +197,8 @@ async def run_load(url: str, rows: list[dict[str, Any]], truths: list[str] | Non
                 row, invalid = maker.invalid(row)[0], True
             elif draw < invalid_share + drift_share:
                 row, truth = maker.drifted(row), None  # ground truth of a shifted row is unknown
+            if wrong_feedback_share and wrong_rng.random() < wrong_feedback_share:
+                truth = WRONG
             batch.append(row)
             labels.append(truth)
         return {"dataframe_records": batch}, invalid, labels  # MLflow's format: works direct too
@@ -194,9 +208,10 @@ async def run_load(url: str, rows: list[dict[str, Any]], truths: list[str] | Non
             chunk = pending_feedback[:FEEDBACK_BATCH]
             del pending_feedback[:FEEDBACK_BATCH]
             try:
-                resp = await client.post(f"{url}/feedback", json={"feedback": chunk})
+                resp = await client.post(f"{url}/feedback", json={"feedback": [item for item, _ in chunk]})
                 if resp.status_code == 200:
                     report.feedback_sent += len(chunk)
+                    report.wrong_feedback_sent += sum(wrong for _, wrong in chunk)
                     report.live_accuracy = resp.json().get("live_accuracy")
                 elif resp.status_code >= 500:
                     report.server_errors += 1
@@ -220,9 +235,13 @@ async def run_load(url: str, rows: list[dict[str, Any]], truths: list[str] | Non
         if status == 200:
             report.ok += 1
             if feedback:
-                for pid, truth in zip(resp.json().get("ids", ()), labels):
-                    if truth is not None:
-                        pending_feedback.append({"id": pid, "label": truth})
+                answer = resp.json()
+                for pid, truth, predicted in zip(answer.get("ids", ()), labels, answer.get("labels", ())):
+                    if truth is WRONG:
+                        other = [label for label in contract.labels if label != str(predicted)]
+                        pending_feedback.append(({"id": pid, "label": other[0]}, True))
+                    elif truth is not None:
+                        pending_feedback.append(({"id": pid, "label": truth}, False))
         elif status >= 500:
             report.server_errors += 1
         elif invalid and status in (400, 422):

@@ -295,6 +295,19 @@ def test_feedback_accuracy_matches_hand_computation(client, contract, test_rows)
     assert bad.status_code == 422 and bad.json()["details"][0]["reason"] == "unknown_category"
 
 
+def test_loadgen_wrong_feedback_contradicts_every_prediction(client, gateway, processed):
+    before = metrics_of(client)
+    out = run_msml("loadgen", "--url", gateway, "--count", "60", "-c", "4", "--drift-share", "0.5", "--feedback",
+                   "--wrong-feedback-share", "1.0", "--no-progress", env={"MSML_PROCESSED": str(processed)},
+                   timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # every scored row, drifted ones included, got the label the gateway did not predict
+    assert "feedback sent 60 (60 deliberately wrong)" in out.stdout, out.stdout
+    after = metrics_of(client)
+    assert value(after, M.FEEDBACK, outcome="incorrect") - value(before, M.FEEDBACK, outcome="incorrect") == 60
+    assert value(after, M.FEEDBACK, outcome="correct") == value(before, M.FEEDBACK, outcome="correct")
+
+
 # ---- metrics ------------------------------------------------------------------------------------------------
 
 

@@ -19,9 +19,21 @@ from dataclasses import fields
 import pytest
 import yaml
 
-from msml.grafana import ALERT_NAMES, CONTAINER, GrafanaError, check_stack, compose_hosts, run_command
-from msml.monitoring.definitions import alert
-from msml.monitoring.render import DASHBOARD_UID, GRAFANA_IMAGE, Ports, _to_plain
+from msml.grafana import (
+    ALERT_NAMES,
+    CONTAINER,
+    FIRE_TIMEOUT,
+    OUTAGE_ALERT,
+    OUTAGE_TIMEOUT,
+    TRAFFIC_ALERTS,
+    GrafanaError,
+    check_stack,
+    compose_hosts,
+    inhibited_among,
+    run_command,
+)
+from msml.monitoring.definitions import ALERTS, alert
+from msml.monitoring.render import DASHBOARD_UID, GRAFANA_IMAGE, Ports, _duration_seconds, _to_plain
 from tests.conftest import ROOT, run_msml
 from tests.integration.serving_fixtures import free_port
 
@@ -139,4 +151,28 @@ def test_without_the_demo_stack_it_says_which_server_is_missing():
 
 
 def test_the_alerts_it_fires_are_in_the_definitions():
-    assert len(ALERT_NAMES) == 3 and all(alert(name) for name in ALERT_NAMES)
+    assert len(set(ALERT_NAMES)) == 3 and all(alert(name) for name in ALERT_NAMES)
+    # each wait outlasts the alert's `for` (the alert must hold that long before Grafana fires it)
+    assert max(_duration_seconds(alert(n).for_) for n in TRAFFIC_ALERTS) < FIRE_TIMEOUT
+    assert _duration_seconds(alert(OUTAGE_ALERT).for_) < OUTAGE_TIMEOUT
+    assert set(ALERT_NAMES) == {*TRAFFIC_ALERTS, OUTAGE_ALERT}
+
+
+def test_no_alert_it_fires_is_inhibited_by_another_it_fires():
+    # from the definitions: no chosen alert lists another chosen one as its cause
+    assert inhibited_among(ALERT_NAMES) == []
+    # and from the committed Grafana rules: no chosen rule's query is muted (`unless`) by another chosen alert
+    prov = yaml.safe_load((GRAFANA / "provisioning/alerting/msml.yml").read_text())
+    queries = {r["title"]: r["data"][0]["model"]["expr"] for g in prov["groups"] for r in g["rules"]}
+    for name in ALERT_NAMES:
+        assert queries[name] == alert(name).grafana_query
+        for other in ALERT_NAMES:
+            assert other == name or f"unless on (job) ({alert(other).expr})" not in queries[name], (name, other)
+
+
+def test_the_inhibition_check_catches_an_inhibited_choice():
+    # the choice before #15's inhibition (HighErrorRate could never fire while ModelServerDown does)
+    inhibited = [a for a in ALERTS if a.inhibited_by]
+    assert inhibited, "no alert is inhibited any more: this check has nothing to catch"
+    for a in inhibited:
+        assert inhibited_among((a.name, *a.inhibited_by)) == [(a.name, a.inhibited_by[0])]
