@@ -131,6 +131,9 @@ def write_manifest(directory: Path) -> dict[str, str]:
 def verify_manifest(processed_dir: str | Path, names: tuple[str, ...]) -> None:
     """DataError unless each of `names` is in the directory's manifest with the same sha256."""
     processed_dir = Path(processed_dir)
+    for name in names:  # a missing file first: the most common mistake is a wrong --data
+        if not (processed_dir / name).is_file():
+            raise DataError(f"processed file not found: {processed_dir / name} (run `msml preprocess` first)")
     try:
         manifest = json.loads((processed_dir / MANIFEST_FILE).read_text())
     except FileNotFoundError:
@@ -142,8 +145,6 @@ def verify_manifest(processed_dir: str | Path, names: tuple[str, ...]) -> None:
         raise DataError(f"{processed_dir / MANIFEST_FILE} is not valid JSON; run `msml preprocess`") from None
     for name in names:
         path = processed_dir / name
-        if not path.is_file():
-            raise DataError(f"processed file not found: {path} (run `msml preprocess` first)")
         if manifest.get(name) != file_sha256(path):
             raise DataError(
                 f"processed file {path} does not match {MANIFEST_FILE} (changed or half-written); run `msml preprocess`"
