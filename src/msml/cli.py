@@ -12,19 +12,27 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from msml.config import (DEFAULT_PORTS, DEFAULT_SEED, DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, TRACKING_POSTGRES_PORT,
-                         Settings, load_settings, local_url)
+from msml.config import (
+    DEFAULT_PORTS,
+    DEFAULT_SEED,
+    DEFAULT_TIME_BUDGET,
+    DEFAULT_TRIALS,
+    TRACKING_POSTGRES_PORT,
+    Settings,
+    load_settings,
+    local_url,
+)
 from msml.contract import DEFAULT_MAX_INVALID_SHARE, DataError
-from msml.monitoring.drift import DEFAULT_WINDOW, MIN_ROWS
 from msml.errors import MaskingStream, MsmlError, TrackingError, mask
+from msml.monitoring.drift import DEFAULT_WINDOW, MIN_ROWS
 
 # show_locals=False: a traceback's local variables can hold a tracking password or token
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0],
-                  pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0], pretty_exceptions_show_locals=False
+)
 
 ContractOpt = typer.Option(None, "--contract", help="Dataset contract YAML (default: the Adult contract).")
 RawOpt = typer.Option(None, "--raw", help="Raw CSV (default: data/<dataset>_raw/<dataset>.csv).")
@@ -57,21 +65,26 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the versions of msml, MLflow and Python, then exit."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print the versions of msml, MLflow and Python, then exit.",
+    ),
 ) -> None:
     pass
 
 
-def _settings(contract: Optional[Path]) -> Settings:
+def _settings(contract: Path | None) -> Settings:
     return load_settings(contract_path=contract)
 
 
 @app.command()
 @handles_errors
 def validate(
-    raw: Optional[Path] = RawOpt,
-    contract: Optional[Path] = ContractOpt,
+    raw: Path | None = RawOpt,
+    contract: Path | None = ContractOpt,
     max_invalid_share: float = MaxInvalidOpt,
 ) -> None:
     """Validate a raw CSV against the contract; print the counts and the quarantined rows' reasons."""
@@ -87,12 +100,13 @@ def validate(
 @app.command()
 @handles_errors
 def preprocess(
-    raw: Optional[Path] = RawOpt,
-    contract: Optional[Path] = ContractOpt,
-    out: Optional[Path] = OutOpt,
+    raw: Path | None = RawOpt,
+    contract: Path | None = ContractOpt,
+    out: Path | None = OutOpt,
     seed: int = SeedOpt,
-    test_size: float = typer.Option(0.2, "--test-size", min=0.05, max=0.5,
-                                    help="Share of rows held out as the test split."),
+    test_size: float = typer.Option(
+        0.2, "--test-size", min=0.05, max=0.5, help="Share of rows held out as the test split."
+    ),
     max_invalid_share: float = MaxInvalidOpt,
 ) -> None:
     """Load → validate → clean → split → fit the transformer on train → write the processed dataset."""
@@ -101,7 +115,11 @@ def preprocess(
     settings = _settings(contract)
     out = out or settings.processed_dir
     report, timings = run(
-        raw or settings.raw_path, out, settings.contract, seed=seed, test_size=test_size,
+        raw or settings.raw_path,
+        out,
+        settings.contract,
+        seed=seed,
+        test_size=test_size,
         max_invalid_share=max_invalid_share,
     )
     summary = {k: v for k, v in report.items() if k not in ("features_in", "features_out")}
@@ -118,11 +136,11 @@ ExperimentOpt = typer.Option(None, "--experiment", help="MLflow experiment name 
 @app.command()
 @handles_errors
 def train(
-    contract: Optional[Path] = ContractOpt,
-    data: Optional[Path] = typer.Option(None, "--data", help="Processed directory (default from settings)."),
+    contract: Path | None = ContractOpt,
+    data: Path | None = typer.Option(None, "--data", help="Processed directory (default from settings)."),
     seed: int = SeedOpt,
-    experiment: Optional[str] = ExperimentOpt,
-    run_info: Optional[Path] = RunInfoOpt,
+    experiment: str | None = ExperimentOpt,
+    run_info: Path | None = RunInfoOpt,
 ) -> None:
     """Baseline: LogisticRegression on the preprocessed data with MLflow autolog (the course's modelling.py)."""
     from msml.training import train_baseline
@@ -136,19 +154,23 @@ def train(
 @app.command()
 @handles_errors
 def tune(
-    contract: Optional[Path] = ContractOpt,
-    data: Optional[Path] = typer.Option(None, "--data", help="Processed directory (default from settings)."),
+    contract: Path | None = ContractOpt,
+    data: Path | None = typer.Option(None, "--data", help="Processed directory (default from settings)."),
     n_trials: int = typer.Option(DEFAULT_TRIALS, "--n-trials", min=1, help="Optuna trials."),
     cv_folds: int = typer.Option(3, "--cv-folds", min=2, help="Stratified CV folds on the train split."),
     seed: int = SeedOpt,
-    experiment: Optional[str] = ExperimentOpt,
-    run_info: Optional[Path] = RunInfoOpt,
+    experiment: str | None = ExperimentOpt,
+    run_info: Path | None = RunInfoOpt,
     register: bool = typer.Option(True, "--register/--no-register", help="Register and gate-promote the model."),
-    time_budget: float = typer.Option(DEFAULT_TIME_BUDGET, "--time-budget", min=0,
-                                      help="Stop starting trials after this many seconds (0: no cap)."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (postgresql://… shares the study "
-                                          "between processes and machines; default: in memory)."),
-    study: Optional[str] = typer.Option(None, "--study", help="Optuna study name; an existing one is joined."),
+    time_budget: float = typer.Option(
+        DEFAULT_TIME_BUDGET, "--time-budget", min=0, help="Stop starting trials after this many seconds (0: no cap)."
+    ),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        help="Optuna RDB URL (postgresql://… shares the study between processes and machines; default: in memory).",
+    ),
+    study: str | None = typer.Option(None, "--study", help="Optuna study name; an existing one is joined."),
     workers: int = typer.Option(1, "--workers", min=1, help="Tuning worker processes (above 1: postgresql storage)."),
     join: bool = typer.Option(False, "--join", help="Only join --study (wait for its creator), never create it."),
 ) -> None:
@@ -157,8 +179,19 @@ def tune(
 
     settings = _settings(contract).with_overrides(processed_dir=data, experiment=experiment)
     typer.echo(f"tuning with {n_trials} trials, {cv_folds}-fold CV (tracking: {settings.tracking_uri})")
-    summary = run(settings, n_trials=n_trials, seed=seed, cv_folds=cv_folds, run_info=run_info, progress=typer.echo,
-                  time_budget=time_budget or None, storage=storage, study_name=study, workers=workers, join=join)
+    summary = run(
+        settings,
+        n_trials=n_trials,
+        seed=seed,
+        cv_folds=cv_folds,
+        run_info=run_info,
+        progress=typer.echo,
+        time_budget=time_budget or None,
+        storage=storage,
+        study_name=study,
+        workers=workers,
+        join=join,
+    )
     if summary is None:  # joined a study another `msml tune` created: that one refits and registers
         return
     _print_summary(summary)
@@ -170,7 +203,7 @@ def tune(
 @handles_errors
 def register(
     run_id: str = typer.Argument(..., help="Run whose logged model to register."),
-    contract: Optional[Path] = ContractOpt,
+    contract: Path | None = ContractOpt,
 ) -> None:
     """Register a run's model and promote it to @champion when it beats the current champion."""
     from msml.tracking import setup_tracking
@@ -202,23 +235,37 @@ def _print_summary(summary) -> None:
 @app.command()
 @handles_errors
 def demo(
-    contract: Optional[Path] = ContractOpt,
+    contract: Path | None = ContractOpt,
     trials: int = typer.Option(DEFAULT_TRIALS, "--trials", min=1, help="Optuna trials for the tuned model."),
     traffic: float = typer.Option(20.0, "--traffic-seconds", min=1, max=600, help="Seconds of demo traffic."),
-    gateway_port: int = typer.Option(DEFAULT_PORTS.gateway, "--gateway-port", help="Port of the gateway (API, /metrics)."),
+    gateway_port: int = typer.Option(
+        DEFAULT_PORTS.gateway, "--gateway-port", help="Port of the gateway (API, /metrics)."
+    ),
     model_port: int = typer.Option(DEFAULT_PORTS.model_server, "--model-port", help="Port of MLflow's scoring server."),
-    mlflow_port: int = typer.Option(DEFAULT_PORTS.mlflow, "--mlflow-port", help="Port of the MLflow tracking server and UI."),
+    mlflow_port: int = typer.Option(
+        DEFAULT_PORTS.mlflow, "--mlflow-port", help="Port of the MLflow tracking server and UI."
+    ),
     prometheus_port: int = typer.Option(DEFAULT_PORTS.prometheus, "--prometheus-port", help="Port of Prometheus."),
-    alertmanager_port: int = typer.Option(DEFAULT_PORTS.alertmanager, "--alertmanager-port", help="Port of Alertmanager."),
-    receiver_port: int = typer.Option(DEFAULT_PORTS.receiver, "--receiver-port", help="Port of the alert webhook receiver."),
+    alertmanager_port: int = typer.Option(
+        DEFAULT_PORTS.alertmanager, "--alertmanager-port", help="Port of Alertmanager."
+    ),
+    receiver_port: int = typer.Option(
+        DEFAULT_PORTS.receiver, "--receiver-port", help="Port of the alert webhook receiver."
+    ),
 ) -> None:
     """The main job on embedded defaults: data → tracked, registered model → served, monitored, with traffic."""
     from msml.demo import run_demo
     from msml.monitoring.render import Ports
 
     settings = _settings(contract)
-    ports = Ports(gateway=gateway_port, model_server=model_port, mlflow=mlflow_port, prometheus=prometheus_port,
-                  alertmanager=alertmanager_port, receiver=receiver_port)
+    ports = Ports(
+        gateway=gateway_port,
+        model_server=model_port,
+        mlflow=mlflow_port,
+        prometheus=prometheus_port,
+        alertmanager=alertmanager_port,
+        receiver=receiver_port,
+    )
     try:
         urls = run_demo(settings, trials=trials, traffic_seconds=traffic, ports=ports, echo=typer.echo)
     except MsmlError as exc:
@@ -254,16 +301,20 @@ app.add_typer(tracking_app, name="tracking")
 @handles_errors
 def tracking_up(
     port: int = typer.Option(DEFAULT_PORTS.mlflow, "--port", help="Tracking server port (Prometheus scrapes it)."),
-    postgres_port: int = typer.Option(TRACKING_POSTGRES_PORT, "--postgres-port", help="Port of the PostgreSQL cluster it starts."),
-    backend_store_uri: Optional[str] = typer.Option(
-        None, "--backend-store-uri", help="An existing postgresql://… database instead of starting a cluster."),
+    postgres_port: int = typer.Option(
+        TRACKING_POSTGRES_PORT, "--postgres-port", help="Port of the PostgreSQL cluster it starts."
+    ),
+    backend_store_uri: str | None = typer.Option(
+        None, "--backend-store-uri", help="An existing postgresql://… database instead of starting a cluster."
+    ),
 ) -> None:
     """Start PostgreSQL and `mlflow server` (artifacts proxied, /metrics) on 127.0.0.1 (state in .run/tracking)."""
     from msml.tracking_server import up
 
     try:
-        started = up(_settings(None).run_dir, port=port, postgres_port=postgres_port,
-                     backend_store_uri=backend_store_uri)
+        started = up(
+            _settings(None).run_dir, port=port, postgres_port=postgres_port, backend_store_uri=backend_store_uri
+        )
     except RuntimeError as exc:
         _fail(str(exc))
     typer.echo(f"tracking server {started.url} (pid {started.pid}; backend {started.backend_store_uri})")
@@ -291,7 +342,7 @@ app.add_typer(project_app, name="project")
 
 @project_app.command("render")
 def project_render(
-    root: Optional[Path] = RootOpt,
+    root: Path | None = RootOpt,
     check: bool = CheckOpt,
 ) -> None:
     """Render MLProject/MLproject, conda.yaml (pins from pyproject + the runtime lock) and the Docker Hub link."""
@@ -322,37 +373,63 @@ def _render(files: dict[str, str], root: Path, check: bool, what: str, command: 
 @handles_errors
 def ci(
     entry: str = typer.Option("tune", "--entry", "-e", help="MLproject entry point: main (baseline) or tune."),
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Optuna trials for `tune` (default: CI budget)."),
-    cv_folds: Optional[int] = typer.Option(None, "--cv-folds", min=2, help="CV folds for `tune`."),
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Optuna trials for `tune` (default: CI budget)."),
+    cv_folds: int | None = typer.Option(None, "--cv-folds", min=2, help="CV folds for `tune`."),
     seed: int = SeedOpt,
-    data: Optional[Path] = typer.Option(None, "--data", help="Processed directory (default from settings)."),
+    data: Path | None = typer.Option(None, "--data", help="Processed directory (default from settings)."),
     out: Path = typer.Option(Path(".run/ci"), "--out", help="Run info, artifacts, run_summary.json, docker/."),
     image_tag: str = typer.Option("latest", "--image-tag", help="Tag recorded for the image (CI: the git sha)."),
-    dockerfile: bool = typer.Option(True, "--dockerfile/--no-dockerfile",
-                                    help="Generate and check the model's Dockerfile (no Docker engine needed)."),
+    dockerfile: bool = typer.Option(
+        True,
+        "--dockerfile/--no-dockerfile",
+        help="Generate and check the model's Dockerfile (no Docker engine needed).",
+    ),
     env_manager: str = typer.Option("local", "--env-manager", help="mlflow run --env-manager: local or conda."),
-    project: Optional[Path] = typer.Option(None, "--project", help="MLflow Project dir (default: <root>/MLProject)."),
-    image: bool = typer.Option(False, "--image/--no-image",
-                               help="Build the image as the workflow does (mlflow models build-docker + serving "
-                                    "env), through DOCKER_HOST or podman started here."),
+    project: Path | None = typer.Option(None, "--project", help="MLflow Project dir (default: <root>/MLProject)."),
+    image: bool = typer.Option(
+        False,
+        "--image/--no-image",
+        help="Build the image as the workflow does (mlflow models build-docker + serving "
+        "env), through DOCKER_HOST or podman started here.",
+    ),
 ) -> None:
     """The CI retraining job: mlflow run MLProject → run-info file → artifacts + summary → Dockerfile/image."""
     from msml.ci import run_ci
     from msml.project import CI_CV_FOLDS, CI_TRIALS
 
     settings = _settings(None).with_overrides(processed_dir=data)
-    result = run_ci(settings, out, entry=entry, trials=trials or CI_TRIALS, cv_folds=cv_folds or CI_CV_FOLDS,
-                    seed=seed, image_tag=image_tag, dockerfile=dockerfile, env_manager=env_manager,
-                    project_dir=project, progress=typer.echo, image=image)
-    typer.echo(json.dumps({"run_id": result.run_id, "model_uri": result.model_uri, "image": result.image,
-                           "seconds": {k: round(v, 1) for k, v in result.seconds.items()}}, indent=2))
+    result = run_ci(
+        settings,
+        out,
+        entry=entry,
+        trials=trials or CI_TRIALS,
+        cv_folds=cv_folds or CI_CV_FOLDS,
+        seed=seed,
+        image_tag=image_tag,
+        dockerfile=dockerfile,
+        env_manager=env_manager,
+        project_dir=project,
+        progress=typer.echo,
+        image=image,
+    )
+    typer.echo(
+        json.dumps(
+            {
+                "run_id": result.run_id,
+                "model_uri": result.model_uri,
+                "image": result.image,
+                "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+            },
+            indent=2,
+        )
+    )
 
 
 @app.command("build-image")
 @handles_errors
 def build_image(
-    model_uri: Optional[str] = typer.Option(None, "--model-uri", "-m", help="Default: models:/<model name>@champion."),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="Image name (default: <settings image>:latest)."),
+    model_uri: str | None = typer.Option(None, "--model-uri", "-m", help="Default: models:/<model name>@champion."),
+    name: str | None = typer.Option(None, "--name", "-n", help="Image name (default: <settings image>:latest)."),
 ) -> None:
     """The workflow's image step alone: mlflow models build-docker + the serving-env layer (DOCKER_HOST or podman)."""
     import os
@@ -362,10 +439,20 @@ def build_image(
 
     settings = _settings(None)
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri}
-    built = build_image_with_engine(model_uri or champion_uri(settings.model_name), name or f"{settings.image}:latest",
-                                    env, progress=typer.echo)
-    typer.echo(json.dumps({"image": built.name, "as_built": built.as_built, "base": built.base,
-                           "seconds": {k: round(v, 1) for k, v in built.seconds.items()}}, indent=2))
+    built = build_image_with_engine(
+        model_uri or champion_uri(settings.model_name), name or f"{settings.image}:latest", env, progress=typer.echo
+    )
+    typer.echo(
+        json.dumps(
+            {
+                "image": built.name,
+                "as_built": built.as_built,
+                "base": built.base,
+                "seconds": {k: round(v, 1) for k, v in built.seconds.items()},
+            },
+            indent=2,
+        )
+    )
 
 
 @app.command()
@@ -376,7 +463,9 @@ def engine() -> None:
 
     _sigterm_as_interrupt()
     with Engine(log=typer.echo) as running:
-        typer.echo(f"export DOCKER_HOST={running.docker_host}   # then: docker run --network host <image>; Ctrl-C stops")
+        typer.echo(
+            f"export DOCKER_HOST={running.docker_host}   # then: docker run --network host <image>; Ctrl-C stops"
+        )
         try:
             running.proc.wait()
             _fail(f"podman system service exited with code {running.proc.returncode}", code=1)
@@ -392,7 +481,7 @@ app.add_typer(monitoring_app, name="monitoring")
 
 @monitoring_app.command("render")
 def monitoring_render(
-    root: Optional[Path] = RootOpt,
+    root: Path | None = RootOpt,
     check: bool = CheckOpt,
 ) -> None:
     """Render prometheus.yml, rules, promtool tests, alertmanager.yml, Grafana provisioning, docker-compose.yml."""
@@ -405,7 +494,9 @@ def monitoring_render(
 @monitoring_app.command("receiver")
 def monitoring_receiver(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(DEFAULT_PORTS.receiver, "--port", help="Port to listen on (Alertmanager's webhook URL points here)."),
+    port: int = typer.Option(
+        DEFAULT_PORTS.receiver, "--port", help="Port to listen on (Alertmanager's webhook URL points here)."
+    ),
     out: Path = typer.Option(Path(".run/notifications.jsonl"), "--out", help="JSON-lines file of notifications."),
 ) -> None:
     """Record every webhook notification POSTed to it (Alertmanager, Grafana) as JSON lines."""
@@ -416,10 +507,16 @@ def monitoring_receiver(
 
 @monitoring_app.command("up")
 def monitoring_up(
-    gateway_port: int = typer.Option(DEFAULT_PORTS.gateway, "--gateway-port", help="Where Prometheus scrapes the gateway."),
+    gateway_port: int = typer.Option(
+        DEFAULT_PORTS.gateway, "--gateway-port", help="Where Prometheus scrapes the gateway."
+    ),
     prometheus_port: int = typer.Option(DEFAULT_PORTS.prometheus, "--prometheus-port", help="Port of Prometheus."),
-    alertmanager_port: int = typer.Option(DEFAULT_PORTS.alertmanager, "--alertmanager-port", help="Port of Alertmanager."),
-    receiver_port: int = typer.Option(DEFAULT_PORTS.receiver, "--receiver-port", help="Port of the alert webhook receiver."),
+    alertmanager_port: int = typer.Option(
+        DEFAULT_PORTS.alertmanager, "--alertmanager-port", help="Port of Alertmanager."
+    ),
+    receiver_port: int = typer.Option(
+        DEFAULT_PORTS.receiver, "--receiver-port", help="Port of the alert webhook receiver."
+    ),
     fast: bool = typer.Option(False, "--fast", help="1 s scrapes and 2 s alert delays (demos, tests)."),
 ) -> None:
     """Start Prometheus, Alertmanager and the webhook receiver on 127.0.0.1 (pid files in .run/)."""
@@ -427,8 +524,9 @@ def monitoring_up(
     from msml.monitoring.render import FAST, PRODUCTION, Ports
 
     settings = _settings(None)
-    ports = Ports(gateway=gateway_port, prometheus=prometheus_port, alertmanager=alertmanager_port,
-                  receiver=receiver_port)
+    ports = Ports(
+        gateway=gateway_port, prometheus=prometheus_port, alertmanager=alertmanager_port, receiver=receiver_port
+    )
     started = stack.start(settings.run_dir, ports, FAST if fast else PRODUCTION)
     for name, url in started.urls().items():
         typer.echo(f"{name:13s} {url}")
@@ -451,8 +549,9 @@ app.add_typer(evidence_app, name="evidence")
 def evidence_monitoring(
     out: Path = typer.Option(Path("evidence/monitoring"), "--out", help="Directory for the JPG files."),
     prometheus: str = typer.Option(local_url(DEFAULT_PORTS.prometheus), "--prometheus", help="Prometheus URL."),
-    notifications: Optional[Path] = typer.Option(
-        None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."),
+    notifications: Path | None = typer.Option(
+        None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."
+    ),
 ) -> None:
     """Prometheus graphs per dashboard metric, its rules and alerts pages, Alertmanager's notifications."""
     from msml.evidence import prometheus_evidence
@@ -470,7 +569,7 @@ def evidence_monitoring(
 @evidence_app.command("grafana")
 def evidence_grafana(
     out: Path = typer.Option(Path("dist"), "--out", help="The `msml export --out` directory to complete."),
-    student: Optional[str] = typer.Option(None, "--student", help="Student name (default: MSML_STUDENT / config)."),
+    student: str | None = typer.Option(None, "--student", help="Student name (default: MSML_STUDENT / config)."),
 ) -> None:
     """Grafana 11.6 in Docker against `make demo`'s stack: fire 3 alerts, capture panels, rules and notifications."""
     from msml.export import ExportError
@@ -489,8 +588,9 @@ def evidence_grafana(
 @handles_errors
 def evidence_mlflow(
     out: Path = typer.Option(Path("evidence/mlflow"), "--out", help="Directory for the JPG files."),
-    mlflow_url: Optional[str] = typer.Option(
-        None, "--mlflow-url", help="A running MLflow UI over the same store (default: start one on loopback)."),
+    mlflow_url: str | None = typer.Option(
+        None, "--mlflow-url", help="A running MLflow UI over the same store (default: start one on loopback)."
+    ),
 ) -> None:
     """The MLflow UI's runs page and the champion run's artifacts page (screenshoot_dashboard/artifak.jpg)."""
     from mlflow.exceptions import MlflowException
@@ -524,7 +624,7 @@ def serve(
     port: int = typer.Option(DEFAULT_PORTS.model_server, "--port", help="Port of MLflow's scoring server."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     workers: int = typer.Option(1, "--workers", min=1, help="gunicorn workers."),
-    model_uri: Optional[str] = typer.Option(None, "--model-uri", help="Default: models:/<model name>@champion."),
+    model_uri: str | None = typer.Option(None, "--model-uri", help="Default: models:/<model name>@champion."),
     wait: float = typer.Option(180.0, "--wait", help="Seconds to wait for /ping."),
 ) -> None:
     """Serve the champion with `mlflow models serve --env-manager local` (foreground; Ctrl-C stops)."""
@@ -533,8 +633,9 @@ def serve(
 
     settings = _settings(None)
     uri = model_uri or champion_uri(settings.model_name)
-    server = ModelServer(uri, settings.tracking_uri, port, settings.run_dir / "model-server.log", host=host,
-                         workers=workers)
+    server = ModelServer(
+        uri, settings.tracking_uri, port, settings.run_dir / "model-server.log", host=host, workers=workers
+    )
     typer.echo(f"starting: {' '.join(server.command)} (log: {server.log})")
     _sigterm_as_interrupt()  # `kill <pid>` stops the model server too, not only Ctrl-C
     try:
@@ -552,38 +653,61 @@ def serve(
 def gateway(
     port: int = typer.Option(DEFAULT_PORTS.gateway, "--port", help="Gateway port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    model_url: str = typer.Option(local_url(DEFAULT_PORTS.model_server), "--model-url",
-                                  help="MLflow scoring server or the model's Docker image (/ping, /invocations)."),
-    model_uri: Optional[str] = typer.Option(None, "--model-uri",
-                                            help="Registry URI for model info and drift reference "
-                                                 "(default: models:/<model name>@champion; '' for none)."),
-    drift_reference: Optional[Path] = typer.Option(None, "--drift-reference", help="Reference JSON file instead."),
+    model_url: str = typer.Option(
+        local_url(DEFAULT_PORTS.model_server),
+        "--model-url",
+        help="MLflow scoring server or the model's Docker image (/ping, /invocations).",
+    ),
+    model_uri: str | None = typer.Option(
+        None,
+        "--model-uri",
+        help="Registry URI for model info and drift reference (default: models:/<model name>@champion; '' for none).",
+    ),
+    drift_reference: Path | None = typer.Option(None, "--drift-reference", help="Reference JSON file instead."),
     max_batch_rows: int = typer.Option(256, "--max-batch-rows", min=1, help="Most rows in one model call."),
-    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0,
-                                       help="How long a request waits for others to share its batch."),
-    max_concurrent_batches: int = typer.Option(1, "--max-concurrent-batches", min=1,
-                                                help="Model calls in flight at a time (match the server's workers)."),
-    probe_interval: float = typer.Option(1.0, "--probe-interval", min=0.05,
-                                          help="Seconds between health probes of the model server."),
-    drift_window: int = typer.Option(DEFAULT_WINDOW, "--drift-window", min=MIN_ROWS,
-                                     help="Recent rows the drift statistics cover (at least the measured minimum)."),
-    model_timeout: float = typer.Option(10.0, "--model-timeout", min=0.05,
-                                        help="Every request's deadline in seconds (504 when it passes)."),
-    max_queue_ms: float = typer.Option(250.0, "--max-queue-ms", min=1.0,
-                                       help="Refuse new requests (503, Retry-After) while the oldest queued one "
-                                            "has waited longer than this."),
+    max_wait_ms: float = typer.Option(
+        2.0, "--max-wait-ms", min=0.0, help="How long a request waits for others to share its batch."
+    ),
+    max_concurrent_batches: int = typer.Option(
+        1, "--max-concurrent-batches", min=1, help="Model calls in flight at a time (match the server's workers)."
+    ),
+    probe_interval: float = typer.Option(
+        1.0, "--probe-interval", min=0.05, help="Seconds between health probes of the model server."
+    ),
+    drift_window: int = typer.Option(
+        DEFAULT_WINDOW,
+        "--drift-window",
+        min=MIN_ROWS,
+        help="Recent rows the drift statistics cover (at least the measured minimum).",
+    ),
+    model_timeout: float = typer.Option(
+        10.0, "--model-timeout", min=0.05, help="Every request's deadline in seconds (504 when it passes)."
+    ),
+    max_queue_ms: float = typer.Option(
+        250.0,
+        "--max-queue-ms",
+        min=1.0,
+        help="Refuse new requests (503, Retry-After) while the oldest queued one has waited longer than this.",
+    ),
 ) -> None:
     """The validating, micro-batching gateway with /metrics (the course's prometheus_exporter; foreground)."""
-    from msml.serving.gateway import GatewayConfig, run
     from msml.registry import champion_uri
+    from msml.serving.gateway import GatewayConfig, run
 
     settings = _settings(None)
     config = GatewayConfig(
-        model_url=model_url, contract=settings.contract, tracking_uri=settings.tracking_uri,
+        model_url=model_url,
+        contract=settings.contract,
+        tracking_uri=settings.tracking_uri,
         model_uri=champion_uri(settings.model_name) if model_uri is None else (model_uri or None),
-        drift_reference=drift_reference, max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms,
-        max_concurrent_batches=max_concurrent_batches, probe_interval=probe_interval, drift_window=drift_window,
-        request_timeout=model_timeout, max_queue_delay_ms=max_queue_ms,
+        drift_reference=drift_reference,
+        max_batch_rows=max_batch_rows,
+        max_wait_ms=max_wait_ms,
+        max_concurrent_batches=max_concurrent_batches,
+        probe_interval=probe_interval,
+        drift_window=drift_window,
+        request_timeout=model_timeout,
+        max_queue_delay_ms=max_queue_ms,
         feedback_token=os.environ.get("MSML_FEEDBACK_TOKEN") or None,  # a secret: from the environment only
     )
     typer.echo(f"gateway on http://{host}:{port} → {model_url} (/invocations, /feedback, /metrics, /health, /docs)")
@@ -593,20 +717,24 @@ def gateway(
 @app.command()
 def loadgen(
     url: str = typer.Option(local_url(DEFAULT_PORTS.gateway), "--url", help="Gateway (or model server) base URL."),
-    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=1024,
-                                     help="Requests in flight at a time (closed loop)."),
-    rate: Optional[float] = typer.Option(None, "--rate", min=0.1, help="Target requests/s (open loop)."),
-    duration: Optional[float] = typer.Option(None, "--duration", min=0.1, max=3600, help="Seconds."),
-    count: Optional[int] = typer.Option(None, "--count", min=1, help="Requests (default 1000 without --duration)."),
+    concurrency: int = typer.Option(
+        8, "--concurrency", "-c", min=1, max=1024, help="Requests in flight at a time (closed loop)."
+    ),
+    rate: float | None = typer.Option(None, "--rate", min=0.1, help="Target requests/s (open loop)."),
+    duration: float | None = typer.Option(None, "--duration", min=0.1, max=3600, help="Seconds."),
+    count: int | None = typer.Option(None, "--count", min=1, help="Requests (default 1000 without --duration)."),
     drift_share: float = typer.Option(0.0, "--drift-share", min=0.0, max=1.0, help="Share of drifted rows."),
     invalid_share: float = typer.Option(0.0, "--invalid-share", min=0.0, max=1.0, help="Share of invalid rows."),
     feedback: bool = typer.Option(False, "--feedback/--no-feedback", help="Send ground truth to /feedback."),
     wrong_feedback_share: float = typer.Option(
-        0.0, "--wrong-feedback-share", help="Share of scored rows whose feedback is the label the gateway did not "
-        "predict (simulates concept drift or a labelling change: LiveAccuracyDrop); needs --feedback."),
+        0.0,
+        "--wrong-feedback-share",
+        help="Share of scored rows whose feedback is the label the gateway did not "
+        "predict (simulates concept drift or a labelling change: LiveAccuracyDrop); needs --feedback.",
+    ),
     batch_rows: int = typer.Option(1, "--batch-rows", min=1, max=1000, help="Rows per request."),
     seed: int = SeedOpt,
-    data: Optional[Path] = typer.Option(None, "--data", help="Processed directory (default from settings)."),
+    data: Path | None = typer.Option(None, "--data", help="Processed directory (default from settings)."),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback URL."),
     progress_bar: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -636,14 +764,34 @@ def loadgen(
     mode = f"{rate} req/s" if rate else f"concurrency {concurrency}"
     bound = " and ".join(x for x in (f"{count} requests" if count else "", f"{duration} s" if duration else "") if x)
     typer.echo(f"loading {url} with {len(rows)} test rows: {mode}, up to {bound}")
-    with Progress(TextColumn("requests"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress_bar, transient=False) as bar:
+    with Progress(
+        TextColumn("requests"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not progress_bar,
+        transient=False,
+    ) as bar:
         task = bar.add_task("load", total=count)
-        report = asyncio.run(run_load(
-            url, rows, truths, concurrency=concurrency, rate=rate, duration=duration, count=count,
-            drift_share=drift_share, invalid_share=invalid_share, feedback=feedback,
-            wrong_feedback_share=wrong_feedback_share, batch_rows=batch_rows,
-            seed=seed, contract=settings.contract, progress=lambda n: bar.advance(task, n)))
+        report = asyncio.run(
+            run_load(
+                url,
+                rows,
+                truths,
+                concurrency=concurrency,
+                rate=rate,
+                duration=duration,
+                count=count,
+                drift_share=drift_share,
+                invalid_share=invalid_share,
+                feedback=feedback,
+                wrong_feedback_share=wrong_feedback_share,
+                batch_rows=batch_rows,
+                seed=seed,
+                contract=settings.contract,
+                progress=lambda n: bar.advance(task, n),
+            )
+        )
     typer.echo(report.summary())
     if report.failed:
         _fail(f"{report.errors} request(s) failed", code=1)
@@ -656,26 +804,41 @@ def loadgen(
 @handles_errors
 def export(
     out: Path = typer.Option(Path("dist"), "--out", help="Directory for the repositories, folder and zip."),
-    student: Optional[str] = typer.Option(None, "--student", help="Student name (default: MSML_STUDENT / config)."),
-    github_user: Optional[str] = typer.Option(None, "--github-user", help="GitHub user of the repository links."),
-    dockerhub_user: Optional[str] = typer.Option(None, "--dockerhub-user", help="Docker Hub user of the image."),
-    evidence: bool = typer.Option(True, "--evidence/--no-evidence",
-                                  help="Screenshot the running system (what is not running is listed as missing)."),
+    student: str | None = typer.Option(None, "--student", help="Student name (default: MSML_STUDENT / config)."),
+    github_user: str | None = typer.Option(None, "--github-user", help="GitHub user of the repository links."),
+    dockerhub_user: str | None = typer.Option(None, "--dockerhub-user", help="Docker Hub user of the image."),
+    evidence: bool = typer.Option(
+        True,
+        "--evidence/--no-evidence",
+        help="Screenshot the running system (what is not running is listed as missing).",
+    ),
     model_url: str = typer.Option(local_url(DEFAULT_PORTS.model_server), "--model-url", help="Running model server."),
     gateway_url: str = typer.Option(local_url(DEFAULT_PORTS.gateway), "--gateway", help="Running gateway."),
     prometheus: str = typer.Option(local_url(DEFAULT_PORTS.prometheus), "--prometheus", help="Running Prometheus."),
-    notifications: Optional[Path] = typer.Option(
-        None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."),
+    notifications: Path | None = typer.Option(
+        None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."
+    ),
 ) -> None:
     """Write Eksperimen_SML_<student>/, Workflow-CI/ (git repositories), SMSML_<student>/ and its zip."""
-    from msml.export import MISSING_FILE, export as run
+    from msml.export import MISSING_FILE
+    from msml.export import export as run
 
     settings = _settings(None).with_overrides(student=student, github_user=github_user, dockerhub_user=dockerhub_user)
-    result = run(settings, out, evidence=evidence, model_url=model_url, gateway_url=gateway_url,
-                 prometheus_url=prometheus, notifications=notifications, echo=typer.echo)
+    result = run(
+        settings,
+        out,
+        evidence=evidence,
+        model_url=model_url,
+        gateway_url=gateway_url,
+        prometheus_url=prometheus,
+        notifications=notifications,
+        echo=typer.echo,
+    )
     for name, path in result.repositories.items():
-        typer.echo(f"repository {path}  (push: cd '{path}' && git remote add origin "
-                   f"https://github.com/{settings.github_user}/{name}.git && git push -u origin main)")
+        typer.echo(
+            f"repository {path}  (push: cd '{path}' && git remote add origin "
+            f"https://github.com/{settings.github_user}/{name}.git && git push -u origin main)"
+        )
     typer.echo(f"submission {result.submission}\nzip        {result.archive}")
     for path in result.evidence:
         typer.echo(f"evidence   {path}")

@@ -31,6 +31,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from msml.config import DEFAULT_PORTS
 from msml.monitoring.definitions import alert
 from msml.monitoring.render import (
     DASHBOARD_UID,
@@ -80,10 +81,13 @@ def docker_cli() -> str:
     """The docker CLI, checked to reach a daemon."""
     path = shutil.which("docker")
     if not path:
-        raise GrafanaError("Docker is not installed: `msml evidence grafana` runs Grafana 11.6 in Docker "
-                           "(or run the Workflow-CI repository's grafana-evidence workflow on GitHub)")
-    result = subprocess.run([path, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                            timeout=60)
+        raise GrafanaError(
+            "Docker is not installed: `msml evidence grafana` runs Grafana 11.6 in Docker "
+            "(or run the Workflow-CI repository's grafana-evidence workflow on GitHub)"
+        )
+    result = subprocess.run(
+        [path, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=60
+    )
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise GrafanaError(f"Docker is installed but its daemon does not answer (`docker info`: {last})")
@@ -103,7 +107,7 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def stack_urls(ports: Ports = Ports()) -> dict[str, str]:
+def stack_urls(ports: Ports = DEFAULT_PORTS) -> dict[str, str]:
     """The readiness URL of each server `make demo` runs and Grafana needs."""
     local = Targets.local(ports)
     return {
@@ -114,7 +118,7 @@ def stack_urls(ports: Ports = Ports()) -> dict[str, str]:
     }
 
 
-def check_stack(ports: Ports = Ports()) -> None:
+def check_stack(ports: Ports = DEFAULT_PORTS) -> None:
     """Raise GrafanaError unless `make demo`'s servers answer and Grafana's port is free."""
     for name, url in stack_urls(ports).items():
         if not _answers(url):
@@ -126,22 +130,44 @@ def check_stack(ports: Ports = Ports()) -> None:
 def compose_hosts() -> list[str]:
     """The host names the committed provisioning files point at (`prometheus`, `receiver`), from the compose targets."""
     compose = Targets.compose()
-    return sorted({urllib.parse.urlsplit(f"http://{compose.prometheus}").hostname,
-                   urllib.parse.urlsplit(compose.receiver_url).hostname})
+    return sorted(
+        {
+            urllib.parse.urlsplit(f"http://{compose.prometheus}").hostname,
+            urllib.parse.urlsplit(compose.receiver_url).hostname,
+        }
+    )
 
 
-def run_command(docker: str, root: Path, ports: Ports = Ports()) -> list[str]:
+def run_command(docker: str, root: Path, ports: Ports = DEFAULT_PORTS) -> list[str]:
     """`docker run` of Grafana 11.6 alone, with the repository's provisioning files, on 127.0.0.1:<grafana>."""
     grafana = root / "monitoring" / "grafana"
     hosts = [arg for host in compose_hosts() for arg in ("--add-host", f"{host}:127.0.0.1")]
-    env = {"GF_SERVER_HTTP_ADDR": "127.0.0.1", "GF_SERVER_HTTP_PORT": str(ports.grafana),
-           "GF_AUTH_ANONYMOUS_ENABLED": "true", "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
-           "GF_ANALYTICS_REPORTING_ENABLED": "false", "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
-           "GF_NEWS_NEWS_FEED_ENABLED": "false"}
-    return [docker, "run", "-d", "--rm", "--name", CONTAINER, "--network", "host", *hosts,
-            *[arg for k, v in env.items() for arg in ("-e", f"{k}={v}")],
-            "-v", f"{grafana / 'provisioning'}:/etc/grafana/provisioning:ro",
-            "-v", f"{grafana / 'dashboards'}:/var/lib/grafana/dashboards:ro", GRAFANA_IMAGE]
+    env = {
+        "GF_SERVER_HTTP_ADDR": "127.0.0.1",
+        "GF_SERVER_HTTP_PORT": str(ports.grafana),
+        "GF_AUTH_ANONYMOUS_ENABLED": "true",
+        "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
+        "GF_ANALYTICS_REPORTING_ENABLED": "false",
+        "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+        "GF_NEWS_NEWS_FEED_ENABLED": "false",
+    }
+    return [
+        docker,
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        CONTAINER,
+        "--network",
+        "host",
+        *hosts,
+        *[arg for k, v in env.items() for arg in ("-e", f"{k}={v}")],
+        "-v",
+        f"{grafana / 'provisioning'}:/etc/grafana/provisioning:ro",
+        "-v",
+        f"{grafana / 'dashboards'}:/var/lib/grafana/dashboards:ro",
+        GRAFANA_IMAGE,
+    ]
 
 
 def _get_json(url: str) -> dict:
@@ -165,7 +191,7 @@ def _wait(condition, timeout: float, what: str, interval: float = 5.0) -> None:
 
 
 @contextmanager
-def alerts_firing(settings, grafana_url: str, notifications: Path, ports: Ports = Ports(), echo=print):
+def alerts_firing(settings, grafana_url: str, notifications: Path, ports: Ports = DEFAULT_PORTS, echo=print):
     """Real traffic fires each of ALERT_NAMES in Grafana and its notification reaches the receiver; the body of the
     `with` runs while they fire (the rule pages show it). On exit the model server is back and the traffic stops."""
     from msml.demo import start_serving
@@ -173,8 +199,9 @@ def alerts_firing(settings, grafana_url: str, notifications: Path, ports: Ports 
     from msml.serving.processes import stop
 
     def firing(name: str) -> bool:
-        return rule_states(grafana_url).get(name) == "firing" and \
-            alert(name).key in notifications_by_alert(notifications, grafana=True)
+        return rule_states(grafana_url).get(name) == "firing" and alert(name).key in notifications_by_alert(
+            notifications, grafana=True
+        )
 
     muted = inhibited_among(ALERT_NAMES)
     if muted:
@@ -182,10 +209,26 @@ def alerts_firing(settings, grafana_url: str, notifications: Path, ports: Ports 
     gateway = f"http://127.0.0.1:{ports.gateway}"
     # all rows drifted (their ground truth is unknown), and every scored row gets the label the model did not
     # predict as feedback: the live accuracy drops to 0 while the drift builds up
-    loadgen = subprocess.Popen([str(Path(sys.executable).parent / "msml"), "loadgen", "--url", gateway,
-                                "--duration", str(int(FIRE_TIMEOUT + OUTAGE_TIMEOUT + 600)), "--rate", "20",
-                                "--drift-share", "1.0", "--feedback", "--wrong-feedback-share", "1.0",
-                                "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    loadgen = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "msml"),
+            "loadgen",
+            "--url",
+            gateway,
+            "--duration",
+            str(int(FIRE_TIMEOUT + OUTAGE_TIMEOUT + 600)),
+            "--rate",
+            "20",
+            "--drift-share",
+            "1.0",
+            "--feedback",
+            "--wrong-feedback-share",
+            "1.0",
+            "--no-progress",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     stopped = False
     try:
         holds = " and ".join(f"{n} ({alert(n).for_})" for n in TRAFFIC_ALERTS)
@@ -206,32 +249,51 @@ def alerts_firing(settings, grafana_url: str, notifications: Path, ports: Ports 
 
 
 # Ready once the panel drew its data (uPlot canvas for graphs and heatmaps, a value for stats) and stopped loading.
-PANEL_READY = ("() => { if (document.querySelector('[aria-label=\"Panel loading bar\"]')) return false;"
-               " const body = document.body.innerText; if (body.includes('No data')) return false;"
-               " return !!document.querySelector('canvas, [data-testid=\"data-testid panel content\"] span'); }")
+PANEL_READY = (
+    "() => { if (document.querySelector('[aria-label=\"Panel loading bar\"]')) return false;"
+    " const body = document.body.innerText; if (body.includes('No data')) return false;"
+    " return !!document.querySelector('canvas, [data-testid=\"data-testid panel content\"] span'); }"
+)
 
 
 def capture(grafana_url: str, panels_dir: Path, alerting_dir: Path, notifications: Path) -> list[Path]:
     """Panels into `panels_dir`, rule pages and notifications into `alerting_dir` (numbered as the course does)."""
-    from msml.evidence import (Browser, _text_ready, grafana_alert_stems, grafana_panel_stems, notifications_by_alert,
-                               numbered, text_image)
+    from msml.evidence import (
+        Browser,
+        _text_ready,
+        grafana_alert_stems,
+        grafana_panel_stems,
+        notifications_by_alert,
+        numbered,
+        text_image,
+    )
     from msml.monitoring.definitions import PANELS
 
     ids = panel_ids()
     written = []
     texts = notifications_by_alert(notifications, grafana=True)
     with Browser(timeout=90) as browser:
-        for panel, name in zip(PANELS, numbered(grafana_panel_stems())):
+        for panel, name in zip(PANELS, numbered(grafana_panel_stems()), strict=False):
             url = f"{grafana_url}/d-solo/{DASHBOARD_UID}?orgId=1&panelId={ids[panel.key]}&from=now-30m&to=now"
             written.append(browser.capture(url, panels_dir / name, PANEL_READY, f"Grafana panel {panel.key}"))
         names = iter(numbered(grafana_alert_stems(list(ALERT_KEYS))))
         for name in ALERT_NAMES:
             a = alert(name)
-            written.append(browser.capture(f"{grafana_url}/alerting/grafana/{grafana_rule_uid(a)}/view",
-                                           alerting_dir / next(names), _text_ready([a.name, "Firing"]),
-                                           f"Grafana rule {a.name}"))
-            written.append(text_image(texts[a.key], alerting_dir / next(names),
-                                      title=f"Grafana webhook notifications received for {a.name}"))
+            written.append(
+                browser.capture(
+                    f"{grafana_url}/alerting/grafana/{grafana_rule_uid(a)}/view",
+                    alerting_dir / next(names),
+                    _text_ready([a.name, "Firing"]),
+                    f"Grafana rule {a.name}",
+                )
+            )
+            written.append(
+                text_image(
+                    texts[a.key],
+                    alerting_dir / next(names),
+                    title=f"Grafana webhook notifications received for {a.name}",
+                )
+            )
     return written
 
 
@@ -239,8 +301,9 @@ def grafana_evidence_complete(panels_dir: Path, alerting_dir: Path) -> bool:
     """True when both Grafana folders hold every image `capture()` writes."""
     from msml.evidence import grafana_alert_stems, grafana_panel_stems, numbered
 
-    return all((panels_dir / n).is_file() for n in numbered(grafana_panel_stems())) and \
-        all((alerting_dir / n).is_file() for n in numbered(grafana_alert_stems(list(ALERT_KEYS))))
+    return all((panels_dir / n).is_file() for n in numbered(grafana_panel_stems())) and all(
+        (alerting_dir / n).is_file() for n in numbered(grafana_alert_stems(list(ALERT_KEYS)))
+    )
 
 
 def drop_grafana_items(missing_file: Path, folders: list[str]) -> None:
@@ -255,10 +318,17 @@ def drop_grafana_items(missing_file: Path, folders: list[str]) -> None:
         missing_file.unlink()
 
 
-def grafana_evidence(settings, out: Path, ports: Ports = Ports(), echo=print) -> list[Path]:
+def grafana_evidence(settings, out: Path, ports: Ports = DEFAULT_PORTS, echo=print) -> list[Path]:
     """The whole command: steps 1-5 of the module docstring; the container is stopped whatever happens."""
-    from msml.export import (ALERTING_DIR, GRAFANA_DIR, MISSING_FILE, MONITORING, check_names, submission_name,
-                             zip_folder)
+    from msml.export import (
+        ALERTING_DIR,
+        GRAFANA_DIR,
+        MISSING_FILE,
+        MONITORING,
+        check_names,
+        submission_name,
+        zip_folder,
+    )
     from msml.serving.processes import wait_ready
 
     check_names(settings)
@@ -274,8 +344,10 @@ def grafana_evidence(settings, out: Path, ports: Ports = Ports(), echo=print) ->
         raise GrafanaError(f"`docker run {GRAFANA_IMAGE}` failed: {(result.stderr.strip().splitlines() or [''])[-1]}")
     try:
         wait_ready(f"{grafana_url}/api/health", timeout=180)
-        echo(f"Grafana {GRAFANA_IMAGE} ready on {grafana_url}; firing {', '.join(ALERT_NAMES)} takes "
-             f"~{estimate_minutes()} min")
+        echo(
+            f"Grafana {GRAFANA_IMAGE} ready on {grafana_url}; firing {', '.join(ALERT_NAMES)} takes "
+            f"~{estimate_minutes()} min"
+        )
         monitoring = submission / MONITORING
         panels_dir, alerting_dir = monitoring / GRAFANA_DIR, monitoring / ALERTING_DIR
         with alerts_firing(settings, grafana_url, notifications, ports, echo=echo):

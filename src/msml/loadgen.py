@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,8 +39,10 @@ def load_test_rows(processed_dir: str | Path, contract: Contract) -> tuple[list[
 
 def frame_to_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     clean = df.astype(object).where(df.notna(), None)
-    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
-            for row in clean.to_dict(orient="records")]
+    return [
+        {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+        for row in clean.to_dict(orient="records")
+    ]
 
 
 class RowMaker:
@@ -66,7 +69,7 @@ class RowMaker:
                 shifted = value + 1.5 * self.std[col.name]
                 if col.max is not None:
                     shifted = min(shifted, col.max)
-                out[col.name] = int(round(shifted)) if col.type == "int" else shifted
+                out[col.name] = round(shifted) if col.type == "int" else shifted
             else:
                 values = col.values
                 out[col.name] = values[(values.index(value) + 1) % len(values)] if value in values else value
@@ -138,18 +141,33 @@ class LoadReport:
         ]
         if self.feedback_sent:
             acc = "n/a" if self.live_accuracy is None else f"{self.live_accuracy:.4f}"
-            lines.append(f"feedback sent {self.feedback_sent} ({self.wrong_feedback_sent} deliberately wrong), "
-                         f"gateway live accuracy {acc}")
+            lines.append(
+                f"feedback sent {self.feedback_sent} ({self.wrong_feedback_sent} deliberately wrong), "
+                f"gateway live accuracy {acc}"
+            )
         return "\n".join(lines)
 
 
-async def run_load(url: str, rows: list[dict[str, Any]], truths: list[str] | None = None, *,
-                   concurrency: int | None = 8, rate: float | None = None, duration: float | None = None,
-                   count: int | None = None, drift_share: float = 0.0, invalid_share: float = 0.0,
-                   feedback: bool = False, wrong_feedback_share: float = 0.0, batch_rows: int = 1, seed: int = 0,
-                   timeout: float = 10.0,
-                   contract: Contract | None = None, progress: Callable[[int], None] | None = None,
-                   max_in_flight: int = 256) -> LoadReport:
+async def run_load(
+    url: str,
+    rows: list[dict[str, Any]],
+    truths: list[str] | None = None,
+    *,
+    concurrency: int | None = 8,
+    rate: float | None = None,
+    duration: float | None = None,
+    count: int | None = None,
+    drift_share: float = 0.0,
+    invalid_share: float = 0.0,
+    feedback: bool = False,
+    wrong_feedback_share: float = 0.0,
+    batch_rows: int = 1,
+    seed: int = 0,
+    timeout: float = 10.0,
+    contract: Contract | None = None,
+    progress: Callable[[int], None] | None = None,
+    max_in_flight: int = 256,
+) -> LoadReport:
     """Send requests of `batch_rows` real rows to `<url>/invocations`; bounded by `duration` and/or `count`.
 
     With `rate` (requests/s) requests start on a fixed schedule (open loop, at most `max_in_flight` at a
@@ -236,7 +254,7 @@ async def run_load(url: str, rows: list[dict[str, Any]], truths: list[str] | Non
             report.ok += 1
             if feedback:
                 answer = resp.json()
-                for pid, truth, predicted in zip(answer.get("ids", ()), labels, answer.get("labels", ())):
+                for pid, truth, predicted in zip(answer.get("ids", ()), labels, answer.get("labels", ()), strict=False):
                     if truth is WRONG:
                         other = [label for label in contract.labels if label != str(predicted)]
                         pending_feedback.append(({"id": pid, "label": other[0]}, True))
@@ -251,8 +269,10 @@ async def run_load(url: str, rows: list[dict[str, Any]], truths: list[str] | Non
         if progress is not None:
             progress(1)
 
-    limits = httpx.Limits(max_connections=max(concurrency or 1, max_in_flight if rate else 1),
-                          max_keepalive_connections=max(concurrency or 1, 64))
+    limits = httpx.Limits(
+        max_connections=max(concurrency or 1, max_in_flight if rate else 1),
+        max_keepalive_connections=max(concurrency or 1, 64),
+    )
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         if rate:
             tasks: set[asyncio.Task] = set()
@@ -271,6 +291,7 @@ async def run_load(url: str, rows: list[dict[str, Any]], truths: list[str] | Non
                     await flush_feedback(client)
             await asyncio.gather(*tasks)
         else:
+
             async def worker() -> None:
                 while (req := next_request()) is not None:
                     await send(client, *req)

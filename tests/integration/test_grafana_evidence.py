@@ -45,12 +45,19 @@ def lost_keys(original, round_tripped, path="") -> list[str]:
     if isinstance(original, dict):
         if not isinstance(round_tripped, dict):
             return [f"{path}: not an object"]
-        return [p for k, v in original.items() for p in
-                ([f"{path}/{k}"] if k not in round_tripped else lost_keys(v, round_tripped[k], f"{path}/{k}"))]
+        return [
+            p
+            for k, v in original.items()
+            for p in ([f"{path}/{k}"] if k not in round_tripped else lost_keys(v, round_tripped[k], f"{path}/{k}"))
+        ]
     if isinstance(original, list):
         if not isinstance(round_tripped, list) or len(original) != len(round_tripped):
             return [f"{path}: list changed"]
-        return [p for i, (a, b) in enumerate(zip(original, round_tripped)) for p in lost_keys(a, b, f"{path}[{i}]")]
+        return [
+            p
+            for i, (a, b) in enumerate(zip(original, round_tripped, strict=False))
+            for p in lost_keys(a, b, f"{path}[{i}]")
+        ]
     return [] if original == round_tripped else [f"{path}: {original!r} became {round_tripped!r}"]
 
 
@@ -60,7 +67,9 @@ def dashboard_problems(dash: dict) -> list[str]:
     problems = lost_keys(dash, _to_plain(dashboard.Dashboard.from_json(dash)))
     for i, panel in enumerate(dash["panels"]):
         for j, target in enumerate(panel.get("targets", [])):  # a row panel has none
-            problems += lost_keys(target, _to_plain(prometheus.Dataquery.from_json(target)), f"/panels[{i}]/targets[{j}]")
+            problems += lost_keys(
+                target, _to_plain(prometheus.Dataquery.from_json(target)), f"/panels[{i}]/targets[{j}]"
+            )
     return problems
 
 
@@ -120,7 +129,10 @@ def test_docker_run_starts_grafana_alone_against_the_demo_ports():
     hosts = dict(cmd[i + 1].split(":", 1) for i, a in enumerate(cmd) if a == "--add-host")
     datasource = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
     contact = yaml.safe_load((GRAFANA / "provisioning/alerting/msml.yml").read_text())["contactPoints"][0]
-    prom, hook = urllib.parse.urlsplit(datasource["url"]), urllib.parse.urlsplit(contact["receivers"][0]["settings"]["url"])
+    prom, hook = (
+        urllib.parse.urlsplit(datasource["url"]),
+        urllib.parse.urlsplit(contact["receivers"][0]["settings"]["url"]),
+    )
     assert hosts == {prom.hostname: "127.0.0.1", hook.hostname: "127.0.0.1"} and sorted(hosts) == compose_hosts()
     assert (prom.port, hook.port) == (ports.prometheus, ports.receiver)
 
@@ -136,17 +148,26 @@ def test_without_docker_the_command_fails_with_one_line(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("docker"), reason="no docker CLI on this machine")
 def test_with_an_unreachable_daemon_the_command_fails_with_one_line(tmp_path):
-    result = run_msml("evidence", "grafana", "--out", str(tmp_path / "dist"),
-                      env={"DOCKER_HOST": f"unix://{tmp_path / 'no-daemon.sock'}"}, timeout=120)
+    result = run_msml(
+        "evidence",
+        "grafana",
+        "--out",
+        str(tmp_path / "dist"),
+        env={"DOCKER_HOST": f"unix://{tmp_path / 'no-daemon.sock'}"},
+        timeout=120,
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "daemon does not answer" in lines[0], result.stderr
 
 
 def test_without_the_demo_stack_it_says_which_server_is_missing():
-    ports = Ports(gateway=free_port(), model_server=free_port(), prometheus=free_port(), receiver=free_port(),
-                  grafana=free_port())
-    with pytest.raises(GrafanaError, match=rf"gateway of `make demo` does not answer at http://127.0.0.1:{ports.gateway}"):
+    ports = Ports(
+        gateway=free_port(), model_server=free_port(), prometheus=free_port(), receiver=free_port(), grafana=free_port()
+    )
+    with pytest.raises(
+        GrafanaError, match=rf"gateway of `make demo` does not answer at http://127.0.0.1:{ports.gateway}"
+    ):
         check_stack(ports)
 
 
