@@ -57,12 +57,21 @@ class ExportError(MsmlError, RuntimeError):
 
 
 # scheme://user:password@host or scheme://token@host → the secret part replaced; the host stays readable
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/\s:@]+)(?::[^/\s@]*)?@")
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/\s:@]+)(?P<password>:[^/\s@]*)?@")
+# A bare user part this long is taken for a token (GitHub/DagsHub tokens are 40+ characters); a short one is a
+# user name such as `postgres`, kept so that printed commands (`--storage postgresql://postgres@…`) still work.
+_TOKEN_MIN_LENGTH = 20
+
+
+def _masked(m: re.Match) -> str:
+    if m["password"] is None and len(m["user"]) < _TOKEN_MIN_LENGTH:
+        return m[0]
+    return f"{m['scheme']}***@"
 
 
 def mask(text: str) -> str:
     """`text` with the credentials of every URI in it replaced by `***`."""
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}***@", text)
+    return _CREDENTIALS.sub(_masked, text)
 
 
 class MaskingStream:
