@@ -349,7 +349,7 @@ def prometheus_evidence(
     `panels` limits the panels captured (default: all). A panel whose queries return no data cannot be drawn:
     CaptureError names it.
     """
-    from msml.monitoring.definitions import ALERTS, PANELS
+    from msml.monitoring.definitions import ALERTS, PANELS, promql
 
     out = Path(out)
     texts = notifications_by_alert(Path(notifications), grafana=False) if notifications else {}
@@ -361,7 +361,7 @@ def prometheus_evidence(
     written = []
     with Browser() as browser:
         for panel in chosen:
-            url = prometheus_graph_url(prometheus_url, [q.expr for q in panel.queries], classic=classic)
+            url = prometheus_graph_url(prometheus_url, [promql(q.expr) for q in panel.queries], classic=classic)
             written.append(
                 browser.capture(url, out / next(names), GRAPH_READY, f"Prometheus graph of {panel.key}", full=True)
             )

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from msml.evaluation import AUTOLOG_METRICS, classifier_metrics
-from msml.preprocessing import TRAIN_FILE, load_clean_splits, load_training_data
+from msml.preprocessing import TRAIN_FILE, load_clean_splits, load_training_data, write_manifest
 from msml.registry import CHAMPION
 from msml.serving.processes import spawn, stop_process, wait_ready
 from msml.tracking import server_command
@@ -120,6 +120,7 @@ def test_tuning_is_reproducible_for_a_seed(tmp_path, processed, contract):
     for name, rows in (("train_clean.csv", 2500), ("test_clean.csv", 1000)):
         lines = (processed / name).read_text().splitlines(keepends=True)
         (small / name).write_text("".join(lines[: rows + 1]))
+    write_manifest(small)  # a deliberate slice: record it, as `msml preprocess` would
     runs = []
     for i in range(2):
         settings = load_settings(root=tmp_path).with_overrides(
@@ -212,6 +213,7 @@ def test_training_refuses_processed_data_that_fails_the_contract(tmp_path, proce
     train = pd.read_csv(broken / TRAIN_FILE)
     train.loc[3, contract.target] = 7
     train.to_csv(broken / TRAIN_FILE, index=False)
+    write_manifest(broken)  # consistent files that break the contract: the contract check must catch them
     result = run_msml("train", "--data", str(broken), env={"MSML_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": ""})
     assert result.returncode == 2 and "fails the contract" in result.stderr
     assert "Traceback" not in result.stderr
@@ -304,12 +306,13 @@ def test_wrong_credentials_are_a_clear_error(auth_server, processed, tmp_path):
 def test_evidence_mlflow_screenshots_the_real_ui(home, tmp_path):
     from PIL import Image, ImageStat
 
-    from msml.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD
+    from msml.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, check_capture
 
     result = run_msml("evidence", "mlflow", "--out", str(tmp_path), env=home["env"], timeout=300)
     assert result.returncode == 0, result.stderr
     for name in (MLFLOW_DASHBOARD, MLFLOW_ARTIFACTS):
         with Image.open(tmp_path / name) as image:
-            assert image.format == "JPEG" and image.size == (1400, 900)
+            assert image.format == "JPEG" and image.width == 1400 and image.height >= 400  # sized to the table
+            check_capture(tmp_path / name)  # raises on a blank or half-drawn capture
             # a rendered page, not a blank one: the UI's header, tables and text make contrast
             assert ImageStat.Stat(image.convert("L")).stddev[0] > 20, name
