@@ -318,7 +318,8 @@ def test_metrics_page_has_every_series_from_real_traffic(client, registered_mode
     assert value(m, M.REQUESTS, endpoint="/invocations", status="200") > 0
     assert value(m, M.PROCESS_MEMORY) > 10_000_000
     scored = value(m, M.ROWS_SCORED)
-    assert value(m, M.PREDICTIONS, label=contract.positive) + value(m, M.PREDICTIONS, label=contract.negative) \
+    assert value(m, M.PREDICTIONS, **{M.PREDICTED_CLASS: contract.positive}) \
+        + value(m, M.PREDICTIONS, **{M.PREDICTED_CLASS: contract.negative}) \
         == scored == value(m, M.PROBABILITY + "_count")
     for c in contract.columns:
         if c.nullable:

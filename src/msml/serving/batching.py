@@ -6,7 +6,10 @@ time, then hands every caller its own slice of the results.
 
 Adaptive: an idle gateway sends a lone request at once (no added latency at concurrency 1). It
 waits — at most `max_wait` seconds — only while other requests have been accepted but not yet
-queued (`arriving`), so under load batches fill up while the model server is busy.
+queued (`arriving`), or while the batch is smaller than the previous one: the callers of that batch
+are answered just as this one is collected, and their next requests come back within about a
+millisecond. Without that wait a closed loop of clients splits into two alternating batches (one
+full, one of stragglers), each paying a whole model call (measured at c=32: 444 req/s).
 
 Bounded (as MLServer's adaptive batcher bounds its queue and BentoML's dispatcher refuses work it
 cannot finish within its latency target): `submit` raises `QueueFull` at once when the queue holds
@@ -59,6 +62,7 @@ class MicroBatcher:
         self.on_dropped = on_dropped  # called with the number of requests dropped because their caller left
         self.arriving = 0  # requests accepted by a handler and not yet submitted (set by the gateway)
         self.queued_rows = 0
+        self._last_rows = 0  # rows in the batch sent last
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -152,7 +156,8 @@ class MicroBatcher:
         while n < self.max_batch_rows:
             head = self._queue[0] if self._queue else None
             if head is None:
-                if not (self.arriving > 0 and await self._wait(deadline - loop.time())):
+                more = self.arriving > 0 or n < self._last_rows
+                if not (more and await self._wait(deadline - loop.time())):
                     break
                 continue
             if head.future.done():
@@ -163,6 +168,7 @@ class MicroBatcher:
             item = self._pop()
             batch.append(item)
             n += len(item.rows)
+        self._last_rows = n
         return batch
 
     async def _run(self) -> None:
