@@ -61,6 +61,10 @@ class ClientGone(Exception):
     """The client disconnected before its answer."""
 
 
+def _overloaded(exc: QueueFull) -> Overloaded:
+    return Overloaded("queue_full", f"gateway is at capacity ({exc.why}); retry shortly")
+
+
 class Gateway:
     """The data plane: parts and state shared by the handlers."""
 
@@ -144,9 +148,11 @@ class Gateway:
             batcher.arriving -= 1
             queued = True
             self.upstream.pick()  # fails fast while the model server is known down
-            self._admit(len(rows))
             features = self.features
-            future = batcher.submit([[r[f] for f in features] for r in rows])
+            try:  # submit checks the bounds again: the oldest item may have passed the delay limit since
+                future = batcher.submit([[r[f] for f in features] for r in rows])
+            except QueueFull as exc:
+                raise _overloaded(exc) from None
             probabilities = await self._await(future, request.receive, deadline)
         finally:
             if not queued:
@@ -157,7 +163,7 @@ class Gateway:
         try:
             self.batcher.admit(n_rows)
         except QueueFull as exc:
-            raise Overloaded("queue_full", f"gateway is at capacity ({exc.why}); retry shortly") from None
+            raise _overloaded(exc) from None
 
     async def _await(self, future: asyncio.Future, receive, deadline: float) -> list[float]:
         """The batch result, unless the client leaves (→ ClientGone) or the deadline passes (→ 504) first."""
