@@ -14,8 +14,8 @@ time with every series populated, and checks the targets:
   c=32: gateway throughput ≥ 12× direct and gateway p99 ≤ direct p99;  c=1: gateway p50 ≤ direct p50 + 2 ms;
   /metrics scrape ≤ 20 ms.
 Then open loop (arrivals at a fixed rate, whatever the answers): capacity = the highest offered rate answered
-≥ 99 % 200 with their p99 ≤ 500 ms (a search in --capacity-seconds steps of ×1.2 from the c=32 throughput; a closed loop is bound by its
-own latency and under-states it), then
+≥ 99 % 200 with their p99 ≤ 500 ms (a search in --capacity-seconds steps of ×1.2 from the c=32 throughput; a
+closed loop is bound by its own latency and under-states it), then
   soak      80 % of capacity for --soak-seconds: 0 errors, gateway resident memory growth < 10 %;
   overload  2× capacity for --overload-seconds: goodput ≥ 90 % of capacity, p99 of the accepted ≤ 2× the p99
             at capacity, the rest refused quickly (503 + Retry-After);
