@@ -33,7 +33,7 @@ demo: venv system
 	$(BIN)/msml demo $(DEMO_ARGS)
 
 # Here a missing Debian binary fails its test (MSML_REQUIRE_SYSTEM); elsewhere it skips with the reason.
-test: venv system
+test: venv system lint
 	MSML_REQUIRE_SYSTEM=1 $(BIN)/python -m pytest
 
 # Code and data tests (-m "not slow and not system"): no training, no servers, no Debian binaries.

@@ -28,6 +28,7 @@ from msml.config import (
 from msml.contract import DEFAULT_MAX_INVALID_SHARE, DataError
 from msml.errors import MaskingStream, MsmlError, TrackingError, mask
 from msml.monitoring.drift import DEFAULT_WINDOW, MIN_ROWS
+from msml.serving.settings import GatewayConfig
 
 # show_locals=False: a traceback's local variables can hold a tracking password or token
 app = typer.Typer(
@@ -666,7 +667,10 @@ def gateway(
     drift_reference: Path | None = typer.Option(None, "--drift-reference", help="Reference JSON file instead."),
     max_batch_rows: int = typer.Option(256, "--max-batch-rows", min=1, help="Most rows in one model call."),
     max_wait_ms: float = typer.Option(
-        2.0, "--max-wait-ms", min=0.0, help="How long a request waits for others to share its batch."
+        GatewayConfig.max_wait_ms,
+        "--max-wait-ms",
+        min=0.0,
+        help="How long a request waits for others to share its batch.",
     ),
     max_concurrent_batches: int = typer.Option(
         1, "--max-concurrent-batches", min=1, help="Model calls in flight at a time (match the server's workers)."
@@ -684,7 +688,7 @@ def gateway(
         10.0, "--model-timeout", min=0.05, help="Every request's deadline in seconds (504 when it passes)."
     ),
     max_queue_ms: float = typer.Option(
-        250.0,
+        GatewayConfig.max_queue_delay_ms,
         "--max-queue-ms",
         min=1.0,
         help="Refuse new requests (503, Retry-After) while the oldest queued one has waited longer than this.",

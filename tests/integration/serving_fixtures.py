@@ -41,20 +41,32 @@ def train_and_register(processed: Path, contract: Contract, workdir: Path, model
 
     workdir.mkdir(parents=True, exist_ok=True)
     settings = load_settings(contract_path=contract.path).with_overrides(
-        processed_dir=Path(processed), tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
-        artifact_root=workdir / "artifacts", experiment="serving-tests", model_name=model_name)
+        processed_dir=Path(processed),
+        tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+        artifact_root=workdir / "artifacts",
+        experiment="serving-tests",
+        model_name=model_name,
+    )
     try:
         summary = train_baseline(settings)
         promotion = register_and_promote(summary.model_uri, model_name, summary.run_id)
     finally:
         mlflow.set_tracking_uri(None)
     assert promotion.promoted, promotion.reason
-    return RegisteredModel(settings.tracking_uri, model_name, promotion.version, summary.run_id,
-                           f"models:/{model_name}@champion")
+    return RegisteredModel(
+        settings.tracking_uri, model_name, promotion.version, summary.run_id, f"models:/{model_name}@champion"
+    )
 
 
-def start_gateway(model_url: str, tracking_uri: str, log: Path, *extra: str, port: int | None = None,
-                  timeout: float = 60.0, env: dict[str, str] | None = None):
+def start_gateway(
+    model_url: str,
+    tracking_uri: str,
+    log: Path,
+    *extra: str,
+    port: int | None = None,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+):
     """The real `msml gateway` in its own process group; returns (Popen, base URL) once /ping answers.
 
     `env`: extra environment variables (e.g. MSML_FEEDBACK_TOKEN)."""
@@ -66,8 +78,12 @@ def start_gateway(model_url: str, tracking_uri: str, log: Path, *extra: str, por
 
     port = port or free_port()
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
-           **(env or {})}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+        **(env or {}),
+    }
     cmd = [str(bin_dir / "msml"), "gateway", "--port", str(port), "--model-url", model_url, *extra]
     proc = spawn(cmd, log, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -83,5 +99,8 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     """Prometheus text → {(sample name, sorted labels): value}."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

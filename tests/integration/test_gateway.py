@@ -48,8 +48,17 @@ def model_server(registered_model, tmp_path_factory, test_rows):
 @pytest.fixture(scope="module")
 def gateway(model_server, registered_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    proc, url = start_gateway(model_server.url, registered_model.tracking_uri, log, "--probe-interval", "0.2",
-                              "--drift-window", str(DRIFT_WINDOW), "--model-uri", registered_model.uri)
+    proc, url = start_gateway(
+        model_server.url,
+        registered_model.tracking_uri,
+        log,
+        "--probe-interval",
+        "0.2",
+        "--drift-window",
+        str(DRIFT_WINDOW),
+        "--model-uri",
+        registered_model.uri,
+    )
     yield url
     stop_process(proc)
 
@@ -90,8 +99,9 @@ def test_every_request_format_round_trips(client, model_server, contract, test_r
         "rows": {"rows": rows},
         "dataframe_records": {"dataframe_records": rows},
         "dataframe_split": {"dataframe_split": {"columns": features, "data": [[r[f] for f in features] for r in rows]}},
-        "dataframe_split (other column order)": {"dataframe_split": {
-            "columns": features[::-1], "data": [[r[f] for f in features[::-1]] for r in rows]}},
+        "dataframe_split (other column order)": {
+            "dataframe_split": {"columns": features[::-1], "data": [[r[f] for f in features[::-1]] for r in rows]}
+        },
         "instances": {"instances": rows},
         "instances (lists)": {"instances": [[r[f] for f in features] for r in rows]},
         "inputs": {"inputs": rows},
@@ -162,18 +172,27 @@ def test_dataframe_split_row_of_wrong_length(client, contract, test_rows):
 
 BODY_CASES = {
     # name: (request kwargs, status, reason)
-    "malformed_json": ({"content": b'{"rows": [', "headers": {"Content-Type": "application/json"}}, 400,
-                       "malformed_json"),
+    "malformed_json": (
+        {"content": b'{"rows": [', "headers": {"Content-Type": "application/json"}},
+        400,
+        "malformed_json",
+    ),
     "unknown_format": ({"json": {"records": []}}, 400, "unknown_format"),
     "two_formats": ({"json": {"rows": [], "instances": []}}, 400, "unknown_format"),
     "not_an_object": ({"json": [1, 2]}, 400, "unknown_format"),
     "empty_rows": ({"json": {"rows": []}}, 400, "empty"),
     "empty_body": ({"content": b"", "headers": {"Content-Type": "application/json"}}, 400, "malformed_json"),
-    "wrong_content_type": ({"content": b'{"rows": []}', "headers": {"Content-Type": "text/plain"}}, 415,
-                           "content_type"),
+    "wrong_content_type": (
+        {"content": b'{"rows": []}', "headers": {"Content-Type": "text/plain"}},
+        415,
+        "content_type",
+    ),
     "missing_content_type": ({"content": b'{"rows": []}'}, 415, "content_type"),
-    "too_large": ({"content": b'{"rows": [' + b" " * 1_100_000 + b"]}",
-                   "headers": {"Content-Type": "application/json"}}, 413, "too_large"),
+    "too_large": (
+        {"content": b'{"rows": [' + b" " * 1_100_000 + b"]}", "headers": {"Content-Type": "application/json"}},
+        413,
+        "too_large",
+    ),
 }
 
 
@@ -219,20 +238,19 @@ def test_batching_gives_each_concurrent_caller_its_own_predictions(gateway, clie
     before = metrics_of(client)
 
     async def burst():
-        async with httpx.AsyncClient(base_url=gateway, timeout=20,
-                                     limits=httpx.Limits(max_connections=64)) as ac:
+        async with httpx.AsyncClient(base_url=gateway, timeout=20, limits=httpx.Limits(max_connections=64)) as ac:
             # requests of 1–3 rows, so batches mix request sizes
-            chunks = [rows[i:i + 1 + i % 3] for i in range(0, 60)]
+            chunks = [rows[i : i + 1 + i % 3] for i in range(0, 60)]
             resps = await asyncio.gather(*(ac.post("/invocations", json={"rows": c}) for c in chunks))
             return chunks, resps
 
     chunks, resps = asyncio.run(burst())
-    for i, (chunk, resp) in enumerate(zip(chunks, resps)):
+    for i, (chunk, resp) in enumerate(zip(chunks, resps, strict=False)):
         assert resp.status_code == 200
         expected = [single[i + k] if i + k < 60 else None for k in range(len(chunk))]
         got = resp.json()["predictions"]
         assert len(got) == len(chunk)
-        for e, g in zip(expected, got):
+        for e, g in zip(expected, got, strict=False):
             if e is not None:
                 assert g == pytest.approx(e, abs=1e-9)
     after = metrics_of(client)
@@ -248,23 +266,23 @@ def test_batching_gives_each_concurrent_caller_its_own_predictions(gateway, clie
 def test_drift_stays_low_for_test_rows_and_moves_for_drifted_rows(client, contract, test_rows):
     rows = test_rows[0]
     for start in range(0, DRIFT_WINDOW, 100):  # fill the window with real test-split rows
-        assert predict(client, {"rows": rows[start:start + 100]}).status_code == 200
+        assert predict(client, {"rows": rows[start : start + 100]}).status_code == 200
     m = metrics_of(client)
     clean = {f: value(m, M.DRIFT_PSI, feature=f) for f in contract.features}
     assert all((M.DRIFT_PSI, (("feature", f),)) in m for f in contract.features)
     assert max(clean.values()) < 0.1, clean
 
     maker = RowMaker(contract, rows)
-    drifted = [maker.drifted(r) for r in rows[2000:2000 + DRIFT_WINDOW // 2]]
+    drifted = [maker.drifted(r) for r in rows[2000 : 2000 + DRIFT_WINDOW // 2]]
     for start in range(0, len(drifted), 100):
-        assert predict(client, {"rows": drifted[start:start + 100]}).status_code == 200
+        assert predict(client, {"rows": drifted[start : start + 100]}).status_code == 200
     m = metrics_of(client)
     moved = {f: value(m, M.DRIFT_PSI, feature=f) for f in contract.features}
     assert moved["age"] > 0.25 and moved["education"] > 0.25, moved
     assert sum(v > 0.25 for v in moved.values()) >= len(contract.features) // 2, moved
 
     for start in range(0, DRIFT_WINDOW, 100):  # real rows again push the drifted ones out of the window
-        assert predict(client, {"rows": rows[4000 + start:4000 + start + 100]}).status_code == 200
+        assert predict(client, {"rows": rows[4000 + start : 4000 + start + 100]}).status_code == 200
     back = {f: value(metrics_of(client), M.DRIFT_PSI, feature=f) for f in contract.features}
     assert max(back.values()) < 0.1, back
 
@@ -276,8 +294,8 @@ def test_feedback_accuracy_matches_hand_computation(client, contract, test_rows)
     rows, truths = test_rows[0][5000:5300], test_rows[1][5000:5300]
     answer = predict(client, {"rows": rows}).json()
     predicted = [contract.positive if p >= 0.5 else contract.negative for p in answer["predictions"]]
-    hand = sum(p == t for p, t in zip(predicted, truths)) / len(truths)
-    items = [{"id": i, "label": t} for i, t in zip(answer["ids"], truths)]
+    hand = sum(p == t for p, t in zip(predicted, truths, strict=False)) / len(truths)
+    items = [{"id": i, "label": t} for i, t in zip(answer["ids"], truths, strict=False)]
     first = client.post("/feedback", json={"feedback": items[:100]})
     second = client.post("/feedback", json={"feedback": [*items[100:], {"id": "no-such-id", "label": 1}]})
     assert first.status_code == second.status_code == 200
@@ -297,9 +315,23 @@ def test_feedback_accuracy_matches_hand_computation(client, contract, test_rows)
 
 def test_loadgen_wrong_feedback_contradicts_every_prediction(client, gateway, processed):
     before = metrics_of(client)
-    out = run_msml("loadgen", "--url", gateway, "--count", "60", "-c", "4", "--drift-share", "0.5", "--feedback",
-                   "--wrong-feedback-share", "1.0", "--no-progress", env={"MSML_PROCESSED": str(processed)},
-                   timeout=120)
+    out = run_msml(
+        "loadgen",
+        "--url",
+        gateway,
+        "--count",
+        "60",
+        "-c",
+        "4",
+        "--drift-share",
+        "0.5",
+        "--feedback",
+        "--wrong-feedback-share",
+        "1.0",
+        "--no-progress",
+        env={"MSML_PROCESSED": str(processed)},
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     # every scored row, drifted ones included, got the label the gateway did not predict
     assert "feedback sent 60 (60 deliberately wrong)" in out.stdout, out.stdout
@@ -317,10 +349,23 @@ def test_metrics_page_has_every_series_from_real_traffic(client, registered_mode
     m = parse_metrics(text)
     names = {name for name, _ in m}
     expected = [
-        M.REQUESTS, M.REQUEST_SECONDS + "_bucket", M.MODEL_REQUEST_SECONDS + "_bucket", M.IN_FLIGHT,
-        M.BATCH_ROWS + "_bucket", M.VALIDATION_FAILURES, M.ROWS_SCORED, M.PREDICTIONS, M.PROBABILITY + "_bucket",
-        M.FEATURE_MISSING, M.DRIFT_PSI, M.MODEL_UP, M.MODEL_INFO + "_info", M.FEEDBACK, M.LIVE_ACCURACY,
-        M.PROCESS_CPU, M.PROCESS_MEMORY,
+        M.REQUESTS,
+        M.REQUEST_SECONDS + "_bucket",
+        M.MODEL_REQUEST_SECONDS + "_bucket",
+        M.IN_FLIGHT,
+        M.BATCH_ROWS + "_bucket",
+        M.VALIDATION_FAILURES,
+        M.ROWS_SCORED,
+        M.PREDICTIONS,
+        M.PROBABILITY + "_bucket",
+        M.FEATURE_MISSING,
+        M.DRIFT_PSI,
+        M.MODEL_UP,
+        M.MODEL_INFO + "_info",
+        M.FEEDBACK,
+        M.LIVE_ACCURACY,
+        M.PROCESS_CPU,
+        M.PROCESS_MEMORY,
     ]
     assert [n for n in expected if n not in names] == []
     assert len({n for n in names if n.startswith("msml_")}) >= 12
@@ -331,8 +376,12 @@ def test_metrics_page_has_every_series_from_real_traffic(client, registered_mode
     assert value(m, M.REQUESTS, endpoint="/invocations", status="200") > 0
     assert value(m, M.PROCESS_MEMORY) > 10_000_000
     scored = value(m, M.ROWS_SCORED)
-    assert value(m, M.PREDICTIONS, predicted_class=contract.positive) + value(m, M.PREDICTIONS, predicted_class=contract.negative) \
-        == scored == value(m, M.PROBABILITY + "_count")
+    assert (
+        value(m, M.PREDICTIONS, **{M.PREDICTED_CLASS: contract.positive})
+        + value(m, M.PREDICTIONS, **{M.PREDICTED_CLASS: contract.negative})
+        == scored
+        == value(m, M.PROBABILITY + "_count")
+    )
     for c in contract.columns:
         if c.nullable:
             assert (M.FEATURE_MISSING, (("feature", c.name),)) in m
@@ -358,14 +407,15 @@ def test_schemathesis_fuzz_finds_no_server_error(gateway):
         if mode is schemathesis.GenerationMode.NEGATIVE and op.method.upper() != "POST":
             continue  # GET endpoints take no input to get wrong
 
-        @hypothesis.settings(max_examples=15, deadline=None, database=None,
-                             suppress_health_check=list(hypothesis.HealthCheck))
+        @hypothesis.settings(
+            max_examples=15, deadline=None, database=None, suppress_health_check=list(hypothesis.HealthCheck)
+        )
         @hypothesis.given(case=op.as_strategy(generation_mode=mode))
         def fuzz(case):
             response = case.call(base_url=gateway, timeout=10)
-            calls.append((op.label, response.status_code))
+            calls.append((op.label, response.status_code))  # noqa: B023  (fuzz runs within this iteration)
             if response.status_code >= 500:
-                failures.append((op.label, response.status_code, response.text[:300], case.body))
+                failures.append((op.label, response.status_code, response.text[:300], case.body))  # noqa: B023
 
         fuzz()
     assert failures == []
@@ -377,9 +427,23 @@ def test_schemathesis_fuzz_finds_no_server_error(gateway):
 
 
 def test_loadgen_sends_real_rows_and_reports(gateway, processed):
-    out = run_msml("loadgen", "--url", gateway, "--count", "80", "-c", "4", "--invalid-share", "0.2",
-                   "--drift-share", "0.2", "--feedback", "--no-progress", env={"MSML_PROCESSED": str(processed)},
-                   timeout=120)
+    out = run_msml(
+        "loadgen",
+        "--url",
+        gateway,
+        "--count",
+        "80",
+        "-c",
+        "4",
+        "--invalid-share",
+        "0.2",
+        "--drift-share",
+        "0.2",
+        "--feedback",
+        "--no-progress",
+        env={"MSML_PROCESSED": str(processed)},
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "requests 80 in" in out.stdout and "p99" in out.stdout
     assert "5xx 0" in out.stdout and "unexpected 4xx 0" in out.stdout
@@ -394,26 +458,40 @@ FROZEN_DEADLINE = 2.0
 
 
 def test_frozen_model_every_request_answered_by_its_deadline_then_fail_fast_and_recovery(
-        model_server, registered_model, tmp_path_factory, test_rows):
+    model_server, registered_model, tmp_path_factory, test_rows
+):
     import os
     import signal
 
     log = tmp_path_factory.mktemp("gateway-frozen") / "gateway.log"
-    proc, url = start_gateway(model_server.url, registered_model.tracking_uri, log, "--model-uri", "",
-                              "--probe-interval", "0.2", "--model-timeout", str(FROZEN_DEADLINE))
+    proc, url = start_gateway(
+        model_server.url,
+        registered_model.tracking_uri,
+        log,
+        "--model-uri",
+        "",
+        "--probe-interval",
+        "0.2",
+        "--model-timeout",
+        str(FROZEN_DEADLINE),
+    )
     rows = test_rows[0]
     try:
         with httpx.Client(base_url=url, timeout=10) as c:
             assert predict(c, {"rows": rows[:1]}).status_code == 200
             os.killpg(model_server.proc.pid, signal.SIGSTOP)  # the gunicorn master and its worker
             try:
+
                 async def burst():
-                    async with httpx.AsyncClient(base_url=url, timeout=10,
-                                                 limits=httpx.Limits(max_connections=100)) as ac:
+                    async with httpx.AsyncClient(
+                        base_url=url, timeout=10, limits=httpx.Limits(max_connections=100)
+                    ) as ac:
+
                         async def one(i):
                             start = time.perf_counter()
-                            resp = await ac.post("/invocations", json={"rows": rows[i:i + 1]})
+                            resp = await ac.post("/invocations", json={"rows": rows[i : i + 1]})
                             return resp.status_code, time.perf_counter() - start
+
                         return await asyncio.gather(*(one(i) for i in range(100)))
 
                 before = metrics_of(c)
@@ -427,8 +505,11 @@ def test_frozen_model_every_request_answered_by_its_deadline_then_fail_fast_and_
                 within = M.REQUEST_SECONDS + "_bucket"
                 n = value(after, count, endpoint="/invocations") - value(before, count, endpoint="/invocations")
                 assert n == len(answers)
-                assert value(after, within, endpoint="/invocations", le="2.5") \
-                    - value(before, within, endpoint="/invocations", le="2.5") == n
+                assert (
+                    value(after, within, endpoint="/invocations", le="2.5")
+                    - value(before, within, endpoint="/invocations", le="2.5")
+                    == n
+                )
                 deadline = time.monotonic() + 5
                 while c.get("/health").status_code != 503 and time.monotonic() < deadline:
                     time.sleep(0.05)
@@ -472,8 +553,18 @@ def test_model_server_down_gives_503_quickly_and_recovers_by_itself(client, mode
         # a client mistake is still a 4xx while the model is away
         assert predict(client, {"rows": [{"age": 1000}]}).status_code == 422
         # the load generator exits non-zero on server errors
-        out = run_msml("loadgen", "--url", str(client.base_url).rstrip("/"), "--count", "5", "-c", "1",
-                       "--no-progress", env={"MSML_PROCESSED": str(processed)}, timeout=120)
+        out = run_msml(
+            "loadgen",
+            "--url",
+            str(client.base_url).rstrip("/"),
+            "--count",
+            "5",
+            "-c",
+            "1",
+            "--no-progress",
+            env={"MSML_PROCESSED": str(processed)},
+            timeout=120,
+        )
         assert out.returncode == 1 and "5xx 5" in out.stdout, out.stdout + out.stderr
     finally:
         model_server.start(wait=180)

@@ -6,6 +6,7 @@ nothing hangs, and the gateway still serves without model info or a drift refere
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -43,10 +44,8 @@ class FakeModelServer(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body) if length is None else length))
         self.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the gateway gave up first: the point
             self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the gateway gave up first (slow, huge): that is the point
 
     def do_GET(self):
         self._answer(200, b"\n") if self.path == "/ping" else self._answer(404, b"{}")
@@ -88,9 +87,20 @@ def fake_server():
 def gateway(fake_server, tmp_path_factory):
     work = tmp_path_factory.mktemp("gateway-fallbacks")
     # an empty tracking store and no model URI: the gateway must still serve
-    proc, url = start_gateway(fake_server, f"sqlite:///{work / 'empty.db'}", work / "gateway.log",
-                              "--model-uri", "", "--model-timeout", "0.5", "--probe-interval", "0.2",
-                              "--max-queue-ms", "100", env={"MSML_FEEDBACK_TOKEN": TOKEN})
+    proc, url = start_gateway(
+        fake_server,
+        f"sqlite:///{work / 'empty.db'}",
+        work / "gateway.log",
+        "--model-uri",
+        "",
+        "--model-timeout",
+        "0.5",
+        "--probe-interval",
+        "0.2",
+        "--max-queue-ms",
+        "100",
+        env={"MSML_FEEDBACK_TOKEN": TOKEN},
+    )
     yield url, work / "gateway.log"
     stop_process(proc)
 
@@ -112,16 +122,18 @@ def metric(url: str, name: str, **labels) -> float:
     return parse_metrics(httpx.get(f"{url}/metrics").text).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.mark.parametrize("kind, status, words, counted", [
-    ("error", 502, "answered 500", "http_5xx"),
-    ("garbage", 502, "not understood", "bad_response"),
-    ("short", 502, "2 predictions for 1 rows", "bad_response"),
-    ("truncated", 502, "malformed answer", "transport"),
-    ("huge", 502, "malformed answer", "transport"),
-    ("slow", 504, "in time|deadline", "timeout"),
-])
-def test_model_server_failures_are_quick_502_or_504_without_upstream_text(gateway, mode, kind, status, words,
-                                                                         counted):
+@pytest.mark.parametrize(
+    "kind, status, words, counted",
+    [
+        ("error", 502, "answered 500", "http_5xx"),
+        ("garbage", 502, "not understood", "bad_response"),
+        ("short", 502, "2 predictions for 1 rows", "bad_response"),
+        ("truncated", 502, "malformed answer", "transport"),
+        ("huge", 502, "malformed answer", "transport"),
+        ("slow", 504, "in time|deadline", "timeout"),
+    ],
+)
+def test_model_server_failures_are_quick_502_or_504_without_upstream_text(gateway, mode, kind, status, words, counted):
     url, log = gateway
     before = metric(url, M.MODEL_ERRORS, kind=counted)
     mode(kind)
@@ -174,13 +186,19 @@ def _raw(url: str, data: bytes, then_wait: float) -> None:
 def test_a_client_that_leaves_is_counted_499_and_its_rows_never_reach_the_model(gateway, mode):
     url, _ = gateway
     body = json.dumps({"rows": [valid_row(Contract.load())]}).encode()
-    request = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-               + str(len(body)).encode() + b"\r\n\r\n")
+    request = (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+    )
     before = {s: metric(url, M.REQUESTS, endpoint="/invocations", status=s) for s in ("499", "500")}
     withdrawn = metric(url, M.REJECTED, reason="withdrawn")
     mode("slow")
-    holder = threading.Thread(target=lambda: httpx.post(f"{url}/invocations", content=body, timeout=10,
-                                                        headers={"Content-Type": "application/json"}))
+    holder = threading.Thread(
+        target=lambda: httpx.post(
+            f"{url}/invocations", content=body, timeout=10, headers={"Content-Type": "application/json"}
+        )
+    )
     seen = FakeModelServer.rows_seen
     holder.start()  # keeps the model busy, so the next request waits in the queue
     wait = time.monotonic() + 2
@@ -210,11 +228,13 @@ def test_huge_error_lists_are_capped(gateway):
     assert body["error_count"] == 1000 * required and len(body["details"]) == 20
     assert body["details"][0] == {**body["details"][0], "row": 0, "reason": "missing"}
     long = "x" * 100_000
-    resp = httpx.post(f"{url}/invocations", json={"rows": [{**valid_row(contract), "education": long[:500]}] * 1000,
-                                                  long: 1}, timeout=10)
+    resp = httpx.post(
+        f"{url}/invocations",
+        json={"rows": [{**valid_row(contract), "education": long[:500]}] * 1000, long: 1},
+        timeout=10,
+    )
     assert resp.status_code == 400 and len(resp.content) < 2000
-    resp = httpx.post(f"{url}/invocations", json={"rows": [{**valid_row(contract), "education": long}] * 9},
-                      timeout=10)
+    resp = httpx.post(f"{url}/invocations", json={"rows": [{**valid_row(contract), "education": long}] * 9}, timeout=10)
     assert resp.status_code == 422 and len(resp.content) < 4000 and resp.json()["error_count"] == 9
 
 
@@ -233,11 +253,18 @@ def test_feedback_lists_are_capped(gateway):
 def test_deep_nesting_is_a_json_4xx(gateway, depth):
     url, _ = gateway
     nested = "[" * depth + "]" * depth
-    for body in (f'{{"rows": [{{"age": {nested}}}]}}', f'{{"feedback": [{{"id": "a", "label": {nested}}}]}}',
-                 f'{{"rows": [{nested}]}}'):
+    for body in (
+        f'{{"rows": [{{"age": {nested}}}]}}',
+        f'{{"feedback": [{{"id": "a", "label": {nested}}}]}}',
+        f'{{"rows": [{nested}]}}',
+    ):
         path = "/feedback" if "feedback" in body else "/invocations"
-        resp = httpx.post(f"{url}{path}", content=body.encode(), timeout=10,
-                          headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+        resp = httpx.post(
+            f"{url}{path}",
+            content=body.encode(),
+            timeout=10,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+        )
         assert 400 <= resp.status_code < 500, (depth, body[:30], resp.status_code, resp.text[:200])
         assert resp.headers["content-type"] == "application/json" and resp.json()["error"]
 
@@ -265,8 +292,9 @@ def test_feedback_needs_the_token_and_ids_cannot_be_guessed(gateway):
     again = httpx.post(f"{url}/feedback", json=item, headers=auth, timeout=10).json()
     assert first["accepted"] == 1 and again["accepted"] == 0 and again["unknown_ids"] == [ids[0]]
     forged = [f"{ids[1][:-1]}{c}" for c in "0123456789abcdef" if f"{ids[1][:-1]}{c}" != ids[1]]
-    resp = httpx.post(f"{url}/feedback", json={"feedback": [{"id": f, "label": 1} for f in forged]},
-                      headers=auth, timeout=10).json()
+    resp = httpx.post(
+        f"{url}/feedback", json={"feedback": [{"id": f, "label": 1} for f in forged]}, headers=auth, timeout=10
+    ).json()
     assert resp["accepted"] == 0 and resp["unknown_count"] == 15
 
 

@@ -26,8 +26,10 @@ def _alive(pid: int) -> bool:
 def test_start_background_and_stop_the_whole_group(tmp_path):
     pidfile, log = tmp_path / "server.pid", tmp_path / "server.log"
     # a parent that forks a child (like gunicorn's master and worker), both in the new group
-    code = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
-            " print(c.pid, flush=True); time.sleep(60)")
+    code = (
+        "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+        " print(c.pid, flush=True); time.sleep(60)"
+    )
     pid = start_background([sys.executable, "-c", code], pidfile, log)
     assert read_pid(pidfile) == pid and os.getpgid(pid) == pid
     deadline = time.monotonic() + 10
@@ -68,8 +70,10 @@ def test_reused_pid_names_a_foreign_process_that_down_leaves_alone(tmp_path):
         assert read_pid(pidfile) is None
         result = _msml_down(tmp_path)
         assert result.returncode == 0, result.stderr
-        assert (f"gateway: left alone (PID {foreign.pid} is now another process: sleep 60; it was: /venv/bin/msml "
-                "gateway --port 8000)") in result.stdout
+        assert (
+            f"gateway: left alone (PID {foreign.pid} is now another process: sleep 60; it was: /venv/bin/msml "
+            "gateway --port 8000)"
+        ) in result.stdout
         assert foreign.poll() is None and real.status() != psutil.STATUS_ZOMBIE  # still running, untouched
         assert not pidfile.exists()
     finally:

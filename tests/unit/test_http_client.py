@@ -31,8 +31,14 @@ class Scripted:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 self.heads.append(head)
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
                 await reader.readexactly(length)
                 out = self.answer(head)
                 if out is None:
@@ -94,14 +100,25 @@ def test_keep_alive_connection_is_reused_and_a_stale_one_retried():
     assert asyncio.run(main()) == (1, 2)
 
 
-@pytest.mark.parametrize("name, answer, words", [
-    ("truncated body", lambda h: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"predictions\": [", "before the answer"),
-    ("truncated headers", lambda h: b"HTTP/1.1 200 OK\r\nContent-Len", "before the answer"),
-    ("truncated chunks", lambda h: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", "before the answer"),
-    ("not HTTP", lambda h: b"<html>hello</html>\r\n\r\n", "malformed"),
-    ("bad length", lambda h: b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "malformed"),
-    ("closed", lambda h: None, "without answering"),
-])
+@pytest.mark.parametrize(
+    "name, answer, words",
+    [
+        (
+            "truncated body",
+            lambda h: b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"predictions": [',
+            "before the answer",
+        ),
+        ("truncated headers", lambda h: b"HTTP/1.1 200 OK\r\nContent-Len", "before the answer"),
+        (
+            "truncated chunks",
+            lambda h: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+            "before the answer",
+        ),
+        ("not HTTP", lambda h: b"<html>hello</html>\r\n\r\n", "malformed"),
+        ("bad length", lambda h: b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "malformed"),
+        ("closed", lambda h: None, "without answering"),
+    ],
+)
 def test_broken_answers_are_protocol_errors(name, answer, words):
     with pytest.raises(http.ProtocolError, match=words):
         call(answer, close_after=True)  # the server closes after what it sent
@@ -115,7 +132,7 @@ def test_an_answer_over_the_size_limit_is_refused():
 
 
 def test_a_slow_answer_is_a_timeout_and_a_refused_connection_a_connect_error():
-    with pytest.raises(http.TimeoutError_, match="within 0.2 s"):
+    with pytest.raises(http.TimeoutError_, match=r"within 0\.2 s"):
         call(lambda h: 1.0, timeout=0.2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,7 +6,10 @@ time, then hands every caller its own slice of the results.
 
 Adaptive: an idle gateway sends a lone request at once (no added latency at concurrency 1). It
 waits — at most `max_wait` seconds — only while other requests have been accepted but not yet
-queued (`arriving`), so under load batches fill up while the model server is busy.
+queued (`arriving`), or while the batch is smaller than the previous one: the callers of that batch
+are answered just as this one is collected, and their next requests come back within about a
+millisecond. Without that wait a closed loop of clients splits into two alternating batches (one
+full, one of stragglers), each paying a whole model call (measured at c=32: 444 req/s).
 
 Bounded (as MLServer's adaptive batcher bounds its queue and BentoML's dispatcher refuses work it
 cannot finish within its latency target): `submit` raises `QueueFull` at once when the queue holds
@@ -20,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 Rows = list[list[Any]]
 
@@ -42,13 +46,21 @@ class _Item:
 
 
 class MicroBatcher:
-    def __init__(self, call: Callable[[Rows], Awaitable[Sequence[Any]]], max_batch_rows: int = 256,
-                 max_wait: float = 0.002, max_concurrent: int = 1, max_queued_rows: int = 4096,
-                 max_queue_delay: float = 0.25, on_batch: Callable[[int], None] | None = None,
-                 on_dropped: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        call: Callable[[Rows], Awaitable[Sequence[Any]]],
+        max_batch_rows: int = 256,
+        max_wait: float = 0.002,
+        max_concurrent: int = 1,
+        max_queued_rows: int = 4096,
+        max_queue_delay: float = 0.25,
+        on_batch: Callable[[int], None] | None = None,
+        on_dropped: Callable[[int], None] | None = None,
+    ) -> None:
         if max_batch_rows < 1 or max_concurrent < 1 or max_wait < 0 or max_queued_rows < 1 or max_queue_delay <= 0:
-            raise ValueError("max_batch_rows, max_concurrent, max_queued_rows must be ≥ 1; max_wait ≥ 0; "
-                             "max_queue_delay > 0")
+            raise ValueError(
+                "max_batch_rows, max_concurrent, max_queued_rows must be ≥ 1; max_wait ≥ 0; max_queue_delay > 0"
+            )
         self.call = call
         self.max_batch_rows = max_batch_rows
         self.max_wait = max_wait
@@ -59,6 +71,7 @@ class MicroBatcher:
         self.on_dropped = on_dropped  # called with the number of requests dropped because their caller left
         self.arriving = 0  # requests accepted by a handler and not yet submitted (set by the gateway)
         self.queued_rows = 0
+        self._last_rows = 0  # rows in the batch sent last
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -97,8 +110,10 @@ class MicroBatcher:
         if self._queue:
             waited = asyncio.get_running_loop().time() - self._queue[0].queued_at
             if waited > self.max_queue_delay:
-                raise QueueFull(f"the oldest queued request has waited {waited * 1000:.0f} ms "
-                                f"(limit {self.max_queue_delay * 1000:.0f} ms)")
+                raise QueueFull(
+                    f"the oldest queued request has waited {waited * 1000:.0f} ms "
+                    f"(limit {self.max_queue_delay * 1000:.0f} ms)"
+                )
 
     def submit(self, rows: Rows) -> asyncio.Future:
         """Queue `rows` (lists of feature values); the future gets one result per row, in order.
@@ -152,7 +167,8 @@ class MicroBatcher:
         while n < self.max_batch_rows:
             head = self._queue[0] if self._queue else None
             if head is None:
-                if not (self.arriving > 0 and await self._wait(deadline - loop.time())):
+                more = self.arriving > 0 or n < self._last_rows
+                if not (more and await self._wait(deadline - loop.time())):
                     break
                 continue
             if head.future.done():
@@ -163,6 +179,7 @@ class MicroBatcher:
             item = self._pop()
             batch.append(item)
             n += len(item.rows)
+        self._last_rows = n
         return batch
 
     async def _run(self) -> None:

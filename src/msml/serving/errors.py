@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.responses import Response
 
@@ -40,7 +40,7 @@ class GatewayError(Exception):
     """Base: an answer other than 200, with its status and a message safe to show the client."""
 
     status = 500
-    headers: dict[str, str] = {}
+    headers: ClassVar[dict[str, str]] = {}  # subclasses replace it, never mutate it
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -53,8 +53,14 @@ class GatewayError(Exception):
 class ClientError(GatewayError):
     """A request the client must fix: 4xx, with the failing rows/fields in `details` (`total` of them)."""
 
-    def __init__(self, status: int, message: str, details: list[dict[str, Any]], total: int | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        details: list[dict[str, Any]],
+        total: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.details = details[:MAX_DETAILS]
@@ -94,8 +100,12 @@ class Overloaded(GatewayError):
 
 def body_error(status: int, reason: str, message: str, **headers: str) -> ClientError:
     """A failure of the request as a whole (field `_body`)."""
-    return ClientError(status, message, [{"row": None, "field": BODY, "reason": reason, "message": message}],
-                       headers={k.replace("_", "-"): v for k, v in headers.items()})
+    return ClientError(
+        status,
+        message,
+        [{"row": None, "field": BODY, "reason": reason, "message": message}],
+        headers={k.replace("_", "-"): v for k, v in headers.items()},
+    )
 
 
 def short(value: Any, limit: int = MAX_ECHO) -> Any:

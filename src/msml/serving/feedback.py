@@ -22,8 +22,15 @@ MAX_UNKNOWN_LISTED = 20  # unknown ids echoed back per answer (the count is alwa
 
 
 class FeedbackBook:
-    def __init__(self, contract: Contract, metrics: GatewayMetrics, window: int = 1000, max_tracked: int = 100_000,
-                 max_items: int = 1000, token: str | None = None) -> None:
+    def __init__(
+        self,
+        contract: Contract,
+        metrics: GatewayMetrics,
+        window: int = 1000,
+        max_tracked: int = 100_000,
+        max_items: int = 1000,
+        token: str | None = None,
+    ) -> None:
         self.contract = contract
         self.metrics = metrics
         self.max_tracked = max_tracked
@@ -36,9 +43,9 @@ class FeedbackBook:
         """New ids for these predicted classes (one urandom call for the whole batch)."""
         raw = os.urandom(ID_BYTES * len(classes)).hex()
         step = 2 * ID_BYTES
-        ids = [raw[k:k + step] for k in range(0, len(raw), step)]
+        ids = [raw[k : k + step] for k in range(0, len(raw), step)]
         predictions = self._predictions
-        for pid, cls in zip(ids, classes):
+        for pid, cls in zip(ids, classes, strict=False):
             predictions[pid] = cls
         while len(predictions) > self.max_tracked:
             predictions.popitem(last=False)
@@ -49,8 +56,11 @@ class FeedbackBook:
             return
         given = (authorization or "").removeprefix("Bearer ").strip().encode()
         if not hmac.compare_digest(given, self.token):
-            raise body_error(401, "unauthorised", "feedback needs 'Authorization: Bearer <token>' "
-                                                  "(the gateway's MSML_FEEDBACK_TOKEN)")
+            raise body_error(
+                401,
+                "unauthorised",
+                "feedback needs 'Authorization: Bearer <token>' (the gateway's MSML_FEEDBACK_TOKEN)",
+            )
 
     def record(self, payload: Any) -> dict[str, Any]:
         """Score feedback `{"feedback": [{"id": ..., "label": ...}, ...]}` against the remembered predictions."""
@@ -73,34 +83,59 @@ class FeedbackBook:
         accuracy = sum(self._outcomes) / len(self._outcomes) if self._outcomes else None
         if accuracy is not None:
             m.live_accuracy.set(accuracy)
-        return {"accepted": correct + incorrect, "unknown_ids": [short(u) for u in unknown[:MAX_UNKNOWN_LISTED]],
-                "unknown_count": len(unknown), "live_accuracy": accuracy, "window": len(self._outcomes)}
+        return {
+            "accepted": correct + incorrect,
+            "unknown_ids": [short(u) for u in unknown[:MAX_UNKNOWN_LISTED]],
+            "unknown_count": len(unknown),
+            "live_accuracy": accuracy,
+            "window": len(self._outcomes),
+        }
 
     def _parse(self, payload: Any) -> list[tuple[str, int]]:
         shape = "feedback must be {'feedback': [{'id': ..., 'label': ...}, ...]}"
-        if not isinstance(payload, dict) or set(payload) != {"feedback"} or not isinstance(payload["feedback"], list) \
-                or not payload["feedback"]:
+        if (
+            not isinstance(payload, dict)
+            or set(payload) != {"feedback"}
+            or not isinstance(payload["feedback"], list)
+            or not payload["feedback"]
+        ):
             raise body_error(422, "wrong_type", shape)
         raw = payload["feedback"]
         if len(raw) > self.max_items:
-            raise body_error(413, "too_many_rows", f"{len(raw)} feedback items is over the limit of "
-                                                   f"{self.max_items} per request")
+            raise body_error(
+                413, "too_many_rows", f"{len(raw)} feedback items is over the limit of {self.max_items} per request"
+            )
         items, details = [], []
         for i, item in enumerate(raw):
             if not isinstance(item, dict) or set(item) != {"id", "label"} or not isinstance(item["id"], str):
-                details.append({"row": i, "field": BODY, "reason": "wrong_type",
-                                "message": "an item must be an object with exactly 'id' (string) and 'label'"})
+                details.append(
+                    {
+                        "row": i,
+                        "field": BODY,
+                        "reason": "wrong_type",
+                        "message": "an item must be an object with exactly 'id' (string) and 'label'",
+                    }
+                )
                 continue
             truth = self._truth(item["label"])
             if truth is None:
-                details.append({"row": i, "field": "label", "reason": "unknown_category",
-                                "message": f"label must be one of {list(self.contract.labels)} or 0/1, "
-                                           f"got {short(item['label'])!r}"})
+                details.append(
+                    {
+                        "row": i,
+                        "field": "label",
+                        "reason": "unknown_category",
+                        "message": f"label must be one of {list(self.contract.labels)} or 0/1, "
+                        f"got {short(item['label'])!r}",
+                    }
+                )
                 continue
             items.append((item["id"], truth))
         if details:
-            raise ClientError(422, f"{len(details)} bad feedback item(s); first: item {details[0]['row']}: "
-                                   f"{details[0]['message']}", details)
+            raise ClientError(
+                422,
+                f"{len(details)} bad feedback item(s); first: item {details[0]['row']}: {details[0]['message']}",
+                details,
+            )
         return items
 
     def _truth(self, label: Any) -> int | None:

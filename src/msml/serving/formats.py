@@ -77,22 +77,32 @@ def extract_rows(payload: Any, features: list[str], max_rows: int) -> list[Any]:
     if size is not None and size > max_rows:  # before any per-row work
         raise body_error(413, "too_many_rows", f"{size} rows is over the limit of {max_rows} per request")
     if key == "dataframe_split":
-        if not isinstance(data, dict) or not isinstance(data.get("columns"), list) \
-                or not isinstance(data.get("data"), list) or set(data) - {"columns", "data", "index"}:
-            raise body_error(400, "unknown_format",
-                             "dataframe_split must be an object with 'columns' (list) and 'data' (list of lists)")
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("columns"), list)
+            or not isinstance(data.get("data"), list)
+            or set(data) - {"columns", "data", "index"}
+        ):
+            raise body_error(
+                400,
+                "unknown_format",
+                "dataframe_split must be an object with 'columns' (list) and 'data' (list of lists)",
+            )
         columns = data["columns"]
         if not all(isinstance(c, str) for c in columns) or len(set(columns)) != len(columns):
             raise body_error(400, "unknown_format", "dataframe_split columns must be distinct strings")
         width = len(columns)
-        rows = [dict(zip(columns, r)) if isinstance(r, list) and len(r) == width else BadRow(r, width)
-                for r in data["data"]]
+        rows = [
+            dict(zip(columns, r, strict=False)) if isinstance(r, list) and len(r) == width else BadRow(r, width)
+            for r in data["data"]
+        ]
     elif key in ("instances", "inputs") and isinstance(data, dict):
         # columnar: {"feature": [values...], ...}
         lengths = {len(v) if isinstance(v, list) else -1 for v in data.values()}
         if len(lengths) != 1 or -1 in lengths:
-            raise body_error(400, "unknown_format", f"columnar {key} must map each feature to a list, "
-                                                    "all of the same length")
+            raise body_error(
+                400, "unknown_format", f"columnar {key} must map each feature to a list, all of the same length"
+            )
         n = lengths.pop()
         if n > max_rows:
             raise body_error(413, "too_many_rows", f"{n} rows is over the limit of {max_rows} per request")
@@ -100,7 +110,9 @@ def extract_rows(payload: Any, features: list[str], max_rows: int) -> list[Any]:
     elif isinstance(data, list):
         n = len(features)
         lists = key in ("instances", "inputs")
-        rows = [dict(zip(features, r)) if lists and isinstance(r, list) and len(r) == n else r for r in data]
+        rows = [
+            dict(zip(features, r, strict=False)) if lists and isinstance(r, list) and len(r) == n else r for r in data
+        ]
     else:
         raise body_error(400, "unknown_format", f"{key} must be a list of rows")
     if not rows:

@@ -85,8 +85,9 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self._done is not None and not self._done.done():
-            self._done.set_result((self._parser.get_status_code(), b"".join(self._body),
-                                   self._parser.should_keep_alive()))
+            self._done.set_result(
+                (self._parser.get_status_code(), b"".join(self._body), self._parser.should_keep_alive())
+            )
 
     def _fail(self, exc: Exception) -> None:
         if self._done is not None and not self._done.done():
@@ -101,8 +102,14 @@ class _Connection(asyncio.Protocol):
 
 
 class PooledHTTPClient:
-    def __init__(self, base_url: str, connect_timeout: float = 0.5, timeout: float = 10.0, max_idle: int = 8,
-                 max_response_bytes: int = 16_000_000) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        connect_timeout: float = 0.5,
+        timeout: float = 10.0,
+        max_idle: int = 8,
+        max_response_bytes: int = 16_000_000,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"model server URL must be http://host:port, got {base_url!r}")
@@ -118,8 +125,14 @@ class PooledHTTPClient:
         self._host_header = f"{host}:{self.port}".encode()
         self.where = host + f":{self.port}"
 
-    async def request(self, method: str, path: str, body: bytes | None = None,
-                      content_type: str = "application/json", timeout: float | None = None) -> tuple[int, bytes]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> tuple[int, bytes]:
         """Send one request; returns (status, body). Raises ConnectError, TimeoutError_ or ProtocolError."""
         head = [f"{method} {self.prefix}{path} HTTP/1.1".encode(), b"Host: " + self._host_header]
         if body is not None:
@@ -148,8 +161,9 @@ class PooledHTTPClient:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(lambda: _Connection(self.max_response_bytes),
-                                                       self.host, self.port)
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self.max_response_bytes), self.host, self.port
+                )
         except TimeoutError:
             raise ConnectError(f"connect to {self.where} timed out after {self.connect_timeout} s") from None
         except OSError as exc:

@@ -11,8 +11,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from msml.config import DEFAULT_PORTS
 from msml.serving.processes import spawn, stop_process, wait_ready
@@ -21,13 +21,27 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = DEFAULT_PORTS.model_server
 
 
-def serve_command(model_uri: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, workers: int = 1,
-                  timeout: int = 60) -> list[str]:
+def serve_command(
+    model_uri: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, workers: int = 1, timeout: int = 60
+) -> list[str]:
     """The `mlflow models serve` command line (local env manager: the venv already has the deps)."""
     mlflow = Path(sys.executable).parent / "mlflow"
     return [
-        str(mlflow) if mlflow.exists() else "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-        "-h", host, "-p", str(port), "-w", str(workers), "-t", str(timeout),
+        str(mlflow) if mlflow.exists() else "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "-w",
+        str(workers),
+        "-t",
+        str(timeout),
     ]
 
 
@@ -52,8 +66,9 @@ def ping(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def wait_for_ping(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None,
-                  log: Path | None = None) -> None:
+def wait_for_ping(
+    url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
     """Block until `<url>/ping` answers; RuntimeError (with the log's tail) if `proc` dies or time runs out."""
     wait_ready(f"{url.rstrip('/')}/ping", timeout, alive=(lambda: proc.poll() is None) if proc else None, log=log)
 
@@ -61,8 +76,16 @@ def wait_for_ping(url: str, timeout: float = 120.0, proc: subprocess.Popen | Non
 class ModelServer:
     """One `mlflow models serve` process group: start, wait for /ping, stop (only what it started)."""
 
-    def __init__(self, model_uri: str, tracking_uri: str, port: int, log: str | Path, host: str = DEFAULT_HOST,
-                 workers: int = 1, timeout: int = 60) -> None:
+    def __init__(
+        self,
+        model_uri: str,
+        tracking_uri: str,
+        port: int,
+        log: str | Path,
+        host: str = DEFAULT_HOST,
+        workers: int = 1,
+        timeout: int = 60,
+    ) -> None:
         self.model_uri = model_uri
         self.tracking_uri = tracking_uri
         self.host = host
@@ -80,7 +103,7 @@ class ModelServer:
     def command(self) -> list[str]:
         return serve_command(self.model_uri, self.host, self.port, self.workers, self.timeout)
 
-    def start(self, wait: float | None = 120.0) -> "ModelServer":
+    def start(self, wait: float | None = 120.0) -> ModelServer:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError(f"model server already running (pid {self.proc.pid})")
         self.proc = spawn(self.command, self.log, env=serve_env(self.tracking_uri))
@@ -97,7 +120,7 @@ class ModelServer:
             stop_process(self.proc, timeout=timeout)
             self.proc = None
 
-    def __enter__(self) -> "ModelServer":
+    def __enter__(self) -> ModelServer:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc) -> None:

@@ -22,10 +22,18 @@ def openapi_extra(contract: Contract, max_rows: int, max_items: int) -> tuple[di
         },
         "required": ["columns", "data"],
     }
-    variants = [{"type": "object", "properties": {"dataframe_split": split}, "required": ["dataframe_split"],
-                 "additionalProperties": False}]
-    variants += [{"type": "object", "properties": {k: rows}, "required": [k], "additionalProperties": False}
-                 for k in ("dataframe_records", "instances", "inputs", "rows")]
+    variants = [
+        {
+            "type": "object",
+            "properties": {"dataframe_split": split},
+            "required": ["dataframe_split"],
+            "additionalProperties": False,
+        }
+    ]
+    variants += [
+        {"type": "object", "properties": {k: rows}, "required": [k], "additionalProperties": False}
+        for k in ("dataframe_records", "instances", "inputs", "rows")
+    ]
     responses = {
         "200": {"description": "Positive-class probability, predicted label and an id (for /feedback) per row."},
         "400": {"description": "Malformed JSON or unknown request format."},
@@ -44,14 +52,32 @@ def openapi_extra(contract: Contract, max_rows: int, max_items: int) -> tuple[di
     }
     label = {"anyOf": [{"type": "string", "enum": list(contract.labels)}, {"type": "integer", "enum": [0, 1]}]}
     feedback = {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object",
-            "properties": {"feedback": {"type": "array", "minItems": 1, "maxItems": max_items, "items": {
-                "type": "object", "properties": {"id": {"type": "string"}, "label": label},
-                "required": ["id", "label"], "additionalProperties": False}}},
-            "required": ["feedback"], "additionalProperties": False}}}},
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "feedback": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": max_items,
+                                "items": {
+                                    "type": "object",
+                                    "properties": {"id": {"type": "string"}, "label": label},
+                                    "required": ["id", "label"],
+                                    "additionalProperties": False,
+                                },
+                            }
+                        },
+                        "required": ["feedback"],
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        },
         "responses": {k: v for k, v in responses.items() if k in ("400", "401", "413", "415", "422")}
-                      | {"401": {"description": "A feedback token is configured and was not given."}},
+        | {"401": {"description": "A feedback token is configured and was not given."}},
     }
     return invocations, feedback
-

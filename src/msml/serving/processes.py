@@ -10,6 +10,7 @@ answers while it runs) never means another program answered on that port.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,24 +19,30 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import psutil
 
 from msml.errors import PortBusyError, ServerError
 
 
-def spawn(cmd: Sequence[str], log: str | Path, env: Mapping[str, str] | None = None,
-          cwd: str | Path | None = None) -> subprocess.Popen:
+def spawn(
+    cmd: Sequence[str], log: str | Path, env: Mapping[str, str] | None = None, cwd: str | Path | None = None
+) -> subprocess.Popen:
     """Start `cmd` in a new session with stdout and stderr appended to `log`."""
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
-            list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+            list(cmd),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
         )
 
 
@@ -48,12 +55,13 @@ def check_port(port: int, what: str, option: str, host: str = "127.0.0.1") -> No
             return
         except OSError:
             pass
-    raise PortBusyError(f"port {port} ({what}) is held by {port_holder(port)}; stop it or choose another port "
-                        f"with {option}")
+    raise PortBusyError(
+        f"port {port} ({what}) is held by {port_holder(port)}; stop it or choose another port with {option}"
+    )
 
 
 def port_holder(port: int) -> str:
-    """"pid N (command line)" of the process listening on `port`, as far as we may see it."""
+    """ "pid N (command line)" of the process listening on `port`, as far as we may see it."""
     try:
         for conn in psutil.net_connections(kind="inet"):
             if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
@@ -70,8 +78,13 @@ def _describe(pid: int) -> str:
         return "unknown"
 
 
-def start_background(cmd: Sequence[str], pidfile: str | Path, log: str | Path,
-                     env: Mapping[str, str] | None = None, cwd: str | Path | None = None) -> int:
+def start_background(
+    cmd: Sequence[str],
+    pidfile: str | Path,
+    log: str | Path,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> int:
     """Start `cmd` detached, record its identity (PID, start time, command line) in `pidfile`, return the PID.
 
     Refuses to start when `pidfile` names a process of ours that is still running.
@@ -122,8 +135,12 @@ def inspect(pidfile: str | Path) -> PidFile:
     except psutil.AccessDenied:
         return PidFile(path, pid, "foreign", "another user's process")
     if not same:
-        return PidFile(path, pid, "foreign", f"PID {pid} is now another process: {_describe(pid)}; "
-                                             f"it was: {' '.join(cmdline)[:120]}")
+        return PidFile(
+            path,
+            pid,
+            "foreign",
+            f"PID {pid} is now another process: {_describe(pid)}; it was: {' '.join(cmdline)[:120]}",
+        )
     return PidFile(path, pid, "ours")
 
 
@@ -170,17 +187,13 @@ def stop_group(pgid: int, timeout: float = 10.0, proc: subprocess.Popen | None =
             continue
         break
     if proc is not None:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):  # not our child: its own parent reaps it
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass  # not our child: its own parent reaps it
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -207,8 +220,9 @@ def stop(pidfile: str | Path, timeout: float = 10.0) -> PidFile:
     return found
 
 
-def wait_ready(url: str, timeout: float = 60.0, alive: Callable[[], bool] | None = None,
-               log: str | Path | None = None) -> None:
+def wait_ready(
+    url: str, timeout: float = 60.0, alive: Callable[[], bool] | None = None, log: str | Path | None = None
+) -> None:
     """Block until `url` answers 200 while `alive()` (the process we started runs): both make "ready".
     ServerError (a RuntimeError), with the tail of `log`, when the process exits or `timeout` s pass."""
     deadline = time.monotonic() + timeout

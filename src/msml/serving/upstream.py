@@ -28,10 +28,17 @@ DOWN_AFTER = 2  # failed probes in a row
 
 
 class Replica:
-    def __init__(self, url: str, connect_timeout: float, timeout: float, max_idle: int, max_response_bytes: int) -> None:
+    def __init__(
+        self, url: str, connect_timeout: float, timeout: float, max_idle: int, max_response_bytes: int
+    ) -> None:
         self.url = url.rstrip("/")
-        self.client = http.PooledHTTPClient(self.url, connect_timeout=connect_timeout, timeout=timeout,
-                                            max_idle=max_idle, max_response_bytes=max_response_bytes)
+        self.client = http.PooledHTTPClient(
+            self.url,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            max_idle=max_idle,
+            max_response_bytes=max_response_bytes,
+        )
         self.up = False
         self.failed_probes = 0
         self.in_flight = 0
@@ -45,9 +52,17 @@ class Replica:
 
 
 class Upstream:
-    def __init__(self, url: str, features: list[str], metrics: GatewayMetrics, connect_timeout: float = 0.5,
-                 timeout: float = 10.0, probe_interval: float = 1.0, max_idle: int = 4,
-                 max_batch_rows: int = 256) -> None:
+    def __init__(
+        self,
+        url: str,
+        features: list[str],
+        metrics: GatewayMetrics,
+        connect_timeout: float = 0.5,
+        timeout: float = 10.0,
+        probe_interval: float = 1.0,
+        max_idle: int = 4,
+        max_batch_rows: int = 256,
+    ) -> None:
         self.features = features
         self.metrics = metrics
         self.timeout = timeout
@@ -80,8 +95,12 @@ class Upstream:
         """The replica to call; 503 at once when none is known up."""
         replica = self.replica
         if not replica.up:
-            raise ModelServerError(503, "model_down", f"model server at {replica.url} is down (failing /ping); "
-                                                      "retry shortly", retry_after=1)
+            raise ModelServerError(
+                503,
+                "model_down",
+                f"model server at {replica.url} is down (failing /ping); retry shortly",
+                retry_after=1,
+            )
         return replica
 
     async def score(self, rows: list[list[Any]], timeout: float | None = None) -> list[float]:
@@ -94,16 +113,18 @@ class Upstream:
             status, content = await replica.client.request("POST", "/invocations", payload, timeout=timeout)
         except http.ConnectError as exc:
             self._failed(replica, "unreachable", exc, down=True)
-            raise ModelServerError(503, "unreachable", f"model server at {replica.url} is unreachable",
-                                   retry_after=1) from None
+            raise ModelServerError(
+                503, "unreachable", f"model server at {replica.url} is unreachable", retry_after=1
+            ) from None
         except http.TimeoutError_ as exc:
             self._failed(replica, "timeout", exc)
             self._probe_now.set()  # frozen or just slow? the probe tells within probe_timeout
             raise ModelServerError(504, "timeout", f"model server at {replica.url} did not answer in time") from None
         except http.HTTPError as exc:
             self._failed(replica, "transport", exc)
-            raise ModelServerError(502, "transport", f"model server at {replica.url} broke the connection or "
-                                                     "sent a malformed answer") from None
+            raise ModelServerError(
+                502, "transport", f"model server at {replica.url} broke the connection or sent a malformed answer"
+            ) from None
         finally:
             replica.in_flight -= 1
             self.metrics.model_request_seconds.observe(time.perf_counter() - start)
@@ -119,8 +140,11 @@ class Upstream:
             return [positive_probability(p) for p in predictions]
         except Exception as exc:
             self._failed(replica, "bad_response", exc)
-            detail = str(exc) if isinstance(exc, ValueError) and "predictions for" in str(exc) else "not JSON " \
-                "with one probability per row"
+            detail = (
+                str(exc)
+                if isinstance(exc, ValueError) and "predictions for" in str(exc)
+                else "not JSON with one probability per row"
+            )
             raise ModelServerError(502, "bad_response", f"model server's answer is not understood: {detail}") from None
 
     def _failed(self, replica: Replica, kind: str, what: Any, down: bool = False) -> None:

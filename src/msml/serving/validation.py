@@ -54,16 +54,25 @@ class RowValidator:
                 break
             if isinstance(row, BadRow):
                 got = type(row.value).__name__ + (f" of {len(row.value)}" if isinstance(row.value, list) else "")
-                details.append({"row": i, "field": ROW, "reason": "wrong_type",
-                                "message": f"expected a list of {row.width} values, got {got}"})
+                details.append(
+                    {
+                        "row": i,
+                        "field": ROW,
+                        "reason": "wrong_type",
+                        "message": f"expected a list of {row.width} values, got {got}",
+                    }
+                )
                 continue
             try:
                 self._row.model_validate(row)
             except pydantic.ValidationError as exc:
                 details += [self._detail(i, row, err) for err in exc.errors(include_url=False, include_input=True)]
         first = details[0]
-        where = f"row {first['row']}, field {first.get('name', first['field'])!r}" if first["field"] != ROW \
+        where = (
+            f"row {first['row']}, field {first.get('name', first['field'])!r}"
+            if first["field"] != ROW
             else f"row {first['row']}"
+        )
         msg = f"{total} validation error(s); first: {where}: {first['reason']} ({first['message']})"
         return ClientError(422, msg, details, total=total)
 
@@ -71,13 +80,21 @@ class RowValidator:
         loc = err["loc"]
         name = str(loc[0]) if loc else None
         if name is None or not isinstance(row, dict):
-            return {"row": i, "field": ROW, "reason": "wrong_type",
-                    "message": f"a row must be an object of feature values (got {type(row).__name__})"}
+            return {
+                "row": i,
+                "field": ROW,
+                "reason": "wrong_type",
+                "message": f"a row must be an object of feature values (got {type(row).__name__})",
+            }
         reason = REASONS.get(err["type"], "wrong_type")
         if name in row and row[name] is None:
             reason = "missing"  # null (or a missing marker) for a required feature
-        detail = {"row": i, "field": name if name in self._feature_set else ROW, "reason": reason,
-                  "message": short(err["msg"], 200)}
+        detail = {
+            "row": i,
+            "field": name if name in self._feature_set else ROW,
+            "reason": reason,
+            "message": short(err["msg"], 200),
+        }
         if reason == "unexpected_field":
             detail["message"] = f"unexpected field {short(name)!r} (not in the contract)"
         elif "input" in err and reason != "missing":
