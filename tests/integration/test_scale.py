@@ -188,7 +188,7 @@ def test_two_workers_share_one_study_exactly_once(server, trained):
     # the best trial's out-of-fold score, recomputed by the creator whichever worker ran it, is the study's value
     assert parent.data.metrics["best_cv_roc_auc"] >= study.best_value - 1e-9
     assert parent.data.metrics[f"cv_roc_auc_{study.best_params['family']}"] == pytest.approx(study.best_value)
-    assert trained["stdout"].count("refitting the best parameters") == 1
+    assert trained["stdout"].count("refitting on the whole train split") == 1
     assert not any(client.list_artifacts(c.info.run_id) for c in children)  # models only on the parent
 
 
