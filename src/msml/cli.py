@@ -498,12 +498,15 @@ def monitoring_receiver(
     port: int = typer.Option(
         DEFAULT_PORTS.receiver, "--port", help="Port to listen on (Alertmanager's webhook URL points here)."
     ),
-    out: Path = typer.Option(Path(".run/notifications.jsonl"), "--out", help="JSON-lines file of notifications."),
+    out: Path | None = typer.Option(
+        None, "--out", help="JSON-lines file of notifications (default: where the stack reads them, .run/monitoring/)."
+    ),
 ) -> None:
     """Record every webhook notification POSTed to it (Alertmanager, Grafana) as JSON lines."""
     from msml.monitoring.receiver import serve
+    from msml.monitoring.render import notifications_path
 
-    serve(host, port, out)
+    serve(host, port, out or notifications_path(_settings(None).run_dir))
 
 
 @monitoring_app.command("up")
@@ -556,9 +559,10 @@ def evidence_monitoring(
 ) -> None:
     """Prometheus graphs per dashboard metric, its rules and alerts pages, Alertmanager's notifications."""
     from msml.evidence import prometheus_evidence
+    from msml.monitoring.render import notifications_path
 
     settings = _settings(None)
-    notifications = notifications or settings.run_dir / "monitoring" / "notifications.jsonl"
+    notifications = notifications or notifications_path(settings.run_dir)
     try:
         written = prometheus_evidence(out, prometheus, notifications)
     except (RuntimeError, FileNotFoundError) as exc:

@@ -36,7 +36,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from msml.config import DECISION_THRESHOLD, DEFAULT_PORTS, DEFAULT_SEED, Settings, local_url
+from msml.config import DECISION_THRESHOLD, DEFAULT_PORTS, DEFAULT_SEED, DEFAULT_TRIALS, Settings, local_url
+from msml.monitoring.render import notifications_path
 
 TEMPLATES = Path(__file__).parent / "templates" / "export"
 WORKFLOW_CI = "Workflow-CI"
@@ -139,6 +140,7 @@ def template_values(settings: Settings, root: Path) -> dict[str, object]:
         "image": settings.image,
         "trials": CI_TRIALS,
         "seed": DEFAULT_SEED,
+        "tuning_trials": DEFAULT_TRIALS,
         "threshold": DECISION_THRESHOLD,
         "gateway_port": DEFAULT_PORTS.gateway,
         "model_port": DEFAULT_PORTS.model_server,
@@ -793,7 +795,7 @@ def export(
     started = time.perf_counter()
     if evidence:
         echo("taking screenshots of the running system (MLflow UI, Prometheus, alerts)…")
-        notifications = Path(notifications or settings.run_dir / "monitoring" / "notifications.jsonl")
+        notifications = Path(notifications or notifications_path(settings.run_dir))
         taken, missing = collect_evidence(
             settings, out, submission, model_url, gateway_url, prometheus_url, notifications, echo=echo
         )

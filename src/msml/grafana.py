@@ -41,6 +41,7 @@ from msml.monitoring.render import (
     Targets,
     _duration_seconds,
     grafana_rule_uid,
+    notifications_path,
     panel_ids,
 )
 
@@ -337,7 +338,7 @@ def grafana_evidence(settings, out: Path, ports: Ports = DEFAULT_PORTS, echo=pri
     if not submission.is_dir():
         raise GrafanaError(f"no {submission}: run `msml export --out {out}` first")
     check_stack(ports)
-    notifications = settings.run_dir / "monitoring" / "notifications.jsonl"
+    notifications = notifications_path(settings.run_dir)
     grafana_url = f"http://127.0.0.1:{ports.grafana}"
     result = subprocess.run(run_command(docker, settings.root, ports), capture_output=True, text=True, timeout=600)
     if result.returncode != 0:

@@ -48,6 +48,11 @@ PYTHON_IMAGE = "python:3.11-slim"
 POSTGRES_IMAGE = "postgres:15"  # the major version Debian bookworm ships (msml tracking up)
 
 
+def notifications_path(run_dir: str | Path) -> Path:
+    """Where the webhook receiver of the stack in `run_dir` records notifications (and evidence reads them)."""
+    return Path(run_dir) / "monitoring" / "notifications.jsonl"
+
+
 @dataclass(frozen=True)
 class Targets:
     """Addresses as the monitoring servers see each other (127.0.0.1 locally, service names in compose)."""
@@ -543,7 +548,7 @@ def compose_file(model_image: str, ports: Ports = DEFAULT_PORTS) -> dict:
                     "sh",
                     "-c",
                     f"{install} msml monitoring receiver --host 0.0.0.0 --port {p.receiver} "
-                    "--out /app/.run/notifications.jsonl",
+                    f"--out /app/{notifications_path('.run')}",
                 ],
                 "ports": [f"127.0.0.1:{p.receiver}:{p.receiver}"],
             },

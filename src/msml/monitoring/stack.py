@@ -27,6 +27,7 @@ from msml.monitoring.render import (
     _yaml,
     alerting_rules,
     alertmanager_config,
+    notifications_path,
     prometheus_config,
     recording_rules,
 )
@@ -59,7 +60,7 @@ class Stack:
 
     @property
     def notifications(self) -> Path:
-        return self.workdir / "notifications.jsonl"
+        return notifications_path(self.run_dir)
 
     def pidfile(self, component: str) -> Path:
         return self.run_dir / f"{component}.pid"
