@@ -57,9 +57,18 @@ def _pidfile(path, pid: int, create_time: float, cmdline: list[str]) -> None:
     path.write_text(json.dumps({"pid": pid, "create_time": create_time, "cmdline": cmdline}))
 
 
+def _wait_for_exec(pid: int, cmdline: list[str]) -> None:
+    """Popen returns right after fork: until exec completes, the child's command line is its parent's or empty."""
+    deadline = time.monotonic() + 5
+    while psutil.Process(pid).cmdline() != cmdline:
+        assert time.monotonic() < deadline, f"PID {pid} never became {cmdline}"
+        time.sleep(0.01)
+
+
 def test_reused_pid_names_a_foreign_process_that_down_leaves_alone(tmp_path):
     """A pid file whose PID now belongs to another live process (reboot, PID reuse): never signalled."""
     foreign = subprocess.Popen(["sleep", "60"])  # a real live process that is not ours
+    _wait_for_exec(foreign.pid, ["sleep", "60"])
     try:
         pidfile = tmp_path / ".run" / "gateway.pid"
         real = psutil.Process(foreign.pid)
