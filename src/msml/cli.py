@@ -28,7 +28,7 @@ from msml.config import (
 from msml.contract import DEFAULT_MAX_INVALID_SHARE, DataError
 from msml.errors import MaskingStream, MsmlError, TrackingError, mask
 from msml.monitoring.drift import DEFAULT_WINDOW, MIN_ROWS
-from msml.serving.settings import GatewayConfig
+from msml.serving.settings import MODEL_URLS_ENV, GatewayConfig, model_urls
 
 # show_locals=False: a traceback's local variables can hold a tracking password or token
 app = typer.Typer(
@@ -233,6 +233,11 @@ def _print_summary(summary) -> None:
     typer.echo(json.dumps({"run_id": summary.run_id, "model_uri": summary.model_uri, "metrics": shown}, indent=2))
 
 
+ReplicasOpt = typer.Option(
+    1, "--replicas", min=1, max=64, help="Model servers to start, on consecutive ports from the model-server port."
+)
+
+
 @app.command()
 @handles_errors
 def demo(
@@ -253,12 +258,14 @@ def demo(
     receiver_port: int = typer.Option(
         DEFAULT_PORTS.receiver, "--receiver-port", help="Port of the alert webhook receiver."
     ),
+    replicas: int = ReplicasOpt,
 ) -> None:
     """The main job on embedded defaults: data → tracked, registered model → served, monitored, with traffic."""
     from msml.demo import run_demo
     from msml.monitoring.render import Ports
 
     settings = _settings(contract)
+    _replica_ports(model_port, replicas)
     ports = Ports(
         gateway=gateway_port,
         model_server=model_port,
@@ -268,7 +275,9 @@ def demo(
         receiver=receiver_port,
     )
     try:
-        urls = run_demo(settings, trials=trials, traffic_seconds=traffic, ports=ports, echo=typer.echo)
+        urls = run_demo(
+            settings, trials=trials, traffic_seconds=traffic, ports=ports, echo=typer.echo, replicas=replicas
+        )
     except MsmlError as exc:
         exc.args = (f"{exc} (`make down` stops whatever was started)",)
         raise
@@ -624,6 +633,15 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def _replica_ports(port: int, replicas: int) -> list[int]:
+    from msml.serving.model_server import replica_ports
+
+    try:
+        return replica_ports(port, replicas)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def serve(
     port: int = typer.Option(DEFAULT_PORTS.model_server, "--port", help="Port of MLflow's scoring server."),
@@ -631,37 +649,57 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1, help="gunicorn workers."),
     model_uri: str | None = typer.Option(None, "--model-uri", help="Default: models:/<model name>@champion."),
     wait: float = typer.Option(180.0, "--wait", help="Seconds to wait for /ping."),
+    replicas: int = ReplicasOpt,
 ) -> None:
-    """Serve the champion with `mlflow models serve --env-manager local` (foreground; Ctrl-C stops)."""
+    """Serve the champion with `mlflow models serve --env-manager local` (foreground; Ctrl-C stops).
+
+    With --replicas N: N servers on consecutive ports from --port, for `msml gateway --model-url` repeated."""
+    import time
+
     from msml.registry import champion_uri
-    from msml.serving.model_server import ModelServer
+    from msml.serving.model_server import ModelServer, replica_name
+    from msml.serving.processes import check_port
 
     settings = _settings(None)
     uri = model_uri or champion_uri(settings.model_name)
-    server = ModelServer(
-        uri, settings.tracking_uri, port, settings.run_dir / "model-server.log", host=host, workers=workers
-    )
-    typer.echo(f"starting: {' '.join(server.command)} (log: {server.log})")
-    _sigterm_as_interrupt()  # `kill <pid>` stops the model server too, not only Ctrl-C
+    ports = _replica_ports(port, replicas)
+    servers = [
+        ModelServer(
+            uri, settings.tracking_uri, p, settings.run_dir / f"{replica_name(i)}.log", host=host, workers=workers
+        )
+        for i, p in enumerate(ports)
+    ]
+    for server in servers:
+        check_port(server.port, "model server", "--port", host=host)
+        typer.echo(f"starting: {' '.join(server.command)} (log: {server.log})")
+    _sigterm_as_interrupt()  # `kill <pid>` stops the model servers too, not only Ctrl-C
     try:
-        server.start(wait=wait)
-        typer.echo(f"model server ready: {server.url} (/ping, /invocations); Ctrl-C stops it")
-        server.proc.wait()
-        _fail(f"model server exited with code {server.proc.returncode} (log: {server.log})", code=1)
+        for server in servers:  # all at once: each takes seconds to load the model
+            server.start(wait=None)
+        for server in servers:
+            server.wait_ready(wait)
+        typer.echo(f"model servers ready: {' '.join(s.url for s in servers)} (/ping, /invocations); Ctrl-C stops them")
+        while all(s.proc.poll() is None for s in servers):
+            time.sleep(0.5)
+        gone = next(s for s in servers if s.proc.poll() is not None)
+        _fail(f"model server {gone.url} exited with code {gone.proc.returncode} (log: {gone.log})", code=1)
     except KeyboardInterrupt:
-        typer.echo("stopping the model server")
+        typer.echo("stopping the model servers")
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
 @app.command()
 def gateway(
     port: int = typer.Option(DEFAULT_PORTS.gateway, "--port", help="Gateway port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    model_url: str = typer.Option(
-        local_url(DEFAULT_PORTS.model_server),
+    model_url: list[str] = typer.Option(
+        [],
         "--model-url",
-        help="MLflow scoring server or the model's Docker image (/ping, /invocations).",
+        help="MLflow scoring server or the model's Docker image (/ping, /invocations); repeat it for replicas "
+        f"(least busy first). Default: ${MODEL_URLS_ENV} (comma-separated), else the model-server port's.",
+        show_default=False,
     ),
     model_uri: str | None = typer.Option(
         None,
@@ -677,7 +715,7 @@ def gateway(
         help="How long a request waits for others to share its batch.",
     ),
     max_concurrent_batches: int = typer.Option(
-        1, "--max-concurrent-batches", min=1, help="Model calls in flight at a time (match the server's workers)."
+        1, "--max-concurrent-batches", min=1, help="Model calls in flight at a time per replica (match its workers)."
     ),
     probe_interval: float = typer.Option(
         1.0, "--probe-interval", min=0.05, help="Seconds between health probes of the model server."
@@ -703,8 +741,12 @@ def gateway(
     from msml.serving.gateway import GatewayConfig, run
 
     settings = _settings(None)
+    try:
+        urls = model_urls(model_url, os.environ)
+    except ValueError as exc:
+        _fail(str(exc))
     config = GatewayConfig(
-        model_url=model_url,
+        model_urls=urls,
         contract=settings.contract,
         tracking_uri=settings.tracking_uri,
         model_uri=champion_uri(settings.model_name) if model_uri is None else (model_uri or None),
@@ -718,7 +760,9 @@ def gateway(
         max_queue_delay_ms=max_queue_ms,
         feedback_token=os.environ.get("MSML_FEEDBACK_TOKEN") or None,  # a secret: from the environment only
     )
-    typer.echo(f"gateway on http://{host}:{port} → {model_url} (/invocations, /feedback, /metrics, /health, /docs)")
+    typer.echo(
+        f"gateway on http://{host}:{port} → {', '.join(urls)} (/invocations, /feedback, /metrics, /health, /docs)"
+    )
     run(config, host=host, port=port)
 
 

@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from msml.config import DEFAULT_PORTS, DEFAULT_TRIALS, Settings
+from msml.config import DEFAULT_PORTS, DEFAULT_TRIALS, Settings, local_url
 from msml.errors import mask
 from msml.monitoring import stack
 from msml.monitoring.render import Ports
-from msml.serving.model_server import serve_command, serve_env
+from msml.serving.model_server import replica_name, replica_ports, serve_command, serve_env
 from msml.serving.processes import PidFile, check_port, read_pid, start_background, stop, wait_ready
 
 # msml.registry and msml.tracking import MLflow (seconds): imported where used, so `msml down` stays quick
@@ -38,21 +38,28 @@ def _pidfile(settings: Settings, name: str) -> Path:
     return settings.run_dir / f"{name}.pid"
 
 
+def _option(name: str) -> str:
+    """The `msml demo` option that moves this server's port (every replica follows --model-port)."""
+    return SERVERS["model-server" if name.startswith("model-server") else name][1]
+
+
 def _is_remote(uri: str) -> bool:
     from msml.tracking import is_remote
 
     return is_remote(uri)
 
 
-def preflight(settings: Settings, ports: Ports) -> None:
+def preflight(settings: Settings, ports: Ports, replicas: int = 1) -> None:
     """Before any training: the system programs are installed and every port is free (or already ours)."""
     stack.binary("prometheus")
     stack.binary("alertmanager", "prometheus-alertmanager")
-    for name, (field, option) in SERVERS.items():
+    wanted = {name: getattr(ports, field) for name, (field, _) in SERVERS.items()}
+    wanted |= {replica_name(i): port for i, port in enumerate(replica_ports(ports.model_server, replicas))}
+    for name, port in wanted.items():
         if name == "mlflow" and _is_remote(settings.tracking_uri):
             continue  # tracking goes to a remote server: no local one to start
         if read_pid(_pidfile(settings, name)) is None:
-            check_port(getattr(ports, field), name, option)
+            check_port(port, name, _option(name))
     stack.check_ports(settings.run_dir, ports)
 
 
@@ -60,15 +67,25 @@ def _alive(pidfile: Path):
     return lambda: read_pid(pidfile) is not None
 
 
+def _launch(settings: Settings, name: str, cmd: list[str], port: int, env: dict[str, str]) -> None:
+    """Start one server in the background unless ours already runs."""
+    if read_pid(_pidfile(settings, name)) is None:
+        check_port(port, name, _option(name))
+        start_background(cmd, _pidfile(settings, name), settings.run_dir / f"{name}.log", env=env)
+
+
+def _wait(settings: Settings, name: str, ready_url: str, timeout: float) -> None:
+    """Ready = the process of `name`'s pid file alive and `ready_url` answering."""
+    pidfile = _pidfile(settings, name)
+    wait_ready(ready_url, timeout, alive=_alive(pidfile), log=settings.run_dir / f"{name}.log")
+
+
 def _start(
     settings: Settings, name: str, cmd: list[str], port: int, ready_url: str, timeout: float, env: dict[str, str]
 ) -> None:
-    """Start one server unless ours already runs; ready = that process alive and `ready_url` answering."""
-    pidfile, log = _pidfile(settings, name), settings.run_dir / f"{name}.log"
-    if read_pid(pidfile) is None:
-        check_port(port, name, SERVERS[name][1])
-        start_background(cmd, pidfile, log, env=env)
-    wait_ready(ready_url, timeout, alive=_alive(pidfile), log=log)
+    """Start one server unless ours already runs, and wait until it is ready."""
+    _launch(settings, name, cmd, port, env)
+    _wait(settings, name, ready_url, timeout)
 
 
 def _msml(*args: str) -> list[str]:
@@ -80,32 +97,35 @@ def _step(echo, n: int, total: int, text: str) -> float:
     return time.perf_counter()
 
 
-def start_serving(settings: Settings, ports: Ports) -> dict[str, str]:
-    """Start the champion's model server and the gateway in front of it (unless already running)."""
+def start_serving(settings: Settings, ports: Ports, replicas: int = 1) -> dict[str, str]:
+    """Start the champion's model servers (`replicas`, on consecutive ports from ports.model_server) and the
+    gateway in front of them (each unless already running)."""
     from msml.registry import champion_uri
 
-    model_url = f"http://127.0.0.1:{ports.model_server}"
-    gateway_url = f"http://127.0.0.1:{ports.gateway}"
-    _start(
-        settings,
-        "model-server",
-        serve_command(champion_uri(settings.model_name), port=ports.model_server),
-        ports.model_server,
-        f"{model_url}/ping",
-        180,
-        serve_env(settings.tracking_uri),
-    )
+    names = {replica_name(i): port for i, port in enumerate(replica_ports(ports.model_server, replicas))}
+    for name, port in names.items():  # all at once: each takes seconds to load the model
+        _launch(
+            settings,
+            name,
+            serve_command(champion_uri(settings.model_name), port=port),
+            port,
+            serve_env(settings.tracking_uri),
+        )
+    for name, port in names.items():
+        _wait(settings, name, f"{local_url(port)}/ping", 180)
+    model_urls = [local_url(port) for port in names.values()]
+    gateway_url = local_url(ports.gateway)
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri, "MSML_HOME": str(settings.root)}
     _start(
         settings,
         "gateway",
-        _msml("gateway", "--port", str(ports.gateway), "--model-url", model_url),
+        _msml("gateway", "--port", str(ports.gateway), *(a for url in model_urls for a in ("--model-url", url))),
         ports.gateway,
         f"{gateway_url}/ping",
         60,
         env,
     )
-    return {"model server": model_url, "gateway": gateway_url}
+    return {"model server" if replicas == 1 else "model servers": ", ".join(model_urls), "gateway": gateway_url}
 
 
 def start_tracking_server(settings: Settings, ports: Ports) -> str:
@@ -130,6 +150,8 @@ def stop_all(settings: Settings) -> dict[str, PidFile]:
     """Stop every server the demo started and still running as started (by pid file): serving, the
     tracking server, then monitoring. What each pid file held, by server name."""
     found = {name: stop(_pidfile(settings, name)) for name in SERVERS}
+    # replicas past the first (`msml demo --replicas N`): model-server-2.pid, …
+    found |= {p.stem: stop(p) for p in sorted(settings.run_dir.glob("model-server-*.pid"))}
     return found | stack.stop_report(settings.run_dir)
 
 
@@ -139,9 +161,10 @@ def run_demo(
     traffic_seconds: float = 20.0,
     ports: Ports = DEFAULT_PORTS,
     echo=print,
+    replicas: int = 1,
 ) -> dict[str, str]:
-    """Run the whole path and leave the servers running. Returns the URLs."""
-    preflight(settings, ports)  # before minutes of training: a busy port or a missing program stops us now
+    """Run the whole path and leave the servers running (`replicas` model servers). Returns the URLs."""
+    preflight(settings, ports, replicas)  # before minutes of training: a busy port or a missing program stops us now
     from msml.ci import run_ci
     from msml.preprocessing import preprocess
     from msml.registry import register_and_promote
@@ -176,7 +199,7 @@ def run_demo(
     )
 
     start = _step(echo, 4, total, "serve the champion (mlflow models serve) behind the gateway")
-    urls = start_serving(settings, ports)
+    urls = start_serving(settings, ports, replicas)
     echo(f"      ready ({time.perf_counter() - start:.1f} s)")
 
     start = _step(echo, 5, total, "start the MLflow tracking server and UI (mlflow server --expose-prometheus)")

@@ -20,6 +20,8 @@ from msml.monitoring.metrics import (
     IN_FLIGHT,
     LIVE_ACCURACY,
     MODEL_INFO,
+    MODEL_REPLICA_CALLS,
+    MODEL_REPLICA_UP,
     MODEL_REQUEST_SECONDS,
     MODEL_UP,
     PREDICTED_CLASS,
@@ -27,6 +29,7 @@ from msml.monitoring.metrics import (
     PROBABILITY,
     PROCESS_CPU,
     PROCESS_MEMORY,
+    REPLICA,
     REQUEST_SECONDS,
     REQUESTS,
     ROWS_SCORED,
@@ -171,6 +174,14 @@ PANELS: tuple[Panel, ...] = (
         row="traffic",
     ),
     Panel(
+        "replica_calls",
+        "Model calls per replica",
+        (Query(f"sum by ({REPLICA}) (rate({MODEL_REPLICA_CALLS}{{{JOB}}}[{RATE_INTERVAL}]))", f"{{{{{REPLICA}}}}}"),),
+        "reqps",
+        description="Batches per second the gateway sends to each model-server replica (least busy first).",
+        row="traffic",
+    ),
+    Panel(
         "batch_size",
         "Rows per model batch (mean)",
         (
@@ -288,7 +299,15 @@ PANELS: tuple[Panel, ...] = (
         (Query(f"min({MODEL_UP}{{{JOB}}})", "up"),),
         "short",
         kind="stat",
-        description="1 when the model server answered the gateway's last /ping.",
+        description="1 when a model server (any replica) answered the gateway's last /ping.",
+    ),
+    Panel(
+        "replicas_up",
+        "Model-server replicas up",
+        (Query(f"sum({MODEL_REPLICA_UP}{{{JOB}}})", "replicas up"),),
+        "short",
+        kind="stat",
+        description="Replicas answering the gateway's /ping; a replica that fails is out until it answers again.",
     ),
     Panel(
         "model_info",

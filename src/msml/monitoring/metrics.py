@@ -36,6 +36,9 @@ FEATURE_MISSING = f"{PREFIX}_feature_missing_total"
 DRIFT_PSI = f"{PREFIX}_feature_drift_psi"
 DRIFT_WINDOW_ROWS = f"{PREFIX}_drift_window_rows"
 MODEL_UP = f"{PREFIX}_model_up"
+MODEL_REPLICA_UP = f"{PREFIX}_model_replica_up"
+MODEL_REPLICA_CALLS = f"{PREFIX}_model_replica_calls_total"
+REPLICA = "replica"  # label of the per-replica series: the model server's URL
 MODEL_INFO = f"{PREFIX}_model"  # Info metric: exposed as msml_model_info
 FEEDBACK = f"{PREFIX}_feedback_total"
 LIVE_ACCURACY = f"{PREFIX}_live_accuracy_ratio"  # a 0-1 ratio: Prometheus names say the unit
@@ -114,7 +117,19 @@ class GatewayMetrics:
             DRIFT_WINDOW_ROWS, "Rows in the drift window (PSI is exported once it holds the minimum).", registry=r
         )
         self.drift_window_rows.set(float("nan"))  # until the gateway has a drift window (track_drift_window)
-        self.model_up = Gauge(MODEL_UP, "1 when the model server answered its last /ping, else 0.", registry=r)
+        # 1 while any replica is up: "the stack can score", what ModelServerDown and the dashboards read
+        self.model_up = Gauge(
+            MODEL_UP, "1 when a model server (any replica) answered its last /ping, else 0.", registry=r
+        )
+        self.model_replica_up = Gauge(
+            MODEL_REPLICA_UP, "1 when this model-server replica answered its last /ping, else 0.", [REPLICA], registry=r
+        )
+        self.model_replica_calls = Counter(
+            _strip_total(MODEL_REPLICA_CALLS),
+            "Batches sent to this model-server replica's /invocations (whatever the outcome).",
+            [REPLICA],
+            registry=r,
+        )
         self.model_info = Info(MODEL_INFO, "The model being served.", registry=r)
         self.feedback = Counter(
             _strip_total(FEEDBACK), "Ground-truth feedback received, by outcome.", ["outcome"], registry=r

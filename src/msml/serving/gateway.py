@@ -82,7 +82,7 @@ class Gateway:
         m = self.metrics = metrics or GatewayMetrics()
         self.validator = RowValidator(self.contract)
         self.upstream = Upstream(
-            c.model_url,
+            c.model_urls,
             self.features,
             m,
             connect_timeout=c.connect_timeout,
@@ -95,7 +95,7 @@ class Gateway:
             self.upstream.score,
             max_batch_rows=c.max_batch_rows,
             max_wait=c.max_wait_ms / 1000,
-            max_concurrent=c.max_concurrent_batches,
+            max_concurrent=c.max_concurrent_batches * len(c.model_urls),  # each replica has its own workers
             max_queued_rows=c.max_queued_rows,
             max_queue_delay=c.max_queue_delay_ms / 1000,
             on_batch=m.batch_rows.observe,
@@ -383,6 +383,7 @@ def create_app(config: GatewayConfig, metrics: GatewayMetrics | None = None) -> 
             "status": "ok" if up else "model_unavailable",
             "model_up": up,
             "model_url": gateway.upstream.url,
+            "replicas": {r.url: r.up for r in gateway.upstream.replicas},
             "model": None
             if info is None
             else {"name": info.name, "version": info.version, "alias": info.alias, "run_id": info.run_id},

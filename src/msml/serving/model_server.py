@@ -45,6 +45,20 @@ def serve_command(
     ]
 
 
+def replica_ports(port: int, replicas: int) -> list[int]:
+    """The ports of `replicas` model servers: consecutive from `port`. ValueError when none or past 65535."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be at least 1, got {replicas}")
+    if not 0 < port <= 65536 - replicas:
+        raise ValueError(f"{replicas} model servers from port {port} would pass port 65535")
+    return list(range(port, port + replicas))
+
+
+def replica_name(i: int) -> str:
+    """The name (pid file, log) of model-server replica `i` from 0: the first keeps the single server's name."""
+    return "model-server" if i == 0 else f"model-server-{i + 1}"
+
+
 def serve_env(tracking_uri: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for the server: the tracking URI, the venv's bin on PATH (it execs gunicorn), 1 math thread."""
     env = dict(os.environ if base is None else base)
@@ -108,11 +122,16 @@ class ModelServer:
             raise RuntimeError(f"model server already running (pid {self.proc.pid})")
         self.proc = spawn(self.command, self.log, env=serve_env(self.tracking_uri))
         if wait:
-            try:
-                wait_for_ping(self.url, timeout=wait, proc=self.proc, log=self.log)
-            except BaseException:
-                self.stop()
-                raise
+            self.wait_ready(wait)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> ModelServer:
+        """Block until /ping answers; on failure (it exited, time ran out) stop it and raise."""
+        try:
+            wait_for_ping(self.url, timeout=timeout, proc=self.proc, log=self.log)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self, timeout: float = 10.0) -> None:

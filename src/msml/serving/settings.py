@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from msml.config import DECISION_THRESHOLD
+from msml.config import DECISION_THRESHOLD, DEFAULT_PORTS, local_url
 from msml.contract import Contract
 from msml.monitoring.drift import DEFAULT_WINDOW
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    model_url: str
+    model_urls: tuple[str, ...]  # the model-server replicas (see `model_urls`)
     contract: Contract
     model_uri: str | None = None  # models:/<name>@<alias>: resolved for the info metric and drift reference
     tracking_uri: str | None = None
@@ -21,7 +23,7 @@ class GatewayConfig:
     # the longest a batch waits for more rows (only while more are due: see batching); measured at c=32 on
     # 2 shared cores: 2 ms → 546 req/s (mean batch 11 rows), 6 ms → 600 req/s (15 rows); c=1 never waits
     max_wait_ms: float = 5.0
-    max_concurrent_batches: int = 1  # model calls at a time: the model server's workers
+    max_concurrent_batches: int = 1  # model calls at a time per replica: the model server's workers
     max_body_bytes: int = 1_000_000
     max_rows_per_request: int = 1000
     max_feedback_items: int = 1000
@@ -40,3 +42,27 @@ class GatewayConfig:
     max_tracked_predictions: int = 100_000
     feedback_token: str | None = None  # when set, /feedback needs `Authorization: Bearer <token>`
     threshold: float = DECISION_THRESHOLD
+
+
+MODEL_URLS_ENV = "MSML_MODEL_URLS"  # comma-separated, when no --model-url is given
+
+
+def model_urls(given: Sequence[str] = (), env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The model-server replicas: the `--model-url` values, else `MSML_MODEL_URLS` (comma-separated), else the
+    one default model server. ValueError naming a malformed or repeated URL."""
+    if not given and env and env.get(MODEL_URLS_ENV, "").strip():
+        given = [u.strip() for u in env[MODEL_URLS_ENV].split(",")]
+    urls = tuple(u.rstrip("/") for u in given) or (local_url(DEFAULT_PORTS.model_server),)
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            ok = parts.scheme == "http" and bool(parts.hostname) and not parts.query and not parts.fragment
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"model server URL must be http://host:port, got {url!r}")
+    repeated = sorted({u for u in urls if urls.count(u) > 1})
+    if repeated:
+        raise ValueError(f"model server URL given more than once: {', '.join(repeated)}")
+    return urls

@@ -8,15 +8,20 @@ answers again. A call that times out only triggers an immediate probe: one slow 
 ping on a busy machine does not make a healthy server "down" (measured: a 0.2 s ping timeout flapped
 under load average 12 on 2 cores), a frozen one is down within ~2 s. Upstream text is logged, never sent to the client.
 
-`Upstream.pick` is where several replicas would be chosen (least busy of the healthy ones); today it
-holds one.
+Several replicas (`--model-url` repeated): `pick` sends each batch to the healthy replica with the
+fewest calls in flight, ties to the one used least recently (round robin). Each replica is probed
+and marked down on its own; the gateway answers 503 only when none is up. A refused connection means
+the batch was never processed, so it is sent once more to another healthy replica: a replica that
+dies costs at most the batches it held at that moment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from msml.monitoring.metrics import GatewayMetrics
@@ -42,6 +47,7 @@ class Replica:
         self.up = False
         self.failed_probes = 0
         self.in_flight = 0
+        self.last_sent = 0  # sequence number of the last batch sent here: ties go to the least recent
 
     async def ping(self, timeout: float) -> bool:
         try:
@@ -54,7 +60,7 @@ class Replica:
 class Upstream:
     def __init__(
         self,
-        url: str,
+        urls: str | Sequence[str],
         features: list[str],
         metrics: GatewayMetrics,
         connect_timeout: float = 0.5,
@@ -63,52 +69,90 @@ class Upstream:
         max_idle: int = 4,
         max_batch_rows: int = 256,
     ) -> None:
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        if not urls:
+            raise ValueError("at least one model server URL is needed")
         self.features = features
         self.metrics = metrics
         self.timeout = timeout
         self.probe_interval = probe_interval
         self.probe_timeout = 1.0
         # an answer carries one prediction per row (~40 bytes as probabilities): 4 KB a row is generous
-        self.replica = Replica(url, connect_timeout, timeout, max_idle, max_response_bytes=4096 * max_batch_rows)
+        self.replicas = [
+            Replica(url, connect_timeout, timeout, max_idle, max_response_bytes=4096 * max_batch_rows) for url in urls
+        ]
+        # label children looked up once (every series exists from the start: a replica never seen up reads 0)
+        self._up_gauge = {r.url: metrics.model_replica_up.labels(replica=r.url) for r in self.replicas}
+        self._calls = {r.url: metrics.model_replica_calls.labels(replica=r.url) for r in self.replicas}
+        self._sent = itertools.count(1)
         self._probe: asyncio.Task | None = None
         self._probe_now = asyncio.Event()
 
     @property
     def up(self) -> bool:
-        return self.replica.up
+        """True while any replica is up: the stack can score."""
+        return any(r.up for r in self.replicas)
 
     @property
     def url(self) -> str:
-        return self.replica.url
+        return ", ".join(r.url for r in self.replicas)
 
     async def start(self) -> None:
-        await self._probe_once(self.replica)  # down at once if it fails: it was never seen up
+        await self._probe_all()  # down at once if it fails: it was never seen up
         self._probe = asyncio.create_task(self._probe_loop(), name="model-probe")
 
     async def stop(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
-        await self.replica.client.aclose()
+        for r in self.replicas:
+            await r.client.aclose()
 
     def pick(self) -> Replica:
-        """The replica to call; 503 at once when none is known up."""
-        replica = self.replica
-        if not replica.up:
+        """The healthy replica with the fewest calls in flight (ties: least recently sent); 503 at once when none
+        is known up. Changes nothing: the gateway also calls it to fail fast before queueing."""
+        healthy = [r for r in self.replicas if r.up]
+        if not healthy:
             raise ModelServerError(
                 503,
                 "model_down",
-                f"model server at {replica.url} is down (failing /ping); retry shortly",
+                f"model server at {self.url} is down (failing /ping); retry shortly",
                 retry_after=1,
             )
-        return replica
+        return min(healthy, key=lambda r: (r.in_flight, r.last_sent))
 
     async def score(self, rows: list[list[Any]], timeout: float | None = None) -> list[float]:
         """One /invocations call for a batch; the positive-class probability per row."""
-        replica = self.pick()
         payload = dumps({"dataframe_split": {"columns": self.features, "data": rows}})
+        replica = self.pick()
+        try:
+            content = await self._call(replica, payload, timeout)
+        except ModelServerError as exc:
+            # refused: never processed, so another healthy replica may take it (once; pick skips the one now down)
+            if exc.kind != "unreachable" or not self.up:
+                raise
+            replica = self.pick()
+            content = await self._call(replica, payload, timeout)
+        try:
+            predictions = loads(content)["predictions"]
+            if len(predictions) != len(rows):
+                raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows")
+            return [positive_probability(p) for p in predictions]
+        except Exception as exc:
+            self._failed(replica, "bad_response", exc)
+            detail = (
+                str(exc)
+                if isinstance(exc, ValueError) and "predictions for" in str(exc)
+                else "not JSON with one probability per row"
+            )
+            raise ModelServerError(502, "bad_response", f"model server's answer is not understood: {detail}") from None
+
+    async def _call(self, replica: Replica, payload: bytes, timeout: float | None) -> bytes:
+        """POST the batch to `replica`; its answer's body, or ModelServerError (a refusal marks it down)."""
         start = time.perf_counter()
         replica.in_flight += 1
+        replica.last_sent = next(self._sent)
+        self._calls[replica.url].inc()
         try:
             status, content = await replica.client.request("POST", "/invocations", payload, timeout=timeout)
         except http.ConnectError as exc:
@@ -133,19 +177,7 @@ class Upstream:
         if status != 200:
             self._failed(replica, f"http_{status // 100}xx", content[:300])
             raise ModelServerError(502, "bad_status", f"model server answered {status}")
-        try:
-            predictions = loads(content)["predictions"]
-            if len(predictions) != len(rows):
-                raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows")
-            return [positive_probability(p) for p in predictions]
-        except Exception as exc:
-            self._failed(replica, "bad_response", exc)
-            detail = (
-                str(exc)
-                if isinstance(exc, ValueError) and "predictions for" in str(exc)
-                else "not JSON with one probability per row"
-            )
-            raise ModelServerError(502, "bad_response", f"model server's answer is not understood: {detail}") from None
+        return content
 
     def _failed(self, replica: Replica, kind: str, what: Any, down: bool = False) -> None:
         self.metrics.model_errors.labels(kind=kind).inc()
@@ -157,7 +189,8 @@ class Upstream:
         if up != replica.up:
             log.warning("model server %s is %s", replica.url, "up" if up else "DOWN")
         replica.up = up
-        self.metrics.model_up.set(1 if up else 0)
+        self._up_gauge[replica.url].set(1 if up else 0)
+        self.metrics.model_up.set(1 if self.up else 0)
 
     async def _probe_loop(self) -> None:
         while True:
@@ -167,7 +200,10 @@ class Upstream:
             except TimeoutError:
                 pass
             self._probe_now.clear()
-            await self._probe_once(self.replica)
+            await self._probe_all()
+
+    async def _probe_all(self) -> None:
+        await asyncio.gather(*(self._probe_once(r) for r in self.replicas))
 
     async def _probe_once(self, replica: Replica) -> None:
         if await replica.ping(self.probe_timeout):
