@@ -521,6 +521,39 @@ def hostile_hold_table(contract, rows: list[dict]) -> list[tuple[str, int, int, 
     return table
 
 
+def prepare_model(work: Path, contract, keep: bool = False):
+    """The benchmark's champion in `work`: preprocessed and trained there, or the one a `--prepare` run kept."""
+    from msml.preprocessing import preprocess
+    from tests.integration.serving_fixtures import RegisteredModel, train_and_register
+
+    processed = work / f"{contract.name}_preprocessing"
+    if not (processed / "test_clean.csv").exists():
+        print(f"preprocessing into {processed}", flush=True)
+        preprocess(ROOT / "data" / f"{contract.name}_raw" / f"{contract.name}.csv", processed, contract)
+    prepared = work / "model.json"
+    if prepared.exists():
+        print(f"reusing the model prepared in {work}", flush=True)
+        return RegisteredModel(**json.loads(prepared.read_text()))
+    print("training and registering the benchmark model", flush=True)
+    model = train_and_register(processed, contract, work / f"registry-{int(time.time())}", contract.model_name)
+    if keep:
+        prepared.write_text(json.dumps(dataclasses.asdict(model)))
+    return model
+
+
+def request_bodies(work: Path, contract) -> tuple[list[dict], list[str], Path]:
+    """The test split's rows and labels, and a file of 1-row request bodies (the first 2,000) for the client."""
+    from msml.loadgen import frame_to_rows
+    from msml.preprocessing import load_clean_splits
+
+    _, test = load_clean_splits(work / f"{contract.name}_preprocessing", contract)
+    rows = frame_to_rows(test[contract.features])
+    truths = test[contract.target].astype(str).tolist()
+    bodies_file = work / "bodies.jsonl"
+    bodies_file.write_text("\n".join(json.dumps({"dataframe_records": [r]}) for r in rows[:2000]) + "\n")
+    return rows, truths, bodies_file
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per target and concurrency")
@@ -543,41 +576,17 @@ def main() -> int:
     import httpx
 
     from msml.contract import Contract
-    from msml.loadgen import frame_to_rows
     from msml.monitoring import metrics as M
-    from msml.preprocessing import load_clean_splits, preprocess
     from msml.serving.model_server import ModelServer
     from msml.serving.processes import stop_process
-    from tests.integration.serving_fixtures import (
-        RegisteredModel,
-        free_port,
-        parse_metrics,
-        start_gateway,
-        train_and_register,
-    )
+    from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway
 
     contract = Contract.load()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    processed = work / f"{contract.name}_preprocessing"
-    if not (processed / "test_clean.csv").exists():
-        print(f"preprocessing into {processed}", flush=True)
-        preprocess(ROOT / "data" / f"{contract.name}_raw" / f"{contract.name}.csv", processed, contract)
-    prepared = work / "model.json"
-    if prepared.exists():
-        model = RegisteredModel(**json.loads(prepared.read_text()))
-        print(f"reusing the model prepared in {work}", flush=True)
-    else:
-        print("training and registering the benchmark model", flush=True)
-        model = train_and_register(processed, contract, work / f"registry-{int(time.time())}", contract.model_name)
-        if args.prepare:
-            prepared.write_text(json.dumps(dataclasses.asdict(model)))
+    model = prepare_model(work, contract, keep=args.prepare)
     if args.prepare:
         return 0
-    _, test = load_clean_splits(processed, contract)
-    rows = frame_to_rows(test[contract.features])
-    truths = test[contract.target].astype(str).tolist()
-    bodies_file = work / "bodies.jsonl"
-    bodies_file.write_text("\n".join(json.dumps({"dataframe_records": [r]}) for r in rows[:2000]) + "\n")
+    rows, truths, bodies_file = request_bodies(work, contract)
 
     server = ModelServer(model.uri, model.tracking_uri, free_port(), work / "model-server.log", workers=1)
     gateway_proc = None
