@@ -119,9 +119,7 @@ def test_traffic_reaches_both_replicas(gateway, replicas, rows):
     assert health["replicas"] == {r.url: True for r in replicas}
 
 
-def test_a_replica_killed_mid_load_costs_no_5xx_after_it_died_and_is_used_again_once_restarted(
-    gateway, replicas, rows
-):
+def test_a_replica_killed_mid_load_costs_no_5xx_after_it_died_and_is_used_again_once_back(gateway, replicas, rows):
     victim = replicas[1]
     port = victim.port
 
