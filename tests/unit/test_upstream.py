@@ -8,8 +8,6 @@ import json
 import socket
 
 import pytest
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from msml.monitoring import metrics as M
 from msml.monitoring.metrics import GatewayMetrics
@@ -17,6 +15,7 @@ from msml.serving.errors import ModelServerError
 from msml.serving.settings import MODEL_URLS_ENV, model_urls
 from msml.serving.upstream import Upstream
 from tests.unit.test_http_client import Scripted
+from tests.unit.test_monitoring_metrics import _samples
 
 URLS = ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"]
 
@@ -37,12 +36,7 @@ def sent(u: Upstream) -> str:
 
 
 def samples(u: Upstream) -> dict:
-    text = generate_latest(u.metrics.registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return _samples(u.metrics)
 
 
 def test_pick_takes_the_replica_with_fewest_calls_in_flight():
