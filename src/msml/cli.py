@@ -735,6 +735,18 @@ def gateway(
         min=1.0,
         help="Refuse new requests (503, Retry-After) while the oldest queued one has waited longer than this.",
     ),
+    max_loop_lag_ms: float = typer.Option(
+        GatewayConfig.max_loop_lag_ms,
+        "--max-loop-lag-ms",
+        min=1.0,
+        help="Refuse new requests (503, Retry-After) while the gateway's event loop runs this far behind.",
+    ),
+    max_accept_queue: int = typer.Option(
+        GatewayConfig.max_accept_queue,
+        "--max-accept-queue",
+        min=1,
+        help="Refuse new requests (503, Retry-After) while more connections than this wait to be accepted.",
+    ),
 ) -> None:
     """The validating, micro-batching gateway with /metrics (the course's prometheus_exporter; foreground)."""
     from msml.registry import champion_uri
@@ -758,6 +770,8 @@ def gateway(
         drift_window=drift_window,
         request_timeout=model_timeout,
         max_queue_delay_ms=max_queue_ms,
+        max_loop_lag_ms=max_loop_lag_ms,
+        max_accept_queue=max_accept_queue,
         feedback_token=os.environ.get("MSML_FEEDBACK_TOKEN") or None,  # a secret: from the environment only
     )
     typer.echo(

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -175,6 +177,69 @@ def test_queue_full_is_503_with_retry_after_and_counted(gateway, mode):
     assert metric(url, M.REJECTED, reason="queue_full") == before + 1
 
 
+def _post_bytes(body: bytes) -> bytes:
+    return (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+def _status_and_body(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer with Content-Length, read whole (the socket has a timeout)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_a_backlog_built_while_the_gateway_could_not_run_is_refused_at_once(fake_server, tmp_path):
+    """Connections and requests pile up in the kernel while the gateway cannot run (SIGSTOP: what a saturated
+    CPU does to it for longer); once it runs again it refuses the backlog with quick 503s instead of serving
+    every request seconds late, and then serves normally."""
+    proc, url = start_gateway(
+        fake_server,
+        f"sqlite:///{tmp_path / 'empty.db'}",
+        tmp_path / "gateway.log",
+        "--model-uri",
+        "",
+        "--max-accept-queue",
+        "8",
+    )
+    u = urlparse(url)
+    body = json.dumps({"rows": [valid_row(Contract.load())]}).encode()
+    clients = []
+    try:
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(50):  # the kernel completes each connection and buffers its request
+                sock = socket.create_connection((u.hostname, u.port), timeout=10)
+                sock.sendall(_post_bytes(body))
+                clients.append(sock)
+            time.sleep(0.3)
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        answers = [_status_and_body(sock) for sock in clients]  # every one answered: none dropped or reset
+        refused = [json.loads(b) for status, h, b in answers if status == 503 and h.get("retry-after") == "1"]
+        assert {status for status, _, _ in answers} <= {200, 503}
+        assert refused and all(r["kind"] == "queue_full" for r in refused), answers[:3]
+        assert any("wait to be accepted" in r["error"] or "to be read" in r["error"] for r in refused)
+        time.sleep(0.1)  # the backlog is gone: the next request is served
+        assert httpx.post(f"{url}/invocations", json=json.loads(body), timeout=10).status_code == 200
+    finally:
+        for sock in clients:
+            sock.close()
+        stop_process(proc)
+
+
 def _raw(url: str, data: bytes, then_wait: float) -> None:
     """Send raw bytes to the gateway, wait, and close without reading the answer (a client that leaves)."""
     u = urlparse(url)
@@ -186,11 +251,7 @@ def _raw(url: str, data: bytes, then_wait: float) -> None:
 def test_a_client_that_leaves_is_counted_499_and_its_rows_never_reach_the_model(gateway, mode):
     url, _ = gateway
     body = json.dumps({"rows": [valid_row(Contract.load())]}).encode()
-    request = (
-        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-        + str(len(body)).encode()
-        + b"\r\n\r\n"
-    )
+    request = _post_bytes(body)
     before = {s: metric(url, M.REQUESTS, endpoint="/invocations", status=s) for s in ("499", "500")}
     withdrawn = metric(url, M.REJECTED, reason="withdrawn")
     mode("slow")
@@ -205,9 +266,9 @@ def test_a_client_that_leaves_is_counted_499_and_its_rows_never_reach_the_model(
     while FakeModelServer.rows_seen == seen and time.monotonic() < wait:
         time.sleep(0.01)
     seen += 1  # the holder's row
-    _raw(url, request + body, then_wait=0.05)  # queued, then the client leaves
+    _raw(url, request, then_wait=0.05)  # queued, then the client leaves
     time.sleep(0.02)  # the gateway has seen it leave (else its request would still count as queued)
-    _raw(url, request + body[:5], then_wait=0.05)  # leaves in the middle of its body
+    _raw(url, request[: -len(body) + 5], then_wait=0.05)  # leaves in the middle of its body
     holder.join()
     time.sleep(0.6)  # the held batch times out; the queue drains
     assert FakeModelServer.rows_seen == seen  # the queued request of the client that left was not sent

@@ -11,11 +11,13 @@ This module wires the parts and translates HTTP; each part has its own module:
   validation  rows against the contract  batching    bounded adaptive micro-batcher
   upstream    model-server calls, health http        the pooled HTTP/1.1 client
   feedback    prediction ids, /feedback  errors      error types → bounded JSON answers
-  openapi     schemas of the two POSTs   msml.registry.resolve_model  model info + drift reference
+  openapi     schemas of the two POSTs   admission   backlog signals (accept queue, loop lag)
+  msml.registry.resolve_model            model info + drift reference
 
 Each request has a deadline (`request_timeout`): it is answered by then (504 at the latest), work
-whose client left is withdrawn before it reaches the model and counted as status 499, a full queue
-or a model server known to be down is a 503 with Retry-After within milliseconds.
+whose client left is withdrawn before it reaches the model and counted as status 499, a full queue,
+a backlog in front of the handlers (`admission`) or a model server known to be down is a 503 with
+Retry-After within milliseconds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import gc
 import json
 import logging
+import socket
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,6 +40,7 @@ from starlette.requests import ClientDisconnect
 from msml.config import DEFAULT_PORTS, LOOPBACK
 from msml.monitoring.drift import SlidingPSI
 from msml.monitoring.metrics import DRIFT_PSI, GatewayMetrics
+from msml.serving.admission import Pressure
 from msml.serving.batching import MicroBatcher, QueueFull
 from msml.serving.errors import (
     GatewayError,
@@ -46,10 +50,12 @@ from msml.serving.errors import (
     error_response,
     json_response,
     request_id,
+    send_error,
 )
 from msml.serving.feedback import FeedbackBook
 from msml.serving.formats import extract_rows, read_json
 from msml.serving.openapi import openapi_extra
+from msml.serving.processes import check_port
 from msml.serving.settings import GatewayConfig
 from msml.serving.upstream import Upstream
 from msml.serving.validation import RowValidator
@@ -62,6 +68,7 @@ CLIENT_GONE = 499  # nginx's code for "client closed the request": never sent, o
 # the deadline the handler works to is this much before the promised one: the 504 itself takes time to
 # build and send, and timers fire late on a busy loop (measured: answers 2 ms past a 2 s deadline at load 2)
 ANSWER_MARGIN = 0.02
+BACKLOG = 2048  # uvicorn's default listen backlog (the kernel caps it at net.core.somaxconn)
 
 
 class ClientGone(Exception):
@@ -75,7 +82,9 @@ def _overloaded(exc: QueueFull) -> Overloaded:
 class Gateway:
     """The data plane: parts and state shared by the handlers."""
 
-    def __init__(self, config: GatewayConfig, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, metrics: GatewayMetrics | None = None, listener: socket.socket | None = None
+    ) -> None:
         c = self.config = config
         self.contract = c.contract
         self.features = self.contract.features
@@ -101,6 +110,7 @@ class Gateway:
             on_batch=m.batch_rows.observe,
             on_dropped=self._rejected("withdrawn").inc,
         )
+        self.pressure = Pressure(c.max_loop_lag_ms / 1000, c.max_accept_queue, listener)
         self.feedback = FeedbackBook(
             self.contract,
             m,
@@ -126,12 +136,14 @@ class Gateway:
     async def start(self) -> None:
         await self._load_model_facts()
         await self.batcher.start()
+        self.pressure.start()
         await self.upstream.start()
         # the start-up heap (FastAPI, pydantic, MLflow's client) is permanent: keep it out of the cyclic GC,
         # whose full passes over it held the event loop for 50+ ms at a time (measured on a 1,000-row request)
         gc.freeze()
 
     async def stop(self) -> None:
+        await self.pressure.stop()
         await self.upstream.stop()
         await self.batcher.stop()
 
@@ -178,9 +190,8 @@ class Gateway:
         batcher.arriving += 1
         queued = False
         try:
-            # a full queue refuses before the body is read: under overload the CPU goes to requests that can be
-            # served. A model server that is down is checked after validation: a client's mistake stays a 4xx.
-            self._admit(1)
+            # admitted already (`refusal`, before the body is read). A model server that is down is checked
+            # after validation: a client's mistake stays a 4xx.
             payload = await read_json(request, c.max_body_bytes)
             rows = self.validator.validate(extract_rows(payload, self.features, c.max_rows_per_request))
             batcher.arriving -= 1
@@ -197,11 +208,16 @@ class Gateway:
                 batcher.arriving -= 1
         return self.record(rows, probabilities)
 
-    def _admit(self, n_rows: int) -> None:
+    def refusal(self) -> Overloaded | None:
+        """Why a new request cannot be answered in time (batcher bounds, backlog in front of the handlers), or
+        None: asked before the request is read, so that under overload the CPU drains the backlog."""
         try:
-            self.batcher.admit(n_rows)
+            self.batcher.admit(1)
         except QueueFull as exc:
-            raise _overloaded(exc) from None
+            return _overloaded(exc)
+        if (why := self.pressure.too_busy()) is not None:
+            return Overloaded("queue_full", f"gateway is at capacity ({why}); retry shortly")
+        return None
 
     async def _await(self, future: asyncio.Future, receive, deadline: float) -> list[float]:
         """The batch result, unless the client leaves (→ ClientGone) or the deadline passes (→ 504) first."""
@@ -271,8 +287,8 @@ class _Middleware:
     `POST /invocations` goes straight to its handler: FastAPI's routing and dependency machinery cost
     about a third of the gateway's CPU per request (profiled) and add nothing to a handler that reads
     its own body; the FastAPI route stays for the OpenAPI schema and the other methods' 405. An instance
-    with `fast_paths` sits outside Starlette's middleware stack and serves only those; the one inside the
-    stack (no `fast_paths`) counts everything else.
+    with `fast_paths` wraps the whole FastAPI app and serves only those; the one inside Starlette's stack
+    (no `fast_paths`) counts everything else.
     """
 
     def __init__(self, app, gateway: Gateway, fast_paths: dict[tuple[str, str], Any] | None = None) -> None:
@@ -299,6 +315,10 @@ class _Middleware:
 
         try:
             if handler is not None:
+                if (refused := self.gateway.refusal()) is not None:
+                    self.gateway.count(refused)
+                    await send_error(send_wrapper, refused)
+                    return
                 response = await handler(Request(scope, receive))
                 await response(scope, receive, send_wrapper)
             else:
@@ -317,9 +337,13 @@ class _Middleware:
             self.gateway.observe_request(endpoint, status or 500, time.perf_counter() - start)
 
 
-def create_app(config: GatewayConfig, metrics: GatewayMetrics | None = None) -> FastAPI:
-    """Build the gateway app for `config` (metrics on their own registry unless given)."""
-    gateway = Gateway(config, metrics)
+def create_app(
+    config: GatewayConfig, metrics: GatewayMetrics | None = None, listener: socket.socket | None = None
+) -> _Middleware:
+    """The gateway's ASGI app for `config` (metrics on their own registry unless given; `listener`: the socket
+    it is served on, whose accept queue admission watches); `.gateway` is its data plane, `.app` the FastAPI
+    app behind it."""
+    gateway = Gateway(config, metrics, listener)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -395,15 +419,12 @@ def create_app(config: GatewayConfig, metrics: GatewayMetrics | None = None) -> 
     async def ping() -> Response:
         return Response(b"\n", media_type="application/json")
 
-    # counting wraps every route; POST /invocations is also served from outside Starlette's own middleware
-    # stack (error, telemetry, body-limit layers: ~3 % of the gateway's CPU at c=32, profiled), whose jobs
-    # its handler does itself
+    # counting wraps every route; POST /invocations is served from outside FastAPI altogether: its per-request
+    # telemetry check (environment and OpenTelemetry look-ups) and Starlette's middleware stack (error,
+    # body-limit layers) cost ~10 % of a refused request's CPU (profiled under overload), and its handler
+    # does their jobs itself
     app.add_middleware(_Middleware, gateway=gateway)
-    build_stack = app.build_middleware_stack
-    app.build_middleware_stack = lambda: _Middleware(
-        build_stack(), gateway, fast_paths={("POST", "/invocations"): invocations}
-    )
-    return app
+    return _Middleware(app, gateway, fast_paths={("POST", "/invocations"): invocations})
 
 
 def run(
@@ -417,14 +438,26 @@ def run(
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the socket is ours, not uvicorn's, so that admission can watch its accept queue
+    try:
+        listener = socket.create_server((host, port), backlog=BACKLOG, family=_family(host))
+    except OSError:
+        check_port(port, "gateway", "--port", host)  # names the holder
+        raise
     # no proxy-header rewriting: nothing reads the client address, and it is work on every request
-    uvicorn.run(
-        create_app(config),
-        host=host,
-        port=port,
-        loop=loop,
-        http=http,
-        log_level=log_level,
-        access_log=False,
-        proxy_headers=False,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config, listener=listener),
+            loop=loop,
+            http=http,
+            log_level=log_level,
+            access_log=False,
+            proxy_headers=False,
+            backlog=BACKLOG,
+        )
     )
+    server.run(sockets=[listener])
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

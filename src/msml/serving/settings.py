@@ -34,6 +34,10 @@ class GatewayConfig:
     # machine's scheduling stalls, not a queue that cannot drain. Under overload the accepted wait ~ this.
     max_queued_rows: int = 4096
     max_queue_delay_ms: float = 500.0
+    # ... and while a backlog builds up in front of the handlers (admission.Pressure): connections waiting to
+    # be accepted, or an event loop running this far behind. MEASURED
+    max_accept_queue: int = 64
+    max_loop_lag_ms: float = 100.0
     connect_timeout: float = 0.5
     request_timeout: float = 10.0  # every request's deadline (seconds, end to end): 504 when it passes
     probe_interval: float = 1.0

@@ -1,0 +1,84 @@
+"""Is the gateway keeping up? Two signals, read before a request is read, that the batcher's queue cannot see.
+
+Under an open-loop overload the backlog does not build up in the batcher's queue but in front of the
+handlers: connections the kernel has completed wait in the listening socket's accept queue, and data
+already read waits for the event loop. Measured at 2× capacity before these checks: the accept queue
+sat full (2,048) for seconds, clients' connects were dropped and retried after 1, 3, 7 s, and the p99
+of accepted requests was 35.8 s while the batcher queue itself stayed within its 500 ms bound.
+
+- accept queue: the listening socket's pending connections (Linux `TCP_INFO`: `tcpi_unacked` of a
+  listening socket is its accept-queue length), sampled every `interval`;
+- event-loop lag: how late a ticker asking to wake every `interval` woke last, or how overdue it is now.
+
+While either is over its limit, new requests are refused (503, Retry-After) on the cheapest path, so
+the CPU drains the backlog instead of serving work that would be answered too late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import sys
+
+# struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32 rto, ato, snd_mss, rcv_mss, unacked, sacked
+_TCP_INFO = struct.Struct("8B6I")
+_UNACKED = 12  # index of tcpi_unacked: on a listening socket, the accept queue's length
+
+
+def accept_queue(listener: socket.socket) -> int | None:
+    """Connections waiting in `listener`'s accept queue; None where the system does not say (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+    except OSError:
+        return None
+    return _TCP_INFO.unpack_from(info)[_UNACKED]
+
+
+class Pressure:
+    def __init__(
+        self,
+        max_loop_lag: float,
+        max_accept_queue: int,
+        listener: socket.socket | None = None,
+        interval: float = 0.01,
+    ) -> None:
+        self.max_loop_lag = max_loop_lag
+        self.max_accept_queue = max_accept_queue
+        self.listener = listener
+        self.interval = interval
+        self.lag = 0.0  # seconds the ticker woke late last time
+        self.queued = 0  # connections in the accept queue at the last tick
+        self._due: float | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._tick(), name="pressure")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._due = loop.time() + self.interval
+            await asyncio.sleep(self.interval)
+            self.lag = max(0.0, loop.time() - self._due)
+            if self.listener is not None:
+                self.queued = accept_queue(self.listener) or 0
+
+    def too_busy(self) -> str | None:
+        """Why a new request would wait too long before being read, or None."""
+        if self.queued > self.max_accept_queue:
+            return f"{self.queued} connections wait to be accepted (limit {self.max_accept_queue})"
+        if self._due is not None:
+            lag = max(self.lag, asyncio.get_running_loop().time() - self._due)
+            if lag > self.max_loop_lag:
+                return f"requests wait {lag * 1000:.0f} ms to be read (limit {self.max_loop_lag * 1000:.0f} ms)"
+        return None
