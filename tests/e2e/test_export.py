@@ -594,16 +594,18 @@ def test_without_running_servers_every_evidence_is_listed_and_nothing_written(tm
     assert all(m.command for m in missing)
 
 
-def test_serving_evidence_renders_a_live_request_and_response(processed, contract, tmp_path, monkeypatch):
-    """1.bukti_serving.jpg from a real `mlflow models serve` of a registered champion: the text is the live answer;
-    then the MLflow UI screenshots of that champion, non-blank."""
+def test_serving_evidence_renders_a_live_request_and_response(
+    processed, contract, registered_model, tmp_path, monkeypatch
+):
+    """1.bukti_serving.jpg from a real `mlflow models serve` of a registered champion (the session's): the text is
+    the live answer; then the MLflow UI screenshots of that champion, non-blank."""
     import httpx
 
     import msml.evidence
     from msml.serving.model_server import ModelServer
-    from tests.integration.serving_fixtures import free_port, train_and_register
+    from tests.integration.serving_fixtures import free_port
 
-    model = train_and_register(processed, contract, tmp_path / "registry", contract.model_name)
+    model = registered_model
     settings = load_settings(root=ROOT).with_overrides(processed_dir=processed, tracking_uri=model.tracking_uri)
     rendered = {}
     real_text_image = msml.evidence.text_image
@@ -626,9 +628,7 @@ def test_serving_evidence_renders_a_live_request_and_response(processed, contrac
     # the MLflow UI pages of the same store (its own `mlflow server`), each captured once its content showed
     from msml.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, check_capture, mlflow_evidence
 
-    ui = settings.with_overrides(
-        artifact_root=tmp_path / "registry" / "artifacts", experiment="serving-tests", model_name=contract.model_name
-    )
+    ui = settings.with_overrides(artifact_root=model.artifact_root, experiment="serving-tests", model_name=model.name)
     shots = mlflow_evidence(ui, tmp_path / "mlflow")
     assert [p.name for p in shots] == [MLFLOW_DASHBOARD, MLFLOW_ARTIFACTS]
     for shot in shots:

@@ -22,9 +22,18 @@ from msml.registry import CHAMPION
 from msml.serving.processes import spawn, stop_process, wait_ready
 from msml.tracking import server_command
 from tests.conftest import run_msml
+from tests.helpers import cheapest_seed
 
 pytestmark = pytest.mark.slow
-TRIALS, FOLDS, SEED = 2, 2, 42
+TRIALS, FOLDS = 2, 2
+
+
+def seed() -> int:
+    """The cheapest seed whose first trials try each family (tests/helpers.cheapest_seed): the first two trials of
+    seeds 42 and 11 (used before) cost 3.5-4x as much by msml.tuning.estimated_cost, each of one family only."""
+    return cheapest_seed(TRIALS, every_family=True)
+
+
 AUTOLOG_NAMES = {f"training_{m}" for m in AUTOLOG_METRICS}
 
 
@@ -48,7 +57,7 @@ def home(tmp_path_factory, processed) -> dict:
         "--cv-folds",
         str(FOLDS),
         "--seed",
-        str(SEED),
+        str(seed()),
         "--time-budget",
         "0",
         "--run-info",
@@ -128,7 +137,7 @@ def test_tuning_is_reproducible_for_a_seed(tmp_path, processed, contract):
             tracking_uri=f"sqlite:///{tmp_path / f'repro{i}.db'}",
             artifact_root=tmp_path / f"artifacts{i}",
         )
-        summary = tune(settings, n_trials=2, cv_folds=2, seed=11, progress=lambda _: None, time_budget=None)
+        summary = tune(settings, n_trials=2, cv_folds=2, seed=seed(), progress=lambda _: None, time_budget=None)
         run = mlflow.get_run(summary.run_id)
         params = {k: v for k, v in run.data.params.items() if k.startswith(("best_", "chosen_", "calibration"))}
         metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(("cv_", "test_", "training_", "best_"))}
@@ -275,7 +284,7 @@ def test_train_and_tune_against_a_remote_server_with_basic_auth(auth_server, hom
         "--cv-folds",
         str(FOLDS),
         "--seed",
-        str(SEED),
+        str(seed()),
         "--time-budget",
         "0",
         "--run-info",
