@@ -378,19 +378,16 @@ def baseline_run(course_env, tmp_path_factory):
     return store, json.loads((tmp / "baseline.json").read_text())
 
 
-def test_modelling_autolog_metrics_equal_msml_train(baseline_run, processed, tmp_path):
-    from msml.training import train_baseline
-
+def test_modelling_autolog_metrics_equal_msml_train(baseline_run, registered_model):
+    """The session's registered model is an `msml.training.train_baseline` run on the same processed data with the
+    default seed (tests/conftest.py): its logged metrics are what `msml train` logs."""
     store, info = baseline_run
-    settings = load_settings(root=ROOT).with_overrides(
-        processed_dir=processed, tracking_uri=f"sqlite:///{tmp_path / 'p.db'}", artifact_root=tmp_path / "artifacts"
-    )
-    package = train_baseline(settings)
     course = _metrics(store, info["run_id"])
-    autolog = {k: v for k, v in package.metrics.items() if k.startswith("training_")}
+    package = _metrics(registered_model.tracking_uri, registered_model.run_id)
+    autolog = {k: v for k, v in package.items() if k.startswith("training_")}
     assert len(autolog) >= 7
     assert {k: course[k] for k in autolog} == pytest.approx(autolog, rel=1e-9)
-    assert course["test_roc_auc"] == pytest.approx(package.metrics["test_roc_auc"], rel=1e-9)
+    assert course["test_roc_auc"] == pytest.approx(package["test_roc_auc"], rel=1e-9)
     import mlflow
 
     params = mlflow.MlflowClient(store).get_run(info["run_id"]).data.params
