@@ -1,4 +1,5 @@
-"""Shared fixtures: the real contract, the real raw file, and one preprocessing run per session."""
+"""Shared fixtures: the real contract, the real raw file, one preprocessing run and one registered champion per
+session."""
 
 from __future__ import annotations
 
@@ -41,3 +42,13 @@ def processed(tmp_path_factory, contract) -> Path:
     out = tmp_path_factory.mktemp("processed") / f"{contract.name}_preprocessing"
     preprocess(RAW, out, contract, seed=42)
     return out
+
+
+@pytest.fixture(scope="session")
+def registered_model(processed, contract, tmp_path_factory):
+    """The baseline trained and registered as @champion once per session, in its own temp SQLite store
+    (tests.integration.serving_fixtures.train_and_register: the real training and registry gate). The serving,
+    image, monitoring, export and model-behaviour tests read it; none registers into its store."""
+    from tests.integration.serving_fixtures import train_and_register
+
+    return train_and_register(processed, contract, tmp_path_factory.mktemp("registry"), contract.model_name)

@@ -44,8 +44,8 @@ def _am_state(system, name: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory, processed, contract):
-    with live_system(tmp_path_factory.mktemp("alerts-live"), processed, contract) as live:
+def system(tmp_path_factory, processed, contract, registered_model):
+    with live_system(tmp_path_factory.mktemp("alerts-live"), processed, contract, registered_model) as live:
         drive_traffic(live, seconds=4)
         yield live
 

@@ -378,19 +378,16 @@ def baseline_run(course_env, tmp_path_factory):
     return store, json.loads((tmp / "baseline.json").read_text())
 
 
-def test_modelling_autolog_metrics_equal_msml_train(baseline_run, processed, tmp_path):
-    from msml.training import train_baseline
-
+def test_modelling_autolog_metrics_equal_msml_train(baseline_run, registered_model):
+    """The session's registered model is an `msml.training.train_baseline` run on the same processed data with the
+    default seed (tests/conftest.py): its logged metrics are what `msml train` logs."""
     store, info = baseline_run
-    settings = load_settings(root=ROOT).with_overrides(
-        processed_dir=processed, tracking_uri=f"sqlite:///{tmp_path / 'p.db'}", artifact_root=tmp_path / "artifacts"
-    )
-    package = train_baseline(settings)
     course = _metrics(store, info["run_id"])
-    autolog = {k: v for k, v in package.metrics.items() if k.startswith("training_")}
+    package = _metrics(registered_model.tracking_uri, registered_model.run_id)
+    autolog = {k: v for k, v in package.items() if k.startswith("training_")}
     assert len(autolog) >= 7
     assert {k: course[k] for k in autolog} == pytest.approx(autolog, rel=1e-9)
-    assert course["test_roc_auc"] == pytest.approx(package.metrics["test_roc_auc"], rel=1e-9)
+    assert course["test_roc_auc"] == pytest.approx(package["test_roc_auc"], rel=1e-9)
     import mlflow
 
     params = mlflow.MlflowClient(store).get_run(info["run_id"]).data.params
@@ -594,16 +591,18 @@ def test_without_running_servers_every_evidence_is_listed_and_nothing_written(tm
     assert all(m.command for m in missing)
 
 
-def test_serving_evidence_renders_a_live_request_and_response(processed, contract, tmp_path, monkeypatch):
-    """1.bukti_serving.jpg from a real `mlflow models serve` of a registered champion: the text is the live answer;
-    then the MLflow UI screenshots of that champion, non-blank."""
+def test_serving_evidence_renders_a_live_request_and_response(
+    processed, contract, registered_model, tmp_path, monkeypatch
+):
+    """1.bukti_serving.jpg from a real `mlflow models serve` of a registered champion (the session's): the text is
+    the live answer; then the MLflow UI screenshots of that champion, non-blank."""
     import httpx
 
     import msml.evidence
     from msml.serving.model_server import ModelServer
-    from tests.integration.serving_fixtures import free_port, train_and_register
+    from tests.integration.serving_fixtures import free_port
 
-    model = train_and_register(processed, contract, tmp_path / "registry", contract.model_name)
+    model = registered_model
     settings = load_settings(root=ROOT).with_overrides(processed_dir=processed, tracking_uri=model.tracking_uri)
     rendered = {}
     real_text_image = msml.evidence.text_image
@@ -626,9 +625,7 @@ def test_serving_evidence_renders_a_live_request_and_response(processed, contrac
     # the MLflow UI pages of the same store (its own `mlflow server`), each captured once its content showed
     from msml.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, check_capture, mlflow_evidence
 
-    ui = settings.with_overrides(
-        artifact_root=tmp_path / "registry" / "artifacts", experiment="serving-tests", model_name=contract.model_name
-    )
+    ui = settings.with_overrides(artifact_root=model.artifact_root, experiment="serving-tests", model_name=model.name)
     shots = mlflow_evidence(ui, tmp_path / "mlflow")
     assert [p.name for p in shots] == [MLFLOW_DASHBOARD, MLFLOW_ARTIFACTS]
     for shot in shots:

@@ -27,6 +27,7 @@ class RegisteredModel:
     version: str
     run_id: str
     uri: str  # models:/<name>@champion
+    artifact_root: Path | None = None  # where the store's runs keep their artifacts
 
 
 def train_and_register(processed: Path, contract: Contract, workdir: Path, model_name: str) -> RegisteredModel:
@@ -54,7 +55,12 @@ def train_and_register(processed: Path, contract: Contract, workdir: Path, model
         mlflow.set_tracking_uri(None)
     assert promotion.promoted, promotion.reason
     return RegisteredModel(
-        settings.tracking_uri, model_name, promotion.version, summary.run_id, f"models:/{model_name}@champion"
+        settings.tracking_uri,
+        model_name,
+        promotion.version,
+        summary.run_id,
+        f"models:/{model_name}@champion",
+        settings.artifact_root,
     )
 
 

@@ -20,16 +20,11 @@ from msml.preprocessing import load_clean_splits
 from msml.serving.model_server import ModelServer
 from msml.serving.processes import stop_process
 from tests.conftest import run_msml
-from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway, train_and_register
+from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway
 
 pytestmark = pytest.mark.slow
 
 DRIFT_WINDOW = 1000  # smaller windows make PSI noisy for features with many rare categories
-
-
-@pytest.fixture(scope="session")
-def registered_model(processed, contract, tmp_path_factory):
-    return train_and_register(processed, contract, tmp_path_factory.mktemp("registry"), contract.model_name)
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from msml.preprocessing import load_clean_splits
 from msml.serving.model_server import wait_for_ping
 from msml.serving.processes import stop_process
 from tests.conftest import run_msml
-from tests.integration.serving_fixtures import free_port, start_gateway, train_and_register
+from tests.integration.serving_fixtures import free_port, start_gateway
 
 # The first run on a machine also builds the cached stand-in base (Debian root + wheels: minutes on a busy
 # 2-core machine); later runs reuse it.
@@ -57,8 +57,9 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def champion(processed, contract, tmp_path_factory):
-    return train_and_register(processed, contract, tmp_path_factory.mktemp("image-registry"), contract.model_name)
+def champion(registered_model):
+    """The session's registered champion (tests/conftest.py): the image is built from the registry's model."""
+    return registered_model
 
 
 @pytest.fixture(scope="module")

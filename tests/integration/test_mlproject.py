@@ -29,6 +29,7 @@ from msml.project import (
     render_mlproject,
 )
 from tests.conftest import ROOT, run_msml
+from tests.helpers import cheapest_seed
 
 BIN = Path(sys.executable).parent
 PROJECT = ROOT / PROJECT_DIR
@@ -37,25 +38,6 @@ WORKFLOW = ROOT / ".github" / "workflows" / "training.yml"
 
 # Under a shared, busy machine a fit can run 10-50x slower than alone: generous per-test limits.
 SLOW_LIMIT = 1800
-
-
-def cheapest_seed(candidates: int = 100) -> int:
-    """A seed whose first Optuna trial is the cheapest of the search space (the tests run one trial).
-
-    The seed only picks the parameters and the estimator's random_state; seed 42's first trial is the
-    space's most expensive corner (600 iterations), which costs minutes on a loaded 2-core machine.
-    """
-    import optuna
-
-    from msml.tuning import estimated_cost, suggest_params
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def cost(seed: int) -> float:
-        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-        return estimated_cost(suggest_params(study.ask()))
-
-    return min(range(candidates), key=cost)
 
 
 def store_env(tmp: Path) -> dict:

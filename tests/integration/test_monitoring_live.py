@@ -1,6 +1,6 @@
 """Every PromQL expression of the dashboard and of the alert rules returns data from a live Prometheus.
 
-Starts for real, on 127.0.0.1 free ports: MLflow's scoring server for a freshly registered model, the
+Starts for real, on 127.0.0.1 free ports: MLflow's scoring server for the session's registered model, the
 gateway (`msml gateway`), Prometheus + Alertmanager + the webhook receiver (`msml.monitoring.stack`, 1 s
 scrapes); drives traffic with `msml loadgen` (drifted and invalid rows, feedback), then asks Prometheus's
 HTTP API for each expression. This is how the Grafana files are proven without a Grafana binary.
@@ -33,7 +33,7 @@ from msml.serving.model_server import ModelServer
 from msml.serving.processes import stop as stop_pidfile
 from msml.serving.processes import stop_process
 from tests.conftest import ROOT, run_msml
-from tests.integration.serving_fixtures import free_port, start_gateway, train_and_register
+from tests.integration.serving_fixtures import RegisteredModel, free_port, start_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -65,15 +65,6 @@ def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "co
     raise AssertionError(f"{what} not met within {timeout:.0f} s")
 
 
-_MODELS: dict[Path, object] = {}  # one registered model per processed dir and test session (training is slow)
-
-
-def registered_model(workdir: Path, processed: Path, contract):
-    if processed not in _MODELS:
-        _MODELS[processed] = train_and_register(processed, contract, workdir / "model", "monitoring-live-model")
-    return _MODELS[processed]
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
@@ -83,10 +74,10 @@ def _answers(url: str) -> bool:
 
 
 @contextmanager
-def live_system(workdir: Path, processed: Path, contract, tracking_server: bool = False):
+def live_system(workdir: Path, processed: Path, contract, model: RegisteredModel, tracking_server: bool = False):
     """Model server, gateway and the monitoring stack (and, asked, the MLflow tracking server with
-    `--expose-prometheus`), each stopped by the handle or pid file that started it."""
-    model = registered_model(workdir, processed, contract)
+    `--expose-prometheus`) serving `model` (the session's `registered_model`), each stopped by the handle or pid
+    file that started it."""
     ports = Ports(
         gateway=free_port(),
         model_server=free_port(),
@@ -100,7 +91,7 @@ def live_system(workdir: Path, processed: Path, contract, tracking_server: bool 
     run_dir = workdir / "run"
     # the tracking server exactly as `make demo` starts it (demo.start_tracking_server: pid file in run_dir)
     settings = load_settings(contract_path=contract.path).with_overrides(
-        root=workdir, tracking_uri=model.tracking_uri, artifact_root=workdir / "model" / "artifacts"
+        root=workdir, tracking_uri=model.tracking_uri, artifact_root=model.artifact_root
     )
     try:
         if tracking_server:
@@ -156,8 +147,9 @@ def drive_traffic(system: LiveSystem, seconds: float = 6, check: bool = True, **
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory, processed, contract):
-    with live_system(tmp_path_factory.mktemp("monitoring-live"), processed, contract, tracking_server=True) as system:
+def live(tmp_path_factory, processed, contract, registered_model):
+    workdir = tmp_path_factory.mktemp("monitoring-live")
+    with live_system(workdir, processed, contract, registered_model, tracking_server=True) as system:
         # 25 rows a request: the drift window reaches its minimum (PSI is exported) even on a loaded machine
         drive_traffic(system, batch_rows="25")
         yield system
@@ -205,14 +197,16 @@ def _promtool_series(metrics_text: str, instance: str) -> dict[str, str]:
     return series
 
 
-def test_fresh_gateway_with_traffic_and_no_feedback_raises_no_alert_in_15_minutes(live, processed, contract, tmp_path):
+def test_fresh_gateway_with_traffic_and_no_feedback_raises_no_alert_in_15_minutes(
+    live, processed, contract, registered_model, tmp_path
+):
     """A new gateway scored some rows (fewer than the drift minimum) and got no feedback: its live scrape, held
     for 15 minutes of promtool time, raises none of the alerts. Before issue 15, live accuracy exported 0 and
     LiveAccuracyDrop fired, and PSI over a handful of rows fired DataDriftPSI."""
     from msml.loadgen import load_test_rows
     from tests.integration.serving_fixtures import parse_metrics
 
-    model = registered_model(tmp_path, processed, contract)
+    model = registered_model
     proc, url = start_gateway(
         live.model_server.url,
         model.tracking_uri,
@@ -264,7 +258,7 @@ def test_the_targets_are_scraped_and_the_rules_loaded(live):
     assert all(rule["health"] == "ok" for g in groups for rule in g["rules"]), groups
 
 
-def test_every_target_is_up_and_the_mlflow_ui_answers(live):
+def test_every_target_is_up_and_the_mlflow_ui_answers(live, registered_model):
     """What `make demo` ends with (its last step is the same `wait_targets_up`), the MLflow UI included."""
     assert stack.wait_targets_up(live.stack.prometheus_url, timeout=30) == {
         "gateway": "up",
@@ -274,7 +268,7 @@ def test_every_target_is_up_and_the_mlflow_ui_answers(live):
     with urllib.request.urlopen(f"{live.mlflow_url}/", timeout=10) as resp:
         assert resp.status == 200 and b"<title>MLflow</title>" in resp.read()
     with urllib.request.urlopen(f"{live.mlflow_url}/api/2.0/mlflow/registered-models/search", timeout=10) as resp:
-        assert "monitoring-live-model" in {m["name"] for m in json.loads(resp.read())["registered_models"]}
+        assert registered_model.name in {m["name"] for m in json.loads(resp.read())["registered_models"]}
 
 
 def test_prometheus_evidence_is_numbered_and_every_image_shows_its_content(live, tmp_path):

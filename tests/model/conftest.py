@@ -1,5 +1,6 @@
-"""The champion, trained and registered for real once per session (the baseline run + the promotion gate, as
-the serving tests do), loaded back through the registry the way `mlflow models serve` loads it."""
+"""The champion, trained and registered for real once per session (the baseline run + the promotion gate: the
+session's `registered_model`, the one the serving tests serve), loaded back through the registry the way
+`mlflow models serve` loads it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 from msml.preprocessing import load_clean_splits
-from tests.integration.serving_fixtures import RegisteredModel, train_and_register
+from tests.integration.serving_fixtures import RegisteredModel
 
 
 @dataclass
@@ -26,10 +27,10 @@ class Champion:
 
 
 @pytest.fixture(scope="session")
-def champion(processed, contract, tmp_path_factory) -> Champion:
+def champion(registered_model, processed, contract) -> Champion:
     import mlflow
 
-    registered = train_and_register(processed, contract, tmp_path_factory.mktemp("champion"), "behaviour-tests")
+    registered = registered_model  # the session's one (tests/conftest.py), read only
     mlflow.set_tracking_uri(registered.tracking_uri)
     try:
         model = mlflow.pyfunc.load_model(registered.uri)
