@@ -20,15 +20,15 @@ from msml.monitoring import metrics as M
 from msml.serving.model_server import ModelServer
 from msml.serving.processes import stop_process
 from tests.conftest import run_msml
-from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway, train_and_register
+from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway
 
 pytestmark = pytest.mark.slow
 CONCURRENCY = 16
 
 
 @pytest.fixture(scope="module")
-def model(processed, contract, tmp_path_factory):
-    return train_and_register(processed, contract, tmp_path_factory.mktemp("registry"), contract.model_name)
+def model(registered_model):
+    return registered_model  # the session's champion (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
