@@ -196,7 +196,7 @@ class Gateway:
             rows = self.validator.validate(extract_rows(payload, self.features, c.max_rows_per_request))
             batcher.arriving -= 1
             queued = True
-            self.upstream.pick()  # fails fast while the model server is known down
+            self.upstream.require_up()  # fails fast while no model server is known up
             features = self.features
             try:  # submit checks the bounds again: the oldest item may have passed the delay limit since
                 future = batcher.submit([[r[f] for f in features] for r in rows])

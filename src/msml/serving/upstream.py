@@ -60,7 +60,7 @@ class Replica:
 class Upstream:
     def __init__(
         self,
-        urls: str | Sequence[str],
+        urls: Sequence[str],
         features: list[str],
         metrics: GatewayMetrics,
         connect_timeout: float = 0.5,
@@ -69,7 +69,6 @@ class Upstream:
         max_idle: int = 4,
         max_batch_rows: int = 256,
     ) -> None:
-        urls = [urls] if isinstance(urls, str) else list(urls)
         if not urls:
             raise ValueError("at least one model server URL is needed")
         self.features = features
@@ -108,18 +107,20 @@ class Upstream:
         for r in self.replicas:
             await r.client.aclose()
 
-    def pick(self) -> Replica:
-        """The healthy replica with the fewest calls in flight (ties: least recently sent); 503 at once when none
-        is known up. Changes nothing: the gateway also calls it to fail fast before queueing."""
-        healthy = [r for r in self.replicas if r.up]
-        if not healthy:
+    def require_up(self) -> None:
+        """503 at once while no replica is known up (the gateway asks before queueing a request)."""
+        if not self.up:
             raise ModelServerError(
                 503,
                 "model_down",
                 f"model server at {self.url} is down (failing /ping); retry shortly",
                 retry_after=1,
             )
-        return min(healthy, key=lambda r: (r.in_flight, r.last_sent))
+
+    def pick(self) -> Replica:
+        """The healthy replica with the fewest calls in flight (ties: least recently sent); 503 when none is up."""
+        self.require_up()
+        return min((r for r in self.replicas if r.up), key=lambda r: (r.in_flight, r.last_sent))
 
     async def score(self, rows: list[list[Any]], timeout: float | None = None) -> list[float]:
         """One /invocations call for a batch; the positive-class probability per row."""
