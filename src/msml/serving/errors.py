@@ -126,14 +126,18 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(dumps(content), status_code=status, media_type="application/json", headers=headers)
 
 
+def _error_body(exc: GatewayError, rid: str | None) -> bytes:
+    return dumps({**exc.body(), "request_id": rid or request_id()})
+
+
 def error_response(exc: GatewayError, rid: str | None = None) -> Response:
-    return json_response({**exc.body(), "request_id": rid or request_id()}, exc.status, exc.headers or None)
+    return Response(_error_body(exc, rid), exc.status, exc.headers or None, media_type="application/json")
 
 
 async def send_error(send, exc: GatewayError) -> None:
     """The same answer as `error_response`, written straight to the ASGI `send` (no Response object): the
     refusal path under overload, where every microsecond spent refusing is taken from requests being served."""
-    body = dumps({**exc.body(), "request_id": request_id()})
+    body = _error_body(exc, None)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
