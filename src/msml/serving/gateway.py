@@ -75,8 +75,8 @@ class ClientGone(Exception):
     """The client disconnected before its answer."""
 
 
-def _overloaded(exc: QueueFull) -> Overloaded:
-    return Overloaded("queue_full", f"gateway is at capacity ({exc.why}); retry shortly")
+def _overloaded(why: str) -> Overloaded:
+    return Overloaded("queue_full", f"gateway is at capacity ({why}); retry shortly")
 
 
 class Gateway:
@@ -201,7 +201,7 @@ class Gateway:
             try:  # submit checks the bounds again: the oldest item may have passed the delay limit since
                 future = batcher.submit([[r[f] for f in features] for r in rows])
             except QueueFull as exc:
-                raise _overloaded(exc) from None
+                raise _overloaded(exc.why) from None
             probabilities = await self._await(future, request.receive, deadline)
         finally:
             if not queued:
@@ -214,10 +214,9 @@ class Gateway:
         try:
             self.batcher.admit(1)
         except QueueFull as exc:
-            return _overloaded(exc)
-        if (why := self.pressure.too_busy()) is not None:
-            return Overloaded("queue_full", f"gateway is at capacity ({why}); retry shortly")
-        return None
+            return _overloaded(exc.why)
+        why = self.pressure.too_busy()
+        return None if why is None else _overloaded(why)
 
     async def _await(self, future: asyncio.Future, receive, deadline: float) -> list[float]:
         """The batch result, unless the client leaves (→ ClientGone) or the deadline passes (→ 504) first."""
