@@ -168,13 +168,24 @@ def test_queue_full_is_503_with_retry_after_and_counted(gateway, mode):
             await asyncio.sleep(0.2)
             start = time.perf_counter()
             third = await client.post("/invocations", json=body)
-            return time.perf_counter() - start, third, await first, await second
+            elapsed = time.perf_counter() - start
+            # a client that asks to close: the refusal says so and closes (it is written below ASGI)
+            reader, writer = await asyncio.open_connection(u.hostname, u.port)
+            raw = _post_bytes(json.dumps(body).encode()).replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n")
+            writer.write(raw)
+            closing = await asyncio.wait_for(reader.read(), 5)  # to EOF: the gateway closed it
+            writer.close()
+            return elapsed, third, closing, await first, await second
 
-    elapsed, third, first, second = asyncio.run(main())
+    u = urlparse(url)
+    elapsed, third, closing, first, second = asyncio.run(main())
     assert third.status_code == 503 and third.headers["retry-after"] == "1", third.text
     assert third.json()["kind"] == "queue_full" and elapsed < 0.2
+    head, _, answer = closing.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nconnection: close" in head.lower(), closing
+    assert json.loads(answer)["kind"] == "queue_full"
     assert first.status_code == second.status_code == 504  # each within its own deadline
-    assert metric(url, M.REJECTED, reason="queue_full") == before + 1
+    assert metric(url, M.REJECTED, reason="queue_full") == before + 2
 
 
 def _post_bytes(body: bytes) -> bytes:
@@ -234,6 +245,11 @@ def test_a_backlog_built_while_the_gateway_could_not_run_is_refused_at_once(fake
         assert any("wait to be accepted" in r["error"] or "to be read" in r["error"] for r in refused)
         time.sleep(0.1)  # the backlog is gone: the next request is served
         assert httpx.post(f"{url}/invocations", json=json.loads(body), timeout=10).status_code == 200
+        # a refusal is answered before its body is read (protocol.RefusingProtocol): the body is skipped and
+        # the connection stays usable for the next request, one at a time or pipelined
+        kept = clients[[status for status, _, _ in answers].index(503)]
+        kept.sendall(_post_bytes(body) * 2)
+        assert [_status_and_body(kept)[0] for _ in range(2)] == [200, 200]
     finally:
         for sock in clients:
             sock.close()

@@ -12,11 +12,19 @@ of accepted requests was 35.8 s while the batcher queue itself stayed within its
 
 While either is over its limit, new requests are refused (503, Retry-After) on the cheapest path, so
 the CPU drains the backlog instead of serving work that would be answered too late.
+
+Shedding: while at least `SHED_SHARE` of the requests asked for in a window of `SHED_WINDOW` seconds
+were refused (by these signals or the batcher's queue bounds), the load is over capacity, not a
+moment's stall, and for the next window every limit is `SHED_SCALE` of its value: the accepted
+requests then wait about as long as they do at capacity rather than as long as the limits allow. A
+stall under normal load may start shedding for a window, and at that load the tighter limits refuse
+too few for it to go on. Measured at 2× capacity (bench_gateway): ...
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 import sys
@@ -24,6 +32,11 @@ import sys
 # struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32 rto, ato, snd_mss, rcv_mss, unacked, sacked
 _TCP_INFO = struct.Struct("8B6I")
 _UNACKED = 12  # index of tcpi_unacked: on a listening socket, the accept queue's length
+SHED_SCALE = 0.3  # the limits while shedding, as a share of their values
+SHED_SHARE = 0.1  # shedding while at least this share of the requests in a window was refused
+SHED_WINDOW = 0.25  # seconds
+
+log = logging.getLogger("msml.gateway")
 
 
 def accept_queue(listener: socket.socket) -> int | None:
@@ -44,15 +57,27 @@ class Pressure:
         max_accept_queue: int,
         listener: socket.socket | None = None,
         interval: float = 0.01,
+        shed_scale: float = SHED_SCALE,
+        shed_window: float = SHED_WINDOW,
     ) -> None:
         self.max_loop_lag = max_loop_lag
         self.max_accept_queue = max_accept_queue
         self.listener = listener
         self.interval = interval
+        self.shed_scale = shed_scale
+        self.shed_window = shed_window
         self.lag = 0.0  # seconds the ticker woke late last time
         self.queued = 0  # connections in the accept queue at the last tick
         self._due: float | None = None
         self._task: asyncio.Task | None = None
+        self.scale = 1.0  # the share of their values the limits are at now: `shed_scale` while shedding
+        self._asked = self._refused = 0  # admission answers in this window
+        self._window_end: float | None = None
+
+    def count(self, refused: bool) -> None:
+        """One admission answer (a request admitted or refused, by any limit): they decide shedding."""
+        self._asked += 1
+        self._refused += refused
 
     def start(self) -> None:
         if self._task is None:
@@ -69,16 +94,35 @@ class Pressure:
         while True:
             self._due = loop.time() + self.interval
             await asyncio.sleep(self.interval)
-            self.lag = max(0.0, loop.time() - self._due)
+            now = loop.time()
+            self.lag = max(0.0, now - self._due)
+            if self._window_end is None or now >= self._window_end:
+                self.close_window(now)
             if self.listener is not None:
                 self.queued = accept_queue(self.listener) or 0
 
+    def close_window(self, now: float) -> None:
+        """Decide shedding for the next window from this one's answers (the ticker calls it every `shed_window`)."""
+        shedding = self._refused > 0 and self._refused >= SHED_SHARE * self._asked
+        if shedding != (self.scale < 1.0):
+            log.warning(
+                "%s shedding: %d of %d requests refused in the last %.2f s",
+                "started" if shedding else "stopped",
+                self._refused,
+                self._asked,
+                self.shed_window,
+            )
+        self.scale = self.shed_scale if shedding else 1.0
+        self._asked = self._refused = 0
+        self._window_end = now + self.shed_window
+
     def too_busy(self) -> str | None:
-        """Why a new request would wait too long before being read, or None."""
-        if self.queued > self.max_accept_queue:
-            return f"{self.queued} connections wait to be accepted (limit {self.max_accept_queue})"
+        """Why a new request would wait too long before being read, or None (the limits at `scale`)."""
+        scale = self.scale
+        if self.queued > (limit := round(self.max_accept_queue * scale)):
+            return f"{self.queued} connections wait to be accepted (limit {limit})"
         if self._due is not None:
             lag = max(self.lag, asyncio.get_running_loop().time() - self._due)
-            if lag > self.max_loop_lag:
-                return f"requests wait {lag * 1000:.0f} ms to be read (limit {self.max_loop_lag * 1000:.0f} ms)"
+            if lag > (max_lag := self.max_loop_lag * scale):
+                return f"requests wait {lag * 1000:.0f} ms to be read (limit {max_lag * 1000:.0f} ms)"
         return None

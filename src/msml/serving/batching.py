@@ -97,8 +97,10 @@ class MicroBatcher:
         self._queue.clear()
         self.queued_rows = 0
 
-    def admit(self, n_rows: int) -> None:
-        """Raise QueueFull unless `n_rows` more rows can be queued and still be answered in time."""
+    def admit(self, n_rows: int, max_delay: float | None = None) -> None:
+        """Raise QueueFull unless `n_rows` more rows can be queued and still be answered in time: the oldest
+        queued item has waited at most `max_delay` seconds (default `max_queue_delay`)."""
+        max_delay = self.max_queue_delay if max_delay is None else max_delay
         if self.queued_rows + n_rows > self.max_queued_rows:
             raise QueueFull(f"{self.queued_rows} rows are queued (limit {self.max_queued_rows})")
         dropped = 0
@@ -109,10 +111,9 @@ class MicroBatcher:
             self.on_dropped(dropped)
         if self._queue:
             waited = asyncio.get_running_loop().time() - self._queue[0].queued_at
-            if waited > self.max_queue_delay:
+            if waited > max_delay:
                 raise QueueFull(
-                    f"the oldest queued request has waited {waited * 1000:.0f} ms "
-                    f"(limit {self.max_queue_delay * 1000:.0f} ms)"
+                    f"the oldest queued request has waited {waited * 1000:.0f} ms (limit {max_delay * 1000:.0f} ms)"
                 )
 
     def submit(self, rows: Rows) -> asyncio.Future:

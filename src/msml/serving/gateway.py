@@ -11,13 +11,13 @@ This module wires the parts and translates HTTP; each part has its own module:
   validation  rows against the contract  batching    bounded adaptive micro-batcher
   upstream    model-server calls, health http        the pooled HTTP/1.1 client
   feedback    prediction ids, /feedback  errors      error types → bounded JSON answers
-  openapi     schemas of the two POSTs   admission   backlog signals (accept queue, loop lag)
-  msml.registry.resolve_model            model info + drift reference
+  openapi     schemas of the two POSTs   admission   backlog signals (accept queue, loop lag), shedding
+  protocol    refusals below ASGI        msml.registry.resolve_model  model info + drift reference
 
 Each request has a deadline (`request_timeout`): it is answered by then (504 at the latest), work
 whose client left is withdrawn before it reaches the model and counted as status 499, a full queue,
 a backlog in front of the handlers (`admission`) or a model server known to be down is a 503 with
-Retry-After within milliseconds.
+Retry-After within milliseconds; once one request has been refused, the limits tighten (`admission`).
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ class Gateway:
         self.contract = c.contract
         self.features = self.contract.features
         m = self.metrics = metrics or GatewayMetrics()
+        self._rejected_children: dict[str, Any] = {}  # metric children by reason (.labels() is the costly part)
+        self.refuse_in_asgi = True  # False once protocol.RefusingProtocol asks `refusal` for each request first
         self.validator = RowValidator(self.contract)
         self.upstream = Upstream(
             c.model_urls,
@@ -131,7 +133,10 @@ class Gateway:
         self._latency_children: dict[str, Any] = {}
 
     def _rejected(self, reason: str):
-        return self.metrics.rejected.labels(reason=reason)
+        child = self._rejected_children.get(reason)
+        if child is None:
+            child = self._rejected_children[reason] = self.metrics.rejected.labels(reason=reason)
+        return child
 
     async def start(self) -> None:
         await self._load_model_facts()
@@ -200,7 +205,7 @@ class Gateway:
             features = self.features
             try:  # submit checks the bounds again: the oldest item may have passed the delay limit since
                 future = batcher.submit([[r[f] for f in features] for r in rows])
-            except QueueFull as exc:
+            except QueueFull as exc:  # rare: admitted a moment ago (admission's own answers decide shedding)
                 raise _overloaded(exc.why) from None
             probabilities = await self._await(future, request.receive, deadline)
         finally:
@@ -211,11 +216,14 @@ class Gateway:
     def refusal(self) -> Overloaded | None:
         """Why a new request cannot be answered in time (batcher bounds, backlog in front of the handlers), or
         None: asked before the request is read, so that under overload the CPU drains the backlog."""
-        try:
-            self.batcher.admit(1)
+        pressure = self.pressure
+        try:  # the queue-delay limit is tightened with the others while shedding (admission)
+            self.batcher.admit(1, self.batcher.max_queue_delay * pressure.scale)
         except QueueFull as exc:
-            return _overloaded(exc.why)
-        why = self.pressure.too_busy()
+            why = exc.why
+        else:
+            why = pressure.too_busy()
+        pressure.count(refused=why is not None)
         return None if why is None else _overloaded(why)
 
     async def _await(self, future: asyncio.Future, receive, deadline: float) -> list[float]:
@@ -314,7 +322,7 @@ class _Middleware:
 
         try:
             if handler is not None:
-                if (refused := self.gateway.refusal()) is not None:
+                if self.gateway.refuse_in_asgi and (refused := self.gateway.refusal()) is not None:
                     self.gateway.count(refused)
                     await send_error(send_wrapper, refused)
                     return
@@ -443,10 +451,15 @@ def run(
     except OSError:
         check_port(port, "gateway", "--port", host)  # names the holder
         raise
+    app = create_app(config, listener=listener)
+    if http == "httptools":
+        from msml.serving.protocol import refusing_protocol
+
+        http = refusing_protocol(app.gateway)
     # no proxy-header rewriting: nothing reads the client address, and it is work on every request
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config, listener=listener),
+            app,
             loop=loop,
             http=http,
             log_level=log_level,
