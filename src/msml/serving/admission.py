@@ -18,7 +18,11 @@ were refused (by these signals or the batcher's queue bounds), the load is over 
 moment's stall, and for the next window every limit is `SHED_SCALE` of its value: the accepted
 requests then wait about as long as they do at capacity rather than as long as the limits allow. A
 stall under normal load may start shedding for a window, and at that load the tighter limits refuse
-too few for it to go on. Measured at 2× capacity (bench_gateway): ...
+too few for it to go on. Measured (bench_gateway, 2 shared cores): at 2× capacity the accepted
+requests' p99 went from 994–1,409 ms to 440 ms (capacity 1,763 req/s, its p99 182 ms), goodput 93 %
+of capacity, the soak at 80 % refused nothing. At 3,600 req/s offered (one run each): scale 0.3 →
+1,834 good/s, p99 378 ms; 0.2 → 1,635, 335 ms; 0.15 → 1,520, 252 ms. 0.2 also refused 4,505 of the
+soak's requests: at 80 % load limits that tight refuse enough to keep shedding.
 """
 
 from __future__ import annotations

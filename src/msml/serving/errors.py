@@ -10,8 +10,8 @@ RecursionError on Python 3.11): whatever a client sends, the answer stays far be
 
 from __future__ import annotations
 
-import json
 import itertools
+import json
 import os
 from typing import Any, ClassVar
 

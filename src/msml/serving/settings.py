@@ -20,8 +20,10 @@ class GatewayConfig:
     tracking_uri: str | None = None
     drift_reference: Path | None = None  # a reference JSON file instead of the model's run artifact
     max_batch_rows: int = 256
-    # the longest a batch waits for more rows (only while more are due: see batching); measured at c=32 on
-    # 2 shared cores: 2 ms → 546 req/s (mean batch 11 rows), 6 ms → 600 req/s (15 rows); c=1 never waits
+    # the longest a batch waits for more rows (only while more are due: see batching); c=1 never waits. Measured
+    # on 2 shared cores: a closed loop at c=32 gains from longer waits (one run, direct 44.7 req/s: 5 ms → 510
+    # req/s, 10 ms → 727, 15 ms → 788), an open loop at 2× capacity loses (5 ms → 1,839 good/s, p99 371 ms;
+    # 10 ms → 1,572, p99 435: the model server idles while a batch waits). Overload matters more: 5 ms.
     max_wait_ms: float = 5.0
     max_concurrent_batches: int = 1  # model calls at a time per replica: the model server's workers
     max_body_bytes: int = 1_000_000
@@ -31,7 +33,7 @@ class GatewayConfig:
     # waited this long — the queue is then not draining fast enough to answer a new request in time.
     # 500 ms, not 250: with 250 the soak refused work at 30 % (15 × 503 in 60 s) and 80 % of capacity
     # (135 × 503) while only 1 model call in 970 took over 250 ms — the waits were a shared 2-core
-    # machine's scheduling stalls, not a queue that cannot drain. Under overload the accepted wait ~ this.
+    # machine's scheduling stalls, not a queue that cannot drain. Under overload it tightens (admission: shedding).
     max_queued_rows: int = 4096
     max_queue_delay_ms: float = 500.0
     # ... and while a backlog builds up in front of the handlers (admission.Pressure): connections waiting to
