@@ -107,6 +107,28 @@ def test_withdrawn_items_never_reach_the_model_and_are_counted():
     assert batches == [[[1]], [[3]]] and dropped == 1
 
 
+def test_an_item_withdrawn_behind_a_live_one_loses_no_other():
+    """[live, gone, live] queued behind a call: the next batch is both live ones (the gone one dropped, counted)."""
+
+    async def main():
+        model = Model()
+        model.gate.clear()
+        dropped = []
+        b = MicroBatcher(model, max_batch_rows=10, on_dropped=dropped.append)
+        await b.start()
+        first = b.submit([[1]])
+        await asyncio.sleep(0)
+        queued = [b.submit([[i]]) for i in (2, 3, 4)]
+        queued[1].cancel()
+        model.gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, queued[0], queued[2]), 5)
+        await b.stop()
+        return answers, model.batches, sum(dropped)
+
+    answers, batches, dropped = run(main())
+    assert answers == [[10], [20], [40]] and batches == [[[1]], [[2], [4]]] and dropped == 1
+
+
 def test_a_failed_call_fails_every_caller_of_the_batch_and_the_batcher_goes_on():
     async def main():
         model = Model(fail=RuntimeError("model broke"))
@@ -141,6 +163,29 @@ def test_a_lone_request_is_sent_at_once():
         return elapsed
 
     assert run(main()) < 1.0
+
+
+def test_the_wait_for_stragglers_shrinks_as_the_batch_fills():
+    """After a batch of 10, a batch of 9 waits for the 10th at most max_wait × 1/10; a batch of 1, longer."""
+
+    async def main():
+        model = Model()
+        b = MicroBatcher(model, max_wait=2.0)
+        await b.start()
+        await asyncio.gather(*(b.submit([[i]]) for i in range(10)))  # one call of 10 rows
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.gather(*(b.submit([[i]]) for i in range(9)))
+        nine = loop.time() - start
+        start = loop.time()
+        await b.submit([[1]])  # the previous batch had 9: waits up to 2 s × 8/9 for them
+        one = loop.time() - start
+        await b.stop()
+        return [len(x) for x in model.batches], nine, one
+
+    sizes, nine, one = run(main())
+    assert sizes == [10, 9, 1]
+    assert 0.15 < nine < 0.6 and one > 1.5
 
 
 def test_stop_fails_what_is_still_queued():

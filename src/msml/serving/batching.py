@@ -2,14 +2,17 @@
 
 Handlers `submit` their validated rows and await a future; a single consumer task drains the queue
 into batches of at most `max_batch_rows` and sends each with `call`, at most `max_concurrent` at a
-time, then hands every caller its own slice of the results.
+time, then hands every caller its own slice of the results. A call that ends while a whole batch
+waits starts that batch itself, before its own callers are answered (`_hand_over`).
 
 Adaptive: an idle gateway sends a lone request at once (no added latency at concurrency 1). It
-waits — at most `max_wait` seconds — only while other requests have been accepted but not yet
-queued (`arriving`), or while the batch is smaller than the previous one: the callers of that batch
-are answered just as this one is collected, and their next requests come back within about a
-millisecond. Without that wait a closed loop of clients splits into two alternating batches (one
-full, one of stragglers), each paying a whole model call (measured at c=32: 444 req/s).
+waits only while other requests have been accepted but not yet queued (`arriving`), or while the
+batch is smaller than the previous one: the callers of that batch are answered just as this one is
+collected, and their next requests come back within milliseconds. Without that wait a closed loop of
+clients splits into two alternating batches (one full, one of stragglers), each paying a whole model
+call (measured at c=32: 444 req/s). It waits `max_wait` × the share of those rows still missing: a
+batch that is nearly whole (an open loop near capacity) goes at once rather than leave the model
+server idle.
 
 Bounded (as MLServer's adaptive batcher bounds its queue and BentoML's dispatcher refuses work it
 cannot finish within its latency target): `submit` raises `QueueFull` at once when the queue holds
@@ -103,12 +106,7 @@ class MicroBatcher:
         max_delay = self.max_queue_delay if max_delay is None else max_delay
         if self.queued_rows + n_rows > self.max_queued_rows:
             raise QueueFull(f"{self.queued_rows} rows are queued (limit {self.max_queued_rows})")
-        dropped = 0
-        while self._queue and self._queue[0].future.done():  # callers that left do not hold the queue up
-            self.queued_rows -= len(self._queue.popleft().rows)
-            dropped += 1
-        if dropped and self.on_dropped is not None:
-            self.on_dropped(dropped)
+        self._drop_gone()  # callers that left do not hold the queue up
         if self._queue:
             waited = asyncio.get_running_loop().time() - self._queue[0].queued_at
             if waited > max_delay:
@@ -129,20 +127,26 @@ class MicroBatcher:
         self._wakeup.set()
         return future
 
-    def _pop(self) -> _Item | None:
-        """The next item whose caller still waits; callers that left are dropped and counted."""
+    def _drop_gone(self) -> None:
+        """Drop the leading items whose callers have gone (deadline passed, client disconnected); counted."""
         dropped = 0
-        item = None
-        while self._queue:
-            candidate = self._queue.popleft()
-            self.queued_rows -= len(candidate.rows)
-            if not candidate.future.done():
-                item = candidate
-                break
+        while self._queue and self._queue[0].future.done():
+            self.queued_rows -= len(self._queue.popleft().rows)
             dropped += 1
         if dropped and self.on_dropped is not None:
             self.on_dropped(dropped)
-        return item
+
+    def _take(self, batch: list[_Item], n: int) -> int:
+        """Move queued items into `batch` (holding `n` rows) while they fit; the rows it holds then. The first
+        item is taken whatever its size; callers that left are dropped on the way."""
+        while True:
+            self._drop_gone()
+            if not self._queue or (batch and n + len(self._queue[0].rows) > self.max_batch_rows):
+                return n
+            item = self._queue.popleft()
+            self.queued_rows -= len(item.rows)
+            batch.append(item)
+            n += len(item.rows)
 
     async def _wait(self, timeout: float | None) -> bool:
         """Wait for something to be queued; False on timeout."""
@@ -161,25 +165,18 @@ class MicroBatcher:
 
     async def _collect(self) -> list[_Item]:
         loop = asyncio.get_running_loop()
-        while (first := self._pop()) is None:
+        batch: list[_Item] = []
+        while not (n := self._take(batch, 0)):
             await self._wait(None)
-        batch, n = [first], len(first.rows)
-        deadline = loop.time() + self.max_wait
-        while n < self.max_batch_rows:
-            head = self._queue[0] if self._queue else None
-            if head is None:
-                more = self.arriving > 0 or n < self._last_rows
-                if not (more and await self._wait(deadline - loop.time())):
-                    break
-                continue
-            if head.future.done():
-                self._pop()  # counts it as dropped; the loop looks at the next one
-                continue
-            if n + len(head.rows) > self.max_batch_rows:
-                break  # it starts the next batch
-            item = self._pop()
-            batch.append(item)
-            n += len(item.rows)
+        start = loop.time()
+        while n < self.max_batch_rows and not self._queue:  # a queued item that did not fit starts the next batch
+            # the rows still due: the previous batch's (its callers come back, in a closed loop) or those being
+            # read now; waited for `max_wait` × the share of them still missing
+            due = min(max(self._last_rows, n + self.arriving), self.max_batch_rows)
+            budget = self.max_wait * (1 - n / due)
+            if not (budget > 0 and await self._wait(start + budget - loop.time())):
+                break
+            n = self._take(batch, n)
         self._last_rows = n
         return batch
 
@@ -191,9 +188,25 @@ class MicroBatcher:
             except BaseException:
                 self._slots.release()
                 raise
-            task = asyncio.create_task(self._send(batch))
-            self._calls[task] = batch
-            task.add_done_callback(self._calls.pop)
+            self._start(batch)
+
+    def _start(self, batch: list[_Item]) -> None:
+        task = asyncio.create_task(self._send(batch))
+        self._calls[task] = batch
+        task.add_done_callback(self._calls.pop)
+
+    def _hand_over(self) -> None:
+        """A call has ended: when a whole batch (the size of the last) is already queued, its slot goes straight
+        to it, started before the ended call's callers are answered; else back to the consumer (`_run`), which
+        waits for stragglers. Under load each hop through the event loop waits behind a turn of handlers (tens of
+        ms at capacity), and the model server idles meanwhile."""
+        if self.queued_rows >= min(self._last_rows, self.max_batch_rows):
+            batch: list[_Item] = []
+            if n := self._take(batch, 0):
+                self._last_rows = n
+                self._start(batch)
+                return
+        self._slots.release()
 
     async def _send(self, batch: list[_Item]) -> None:
         rows: Rows = [row for item in batch for row in item.rows]
@@ -203,16 +216,19 @@ class MicroBatcher:
             results = await self.call(rows)
             if len(results) != len(rows):
                 raise ValueError(f"model server returned {len(results)} predictions for {len(rows)} rows")
-        except BaseException as exc:  # every caller of the batch gets the failure
-            failure = RuntimeError("gateway is shutting down") if isinstance(exc, asyncio.CancelledError) else exc
+        except asyncio.CancelledError:  # stopping: the callers get the failure, nothing more is started
+            self._slots.release()
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(failure)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+                    item.future.set_exception(RuntimeError("gateway is shutting down"))
+            raise
+        except BaseException as exc:  # every caller of the batch gets the failure
+            self._hand_over()
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
             return
-        finally:
-            self._slots.release()
+        self._hand_over()
         start = 0
         for item in batch:
             end = start + len(item.rows)

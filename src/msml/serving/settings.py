@@ -20,11 +20,11 @@ class GatewayConfig:
     tracking_uri: str | None = None
     drift_reference: Path | None = None  # a reference JSON file instead of the model's run artifact
     max_batch_rows: int = 256
-    # the longest a batch waits for more rows (only while more are due: see batching); c=1 never waits. Measured
-    # on 2 shared cores: a closed loop at c=32 gains from longer waits (one run, direct 44.7 req/s: 5 ms → 510
-    # req/s, 10 ms → 727, 15 ms → 788), an open loop at 2× capacity loses (5 ms → 1,839 good/s, p99 371 ms;
-    # 10 ms → 1,572, p99 435: the model server idles while a batch waits). Overload matters more: 5 ms.
-    max_wait_ms: float = 5.0
+    # the longest a batch waits for more rows, scaled by the share still due (see batching); c=1 never waits.
+    # Measured on 2 shared cores, one run each: closed loop at c=32 (direct 49 req/s) 5 ms → 537 req/s, 10 →
+    # 608, 15 → 678; open loop at 3,600 req/s (2× capacity) 5 ms → 1,721 good/s, p99 400 ms; 10 → 1,898–1,926,
+    # 337–350 ms; 15 → 2,161, 314 ms. (A flat wait, unscaled, helped c=32 but cost the open loop: 10 ms → 1,572.)
+    max_wait_ms: float = 15.0
     max_concurrent_batches: int = 1  # model calls at a time per replica: the model server's workers
     max_body_bytes: int = 1_000_000
     max_rows_per_request: int = 1000
