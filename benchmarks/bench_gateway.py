@@ -294,6 +294,7 @@ def scrape_times(url: str, n: int = 50) -> list[float]:
     return times
 
 
+SETTLE_SECONDS = 3.0  # idle time between an over-capacity step and the next measurement
 CAPACITY_P99_MS = 500.0  # the gateway's default --max-queue-ms: beyond it the queue is not draining
 
 
@@ -653,6 +654,9 @@ def main() -> int:
         capacity, at_capacity_run = best[0], best[1]
         rss_before = _rss(gateway_proc.pid)
         slow_before = model_calls_over(gateway_url, parse_metrics, M.MODEL_REQUEST_SECONDS)
+        # the search's last step was over capacity: let the gateway drain its backlog (and stop shedding) first,
+        # or the soak measures that step's tail (measured: 175 refusals in its first second, none after)
+        time.sleep(SETTLE_SECONDS)
         print(f"soak: {0.8 * capacity:.0f} req/s for {args.soak_seconds:.0f} s", flush=True)
         soak = run_client([gateway_url], f"rate={0.8 * capacity}", args.soak_seconds, bodies_file)
         rss_after = _rss(gateway_proc.pid)
