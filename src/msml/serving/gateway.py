@@ -17,7 +17,7 @@ This module wires the parts and translates HTTP; each part has its own module:
 Each request has a deadline (`request_timeout`): it is answered by then (504 at the latest), work
 whose client left is withdrawn before it reaches the model and counted as status 499, a full queue,
 a backlog in front of the handlers (`admission`) or a model server known to be down is a 503 with
-Retry-After within milliseconds; once one request has been refused, the limits tighten (`admission`).
+Retry-After within milliseconds; while ≥ 10 % of requests are refused, the limits tighten (`admission`).
 """
 
 from __future__ import annotations
