@@ -78,18 +78,23 @@ def test_a_blocked_loop_refuses_at_once_and_recovers():
     assert blocked is not None and blocked.startswith("requests wait ") and "(limit 50 ms)" in blocked
 
 
-def test_a_window_with_enough_refusals_tightens_every_limit_for_the_next():
-    """Shedding: 2 refused of 10 in a window (≥ SHED_SHARE) tighten the limits for the next one (an accept queue
-    of 3 with a limit of 4 passes before and not during), and a window without enough refusals relaxes them."""
-    pressure = Pressure(max_loop_lag=10.0, max_accept_queue=4, shed_scale=0.5)
-    pressure.queued = 3  # as the ticker reads it from the listening socket
-    calm = pressure.too_busy()
-    for refused in [True] * 2 + [False] * 8:
-        pressure.count(refused)
-    pressure.close_window(now=1.0)
-    shedding = pressure.too_busy()
-    for refused in [True] + [False] * 100:  # 1 in 101: under the share
-        pressure.count(refused)
-    pressure.close_window(now=1.25)
-    assert calm is None and pressure.too_busy() is None
-    assert shedding == "3 connections wait to be accepted (limit 2)"
+def test_a_window_with_enough_refusals_tightens_the_loop_lag_limit_for_the_next():
+    """Shedding: 2 refused of 10 in a window (≥ SHED_SHARE) tighten the limit for the next one (a loop 40 ms behind
+    with a limit of 50 ms passes before and not during), and a window without enough refusals relaxes it."""
+
+    async def main():
+        pressure = Pressure(max_loop_lag=0.05, max_accept_queue=64, shed_scale=0.5)
+        pressure.lag, pressure._due = 0.04, asyncio.get_running_loop().time() + 60  # as the ticker measured it
+        calm = pressure.too_busy()
+        for refused in [True] * 2 + [False] * 8:
+            pressure.count(refused)
+        pressure.close_window(now=1.0)
+        shedding = pressure.too_busy()
+        for refused in [True] + [False] * 100:  # 1 in 101: under the share
+            pressure.count(refused)
+        pressure.close_window(now=1.25)
+        return calm, shedding, pressure.too_busy()
+
+    calm, shedding, relaxed = asyncio.run(main())
+    assert calm is None and relaxed is None
+    assert shedding == "requests wait 40 ms to be read (limit 25 ms)"

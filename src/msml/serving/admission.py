@@ -15,10 +15,10 @@ the CPU drains the backlog instead of serving work that would be answered too la
 
 Shedding: while at least `SHED_SHARE` of the requests asked for in a window of `SHED_WINDOW` seconds
 were refused (by these signals or the batcher's queue bounds), the load is over capacity, not a
-moment's stall, and for the next window every limit is `SHED_SCALE` of its value: the accepted
-requests then wait about as long as they do at capacity rather than as long as the limits allow. A
-stall under normal load may start shedding for a window, and at that load the tighter limits refuse
-too few for it to go on. Measured (bench_gateway, 2 shared cores): at 2× capacity the accepted
+moment's stall, and for the next window the queue-delay and loop-lag limits are `SHED_SCALE` of their
+values: the accepted requests then wait about as long as they do at capacity rather than as long as
+the limits allow. A stall under normal load may start shedding for a window, and at that load the
+tighter limits refuse too few for it to go on. Measured (bench_gateway, 2 shared cores): at 2× capacity the accepted
 requests' p99 went from 994–1,409 ms to 440 ms (capacity 1,763 req/s, its p99 182 ms), goodput 93 %
 of capacity, the soak at 80 % refused nothing. At 3,600 req/s offered (one run each): scale 0.3 →
 1,834 good/s, p99 378 ms; 0.2 → 1,635, 335 ms; 0.15 → 1,520, 252 ms. 0.2 also refused 4,505 of the
@@ -121,12 +121,12 @@ class Pressure:
         self._window_end = now + self.shed_window
 
     def too_busy(self) -> str | None:
-        """Why a new request would wait too long before being read, or None (the limits at `scale`)."""
-        scale = self.scale
-        if self.queued > (limit := round(self.max_accept_queue * scale)):
-            return f"{self.queued} connections wait to be accepted (limit {limit})"
+        """Why a new request would wait too long before being read, or None (the loop-lag limit at `scale`; the
+        accept queue's is not scaled: a client filling its connection pool fills it for a moment at any load)."""
+        if self.queued > self.max_accept_queue:
+            return f"{self.queued} connections wait to be accepted (limit {self.max_accept_queue})"
         if self._due is not None:
             lag = max(self.lag, asyncio.get_running_loop().time() - self._due)
-            if lag > (max_lag := self.max_loop_lag * scale):
+            if lag > (max_lag := self.max_loop_lag * self.scale):
                 return f"requests wait {lag * 1000:.0f} ms to be read (limit {max_lag * 1000:.0f} ms)"
         return None
