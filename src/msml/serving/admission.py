@@ -16,13 +16,16 @@ the CPU drains the backlog instead of serving work that would be answered too la
 Shedding: while at least `SHED_SHARE` of the requests asked for in a window of `SHED_WINDOW` seconds
 were refused (by these signals or the batcher's queue bounds), the load is over capacity, not a
 moment's stall, and for the next window the queue-delay and loop-lag limits are `SHED_SCALE` of their
-values: the accepted requests then wait about as long as they do at capacity rather than as long as
-the limits allow. A stall under normal load may start shedding for a window, and at that load the
-tighter limits refuse too few for it to go on. Measured (bench_gateway, 2 shared cores): at 2× capacity the accepted
-requests' p99 went from 994–1,409 ms to 440 ms (capacity 1,763 req/s, its p99 182 ms), goodput 93 %
-of capacity, the soak at 80 % refused nothing. At 3,600 req/s offered (one run each): scale 0.3 →
-1,834 good/s, p99 378 ms; 0.2 → 1,635, 335 ms; 0.15 → 1,520, 252 ms. 0.2 also refused 4,505 of the
-soak's requests: at 80 % load limits that tight refuse enough to keep shedding.
+values: the accepted requests then wait far less than the limits would otherwise let them (still
+about twice what they wait at capacity: figures below). A stall under normal load may start shedding for a window, and at that load the
+tighter limits refuse too few for it to go on. The accept queue's limit is not tightened: a client
+filling its connection pool fills that queue for a moment at any load (scaled, it refused 490 requests
+at the start of a soak at 80 % of capacity).
+
+Measured (bench_gateway, 2 cores shared with the load client), accepted p99 at 2× capacity: 994–1,409
+ms before shedding, 439–594 ms in four runs with it (against a capacity p99 of 137–215 ms), goodput
+69–96 % of capacity. Scale, one run each at 3,600 req/s offered: 0.3 → 1,834 good/s, p99 378 ms;
+0.2 → 1,635, 335 ms; 0.15 → 1,520, 252 ms; and 0.2 refused 4,505 of a soak's requests.
 """
 
 from __future__ import annotations
