@@ -17,10 +17,10 @@ Shedding: while at least `SHED_SHARE` of the requests asked for in a window of `
 were refused (by these signals or the batcher's queue bounds), the load is over capacity, not a
 moment's stall, and for the next window the queue-delay and loop-lag limits are `SHED_SCALE` of their
 values: the accepted requests then wait far less than the limits would otherwise let them (still
-about twice what they wait at capacity: figures below). A stall under normal load may start shedding for a window, and at that load the
-tighter limits refuse too few for it to go on. The accept queue's limit is not tightened: a client
-filling its connection pool fills that queue for a moment at any load (scaled, it refused 490 requests
-at the start of a soak at 80 % of capacity).
+about twice what they wait at capacity: figures below). A stall under normal load may start shedding
+for a window, and at that load the tighter limits refuse too few for it to go on. The accept queue's
+limit is not tightened: a client filling its connection pool fills that queue for a moment at any
+load (scaled, it refused 490 requests at the start of a soak at 80 % of capacity).
 
 Measured (bench_gateway, 2 cores shared with the load client), accepted p99 at 2× capacity: 994–1,409
 ms before shedding, 439–594 ms in four runs with it (against a capacity p99 of 137–215 ms), goodput
