@@ -87,28 +87,8 @@ def test_queue_full_when_the_oldest_item_waited_too_long():
 
 
 def test_withdrawn_items_never_reach_the_model_and_are_counted():
-    async def main():
-        model = Model()
-        model.gate.clear()
-        dropped = []
-        b = MicroBatcher(model, max_batch_rows=10, on_dropped=dropped.append)
-        await b.start()
-        first = b.submit([[1]])
-        await asyncio.sleep(0)
-        gone = b.submit([[2]])
-        kept = b.submit([[3]])
-        gone.cancel()  # the caller left (deadline or disconnect) while queued
-        model.gate.set()
-        assert await first == [10] and await kept == [30]
-        await b.stop()
-        return model.batches, sum(dropped)
-
-    batches, dropped = run(main())
-    assert batches == [[[1]], [[3]]] and dropped == 1
-
-
-def test_an_item_withdrawn_behind_a_live_one_loses_no_other():
-    """[live, gone, live] queued behind a call: the next batch is both live ones (the gone one dropped, counted)."""
+    """Queued behind a call: [gone, live, gone, live]. The next batch is both live ones, whether the gone one is at
+    the head or behind a live one (which once dropped the live item after it: its caller waited for a 504)."""
 
     async def main():
         model = Model()
@@ -118,15 +98,16 @@ def test_an_item_withdrawn_behind_a_live_one_loses_no_other():
         await b.start()
         first = b.submit([[1]])
         await asyncio.sleep(0)
-        queued = [b.submit([[i]]) for i in (2, 3, 4)]
-        queued[1].cancel()
+        queued = [b.submit([[i]]) for i in (2, 3, 4, 5)]
+        for gone in queued[0::2]:
+            gone.cancel()  # the caller left (deadline or disconnect) while queued
         model.gate.set()
-        answers = await asyncio.wait_for(asyncio.gather(first, queued[0], queued[2]), 5)
+        answers = await asyncio.wait_for(asyncio.gather(first, *queued[1::2]), 5)
         await b.stop()
         return answers, model.batches, sum(dropped)
 
     answers, batches, dropped = run(main())
-    assert answers == [[10], [20], [40]] and batches == [[[1]], [[2], [4]]] and dropped == 1
+    assert answers == [[10], [30], [50]] and batches == [[[1]], [[3], [5]]] and dropped == 2
 
 
 def test_a_failed_call_fails_every_caller_of_the_batch_and_the_batcher_goes_on():

@@ -94,9 +94,7 @@ class MicroBatcher:
             self._consumer = None
         else:
             batches = []
-        for item in [*batches, *self._queue]:  # a call cancelled before it ran never answered its callers
-            if not item.future.done():
-                item.future.set_exception(RuntimeError("gateway is shutting down"))
+        _fail([*batches, *self._queue], RuntimeError("gateway is shutting down"))  # a call cancelled before it ran
         self._queue.clear()
         self.queued_rows = 0
 
@@ -216,17 +214,13 @@ class MicroBatcher:
             results = await self.call(rows)
             if len(results) != len(rows):
                 raise ValueError(f"model server returned {len(results)} predictions for {len(rows)} rows")
-        except asyncio.CancelledError:  # stopping: the callers get the failure, nothing more is started
+        except asyncio.CancelledError:  # stopping: nothing more is started
             self._slots.release()
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(RuntimeError("gateway is shutting down"))
+            _fail(batch, RuntimeError("gateway is shutting down"))
             raise
-        except BaseException as exc:  # every caller of the batch gets the failure
+        except BaseException as exc:
             self._hand_over()
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            _fail(batch, exc)
             return
         self._hand_over()
         start = 0
@@ -235,3 +229,10 @@ class MicroBatcher:
             if not item.future.done():  # the caller may have gone away
                 item.future.set_result(list(results[start:end]))
             start = end
+
+
+def _fail(batch: list[_Item], exc: BaseException) -> None:
+    """Every caller of the batch still waiting gets the failure."""
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(exc)

@@ -90,7 +90,6 @@ class Gateway:
         self.features = self.contract.features
         m = self.metrics = metrics or GatewayMetrics()
         self._rejected_children: dict[str, Any] = {}  # metric children by reason (.labels() is the costly part)
-        self.refuse_in_asgi = True  # False once protocol.RefusingProtocol asks `refusal` for each request first
         self.validator = RowValidator(self.contract)
         self.upstream = Upstream(
             c.model_urls,
@@ -295,13 +294,17 @@ class _Middleware:
     about a third of the gateway's CPU per request (profiled) and add nothing to a handler that reads
     its own body; the FastAPI route stays for the OpenAPI schema and the other methods' 405. An instance
     with `fast_paths` wraps the whole FastAPI app and serves only those; the one inside Starlette's stack
-    (no `fast_paths`) counts everything else.
+    (no `fast_paths`) counts everything else. `admit`: ask `Gateway.refusal` before a fast path's handler
+    (False where the HTTP protocol has asked already: protocol.RefusingProtocol).
     """
 
-    def __init__(self, app, gateway: Gateway, fast_paths: dict[tuple[str, str], Any] | None = None) -> None:
+    def __init__(
+        self, app, gateway: Gateway, fast_paths: dict[tuple[str, str], Any] | None = None, admit: bool = False
+    ) -> None:
         self.app = app
         self.gateway = gateway
         self.fast_paths = fast_paths or {}
+        self.admit = admit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -322,7 +325,7 @@ class _Middleware:
 
         try:
             if handler is not None:
-                if self.gateway.refuse_in_asgi and (refused := self.gateway.refusal()) is not None:
+                if self.admit and (refused := self.gateway.refusal()) is not None:
                     self.gateway.count(refused)
                     await send_error(send_wrapper, refused)
                     return
@@ -345,11 +348,15 @@ class _Middleware:
 
 
 def create_app(
-    config: GatewayConfig, metrics: GatewayMetrics | None = None, listener: socket.socket | None = None
+    config: GatewayConfig,
+    metrics: GatewayMetrics | None = None,
+    listener: socket.socket | None = None,
+    admitted_by_protocol: bool = False,
 ) -> _Middleware:
     """The gateway's ASGI app for `config` (metrics on their own registry unless given; `listener`: the socket
-    it is served on, whose accept queue admission watches); `.gateway` is its data plane, `.app` the FastAPI
-    app behind it."""
+    it is served on, whose accept queue admission watches; `admitted_by_protocol`: it is served through
+    protocol.RefusingProtocol, which asks for refusals itself); `.gateway` is its data plane, `.app` the
+    FastAPI app behind it."""
     gateway = Gateway(config, metrics, listener)
 
     @asynccontextmanager
@@ -431,7 +438,8 @@ def create_app(
     # body-limit layers) cost ~10 % of a refused request's CPU (profiled under overload), and its handler
     # does their jobs itself
     app.add_middleware(_Middleware, gateway=gateway)
-    return _Middleware(app, gateway, fast_paths={("POST", "/invocations"): invocations})
+    fast_paths = {("POST", "/invocations"): invocations}
+    return _Middleware(app, gateway, fast_paths=fast_paths, admit=not admitted_by_protocol)
 
 
 def run(
@@ -451,7 +459,8 @@ def run(
     except OSError:
         check_port(port, "gateway", "--port", host)  # names the holder
         raise
-    app = create_app(config, listener=listener)
+    # each request is asked for a refusal once: by the HTTP protocol where it can, else by the app
+    app = create_app(config, listener=listener, admitted_by_protocol=http == "httptools")
     if http == "httptools":
         from msml.serving.protocol import refusing_protocol
 

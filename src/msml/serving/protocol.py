@@ -22,13 +22,14 @@ from msml.serving.errors import error_parts
 
 def refusing_protocol(gateway) -> type[HttpToolsProtocol]:
     """The protocol class for `gateway` (msml.serving.gateway.Gateway): uvicorn.Config(http=...)."""
-    gateway.refuse_in_asgi = False  # asked once, here: what was admitted is not refused a moment later
 
     class RefusingProtocol(HttpToolsProtocol):
         def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:
             scope = cycle.scope
+            if scope["method"] != "POST" or scope["path"] != "/invocations":
+                return super()._start_asgi_task(cycle, app)
             start = time.perf_counter()
-            if scope["method"] != "POST" or scope["path"] != "/invocations" or (refused := gateway.refusal()) is None:
+            if (refused := gateway.refusal()) is None:  # admitted: the app does not ask again (create_app)
                 return super()._start_asgi_task(cycle, app)
             gateway.count(refused)
             headers, body = error_parts(refused)

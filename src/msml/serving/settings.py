@@ -39,7 +39,7 @@ class GatewayConfig:
     # ... and while a backlog builds up in front of the handlers (admission.Pressure): connections waiting to
     # be accepted, or an event loop running this far behind. Measured at 2× capacity (bench_gateway, 2 cores
     # shared with the load client): the accepted requests' p99 went from 35.8 s (accept queue full at 2,048,
-    # connects retried after 1, 3, 7 s) to 1.4 s. 64 is ~30 ms of arrivals at capacity were each on a new connection.
+    # connects retried after 1, 3, 7 s) to 1.4 s. 64 is ~30 ms of arrivals at capacity, were each on a new connection.
     max_accept_queue: int = 64
     max_loop_lag_ms: float = 100.0
     connect_timeout: float = 0.5
