@@ -108,6 +108,18 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
     return status, close, await reader.readexactly(length)
 
 
+# which of admission's limits refused a request, from the words of its 503 (admission, batching)
+_REFUSED_BY = {"waited": "queue delay", "to be read": "loop lag", "to be accepted": "accept queue", "queued": "rows"}
+
+
+def _kind(status: int, content: bytes) -> str:
+    """'503 queue_full (loop lag)': an answer's status, kind and, for a refusal, the limit that refused it."""
+    answer = json.loads(content)
+    kind = f"{status} {answer.get('kind', '')}".strip()
+    limit = next((name for words, name in _REFUSED_BY.items() if words in answer.get("error", "")), None)
+    return f"{kind} ({limit})" if limit else kind
+
+
 async def _open_loop(url: str, rate: float, seconds: float, bodies: list[bytes]) -> dict:
     """Arrivals at `rate` per second for `seconds`, each on an idle kept-alive connection or a new one, whatever
     the answers (an open loop: a slow server is not spared new work). Latency per status; kinds of answers."""
@@ -147,7 +159,7 @@ async def _open_loop(url: str, rate: float, seconds: float, bodies: list[bytes])
                 return
         latencies.setdefault(str(status), []).append(time.perf_counter() - start)
         if status != 200:
-            kind = f"{status} {json.loads(content).get('kind', '')}".strip()
+            kind = _kind(status, content)
             kinds[kind] = kinds.get(kind, 0) + 1
         if close:
             writer.close()

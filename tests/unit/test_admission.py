@@ -78,23 +78,33 @@ def test_a_blocked_loop_refuses_at_once_and_recovers():
     assert blocked is not None and blocked.startswith("requests wait ") and "(limit 50 ms)" in blocked
 
 
-def test_a_window_with_enough_refusals_tightens_the_loop_lag_limit_for_the_next():
-    """Shedding: 2 refused of 10 in a window (≥ SHED_SHARE) tighten the limit for the next one (a loop 40 ms behind
-    with a limit of 50 ms passes before and not during), and a window without enough refusals relaxes it."""
+def _window(pressure: Pressure, asked: int, refused: int, answered: int, now: float) -> None:
+    for i in range(asked):
+        pressure.count(refused=i < refused)
+    pressure.answered = answered
+    pressure.close_window(now)
+
+
+def test_arrivals_well_over_the_answered_rate_tighten_the_limits_for_the_next_window():
+    """Shedding: a window whose arrivals are ≥ SHED_OFFERED × the best answered rate of late, with refusals,
+    tightens the loop-lag limit (a loop 40 ms behind passes a limit of 50 ms before, not during) and the
+    queue-delay limit to one model call; refusals at a load the gateway keeps up with do not."""
 
     async def main():
         pressure = Pressure(max_loop_lag=0.05, max_accept_queue=64, shed_scale=0.5)
         pressure.lag, pressure._due = 0.04, asyncio.get_running_loop().time() + 60  # as the ticker measured it
-        calm = pressure.too_busy()
-        for refused in [True] * 2 + [False] * 8:
-            pressure.count(refused)
-        pressure.close_window(now=1.0)
-        shedding = pressure.too_busy()
-        for refused in [True] + [False] * 100:  # 1 in 101: under the share
-            pressure.count(refused)
-        pressure.close_window(now=1.25)
-        return calm, shedding, pressure.too_busy()
+        for k in range(8):  # two seconds answering all of 100 requests a window
+            _window(pressure, asked=100, refused=0, answered=100, now=k * 0.25)
+        calm = pressure.too_busy(), pressure.queue_delay_limit(0.5, call_seconds=0.08)
+        _window(pressure, asked=110, refused=30, answered=80, now=2.0)  # a stall: 1.1× the best rate
+        stall = pressure.too_busy()
+        _window(pressure, asked=200, refused=90, answered=100, now=2.25)  # twice the best rate
+        shedding = pressure.too_busy(), pressure.queue_delay_limit(0.5, call_seconds=0.08)
+        slow_call = pressure.queue_delay_limit(0.5, call_seconds=0.4)  # never over max_delay × scale
+        _window(pressure, asked=100, refused=40, answered=60, now=2.5)  # back to the best rate
+        return calm, stall, shedding, slow_call, pressure.too_busy()
 
-    calm, shedding, relaxed = asyncio.run(main())
-    assert calm is None and relaxed is None
-    assert shedding == "requests wait 40 ms to be read (limit 25 ms)"
+    calm, stall, shedding, slow_call, relaxed = asyncio.run(main())
+    assert calm == (None, 0.5) and stall is None and relaxed is None
+    assert shedding == ("requests wait 40 ms to be read (limit 25 ms)", 0.08)
+    assert slow_call == 0.25

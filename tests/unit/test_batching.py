@@ -146,6 +146,30 @@ def test_a_lone_request_is_sent_at_once():
     assert run(main()) < 1.0
 
 
+def test_call_seconds_follows_the_model_calls_wall_time():
+    """Admission while shedding lets the oldest queued request wait one model call: the batcher's smoothed
+    `call_seconds` (the first call's time, then 0.7 × before + 0.3 × the new one)."""
+
+    async def main():
+        model, times = Model(), []
+
+        async def slow_then_quick(rows):
+            await asyncio.sleep(0.2 if not model.batches else 0.0)
+            return await model(rows)
+
+        b = MicroBatcher(slow_then_quick)
+        await b.start()
+        for _ in range(2):
+            await b.submit([[1]])
+            times.append(b.call_seconds)
+        await b.stop()
+        return times
+
+    first, second = run(main())
+    assert 0.2 <= first < 0.4
+    assert 0.7 * first <= second < 0.7 * first + 0.3 * 0.1  # smoothed: the quick call (< 0.1 s) is not jumped to
+
+
 def test_the_wait_for_stragglers_shrinks_as_the_batch_fills():
     """After a batch of 10, a batch of 9 waits for the 10th at most max_wait × 1/10; a batch of 1, longer."""
 

@@ -13,19 +13,21 @@ of accepted requests was 35.8 s while the batcher queue itself stayed within its
 While either is over its limit, new requests are refused (503, Retry-After) on the cheapest path, so
 the CPU drains the backlog instead of serving work that would be answered too late.
 
-Shedding: while at least `SHED_SHARE` of the requests asked for in a window of `SHED_WINDOW` seconds
-were refused (by these signals or the batcher's queue bounds), the load is over capacity, not a
-moment's stall, and for the next window the queue-delay and loop-lag limits are `SHED_SCALE` of their
-values: the accepted requests then wait far less than the limits would otherwise let them (still
-about twice what they wait at capacity: figures below). A stall under normal load may start shedding
-for a window, and at that load the tighter limits refuse too few for it to go on. The accept queue's
-limit is not tightened: a client filling its connection pool fills that queue for a moment at any
-load (scaled, it refused 490 requests at the start of a soak at 80 % of capacity).
+Shedding: when requests arrive at least `SHED_OFFERED` times as fast as the gateway has lately
+answered them (over the last second, against the best second of the last five) and some were
+refused, the load is over capacity, not a moment's stall, and for the next window of `SHED_WINDOW`
+seconds the limits tighten: a request is admitted only if the oldest queued one has waited less than
+one model call (`queue_delay_limit`), so it goes out in the next batch, and the loop-lag limit is
+`SHED_SCALE` of its value. The accept queue's limit is not tightened: a client filling its
+connection pool fills that queue for a moment at any load (scaled, it refused 490 requests at the
+start of a soak at 80 % of capacity). Offered against answered, not the share refused: the tighter
+limits refuse work themselves, and a share-of-refusals rule kept shedding going at loads the gateway
+serves in full (measured: 1,258–1,627 good/s at 2,000 offered).
 
 Measured (bench_gateway, 2 cores shared with the load client), accepted p99 at 2× capacity: 994–1,409
-ms before shedding, 439–594 ms in four runs with it (against a capacity p99 of 137–215 ms), goodput
-69–96 % of capacity. Scale, one run each at 3,600 req/s offered: 0.3 → 1,834 good/s, p99 378 ms;
-0.2 → 1,635, 335 ms; 0.15 → 1,520, 252 ms; and 0.2 refused 4,505 of a soak's requests.
+ms before shedding, 439–594 ms in four runs with limits at a fixed 30 % (against a capacity p99 of
+137–215 ms). At 3,600 req/s offered, two runs each in alternation: p99 408 and 578 ms with the fixed
+share, 316 and 320 ms with the one-call queue limit.
 """
 
 from __future__ import annotations
@@ -35,13 +37,16 @@ import logging
 import socket
 import struct
 import sys
+from collections import deque
 
 # struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32 rto, ato, snd_mss, rcv_mss, unacked, sacked
 _TCP_INFO = struct.Struct("8B6I")
 _UNACKED = 12  # index of tcpi_unacked: on a listening socket, the accept queue's length
-SHED_SCALE = 0.3  # the limits while shedding, as a share of their values
-SHED_SHARE = 0.1  # shedding while at least this share of the requests in a window was refused
+SHED_SCALE = 0.3  # the loop-lag and queue-delay limits while shedding, as a share of their values (at most)
+SHED_OFFERED = 1.25  # shedding while requests arrive at least this many times as fast as the best answered rate
 SHED_WINDOW = 0.25  # seconds
+_SECOND = 4  # windows: answers are counted over rolling seconds (of SHED_WINDOW) ...
+_PEAK = 20  # ... and the best of the last five is the rate the gateway is known to keep up with
 
 log = logging.getLogger("msml.gateway")
 
@@ -79,6 +84,9 @@ class Pressure:
         self._task: asyncio.Task | None = None
         self.scale = 1.0  # the share of their values the limits are at now: `shed_scale` while shedding
         self._asked = self._refused = 0  # admission answers in this window
+        self.answered = 0  # requests answered by the model in this window (the gateway counts them)
+        self._answers: deque[int] = deque(maxlen=_SECOND)  # answered per window, over the last second
+        self._best: deque[int] = deque(maxlen=_PEAK)  # answered in each rolling second of the last five
         self._window_end: float | None = None
 
     def count(self, refused: bool) -> None:
@@ -109,19 +117,32 @@ class Pressure:
                 self.queued = accept_queue(self.listener) or 0
 
     def close_window(self, now: float) -> None:
-        """Decide shedding for the next window from this one's answers (the ticker calls it every `shed_window`)."""
-        shedding = self._refused > 0 and self._refused >= SHED_SHARE * self._asked
+        """Decide shedding for the next window: this window's arrival rate against the best answered rate of the
+        last five seconds (answers come a batch at a time, so they are counted over rolling seconds)."""
+        self._answers.append(self.answered)
+        self._best.append(sum(self._answers))
+        best = max(self._best) / _SECOND  # answered per window, at best
+        shedding = self._refused > 0 and self._asked >= SHED_OFFERED * best
         if shedding != (self.scale < 1.0):
             log.warning(
-                "%s shedding: %d of %d requests refused in the last %.2f s",
+                "%s shedding: %d requests in the last %.2f s, %d refused; at best %.0f answered in as long lately",
                 "started" if shedding else "stopped",
-                self._refused,
                 self._asked,
                 self.shed_window,
+                self._refused,
+                best,
             )
         self.scale = self.shed_scale if shedding else 1.0
-        self._asked = self._refused = 0
+        self._asked = self._refused = self.answered = 0
         self._window_end = now + self.shed_window
+
+    def queue_delay_limit(self, max_delay: float, call_seconds: float) -> float:
+        """How long the oldest queued request may have waited for a new one to be admitted: `max_delay`; while
+        shedding, one model call of `call_seconds` (an admitted request then goes out in the next batch) and at
+        most `max_delay` × `scale`."""
+        if self.scale == 1.0:
+            return max_delay
+        return min(max_delay * self.scale, call_seconds or max_delay)
 
     def too_busy(self) -> str | None:
         """Why a new request would wait too long before being read, or None (the loop-lag limit at `scale`; the

@@ -75,6 +75,7 @@ class MicroBatcher:
         self.arriving = 0  # requests accepted by a handler and not yet submitted (set by the gateway)
         self.queued_rows = 0
         self._last_rows = 0  # rows in the batch sent last
+        self.call_seconds = 0.0  # a model call's wall time, smoothed over the last few calls
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -211,7 +212,11 @@ class MicroBatcher:
         try:
             if self.on_batch is not None:
                 self.on_batch(len(rows))
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             results = await self.call(rows)
+            took = loop.time() - started
+            self.call_seconds = took if not self.call_seconds else 0.7 * self.call_seconds + 0.3 * took
             if len(results) != len(rows):
                 raise ValueError(f"model server returned {len(results)} predictions for {len(rows)} rows")
         except asyncio.CancelledError:  # stopping: nothing more is started

@@ -207,6 +207,7 @@ class Gateway:
             except QueueFull as exc:  # rare: admitted a moment ago (admission's own answers decide shedding)
                 raise _overloaded(exc.why) from None
             probabilities = await self._await(future, request.receive, deadline)
+            self.pressure.answered += 1  # the rate the gateway keeps up with decides shedding (admission)
         finally:
             if not queued:
                 batcher.arriving -= 1
@@ -216,8 +217,9 @@ class Gateway:
         """Why a new request cannot be answered in time (batcher bounds, backlog in front of the handlers), or
         None: asked before the request is read, so that under overload the CPU drains the backlog."""
         pressure = self.pressure
+        batcher = self.batcher
         try:  # the queue-delay limit is tightened with the others while shedding (admission)
-            self.batcher.admit(1, self.batcher.max_queue_delay * pressure.scale)
+            batcher.admit(1, pressure.queue_delay_limit(batcher.max_queue_delay, batcher.call_seconds))
         except QueueFull as exc:
             why = exc.why
         else:
