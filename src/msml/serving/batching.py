@@ -75,7 +75,7 @@ class MicroBatcher:
         self.arriving = 0  # requests accepted by a handler and not yet submitted (set by the gateway)
         self.queued_rows = 0
         self._last_rows = 0  # rows in the batch sent last
-        self.call_seconds = 0.0  # a model call's wall time, smoothed over the last few calls
+        self.call_seconds = 0.0  # a model call's wall time, smoothed (admission's queue limit while shedding)
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrent)
