@@ -546,11 +546,13 @@ def prepare_model(work: Path, contract, keep: bool = False):
     prepared = work / "model.json"
     if prepared.exists():
         print(f"reusing the model prepared in {work}", flush=True)
-        return RegisteredModel(**json.loads(prepared.read_text()))
+        kept = json.loads(prepared.read_text())
+        root = kept.pop("artifact_root")
+        return RegisteredModel(**kept, artifact_root=root and Path(root))
     print("training and registering the benchmark model", flush=True)
     model = train_and_register(processed, contract, work / f"registry-{int(time.time())}", contract.model_name)
     if keep:
-        prepared.write_text(json.dumps(dataclasses.asdict(model)))
+        prepared.write_text(json.dumps(dataclasses.asdict(model), default=str))  # artifact_root: a Path
     return model
 
 

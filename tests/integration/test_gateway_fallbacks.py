@@ -175,17 +175,31 @@ def test_queue_full_is_503_with_retry_after_and_counted(gateway, mode):
             writer.write(raw)
             closing = await asyncio.wait_for(reader.read(), 5)  # to EOF: the gateway closed it
             writer.close()
-            return elapsed, third, closing, await first, await second
+            # one connection kept alive: a request read whole (answered before parsing), then one whose body
+            # comes in a later read (answered once its headers are parsed), then pipelined after a refusal
+            reader, writer = await asyncio.open_connection(u.hostname, u.port)
+            kept = []
+            whole = _post_bytes(json.dumps(body).encode())
+            for parts in ([whole], [whole[:-10], whole[-10:]], [whole * 2]):
+                for i, part in enumerate(parts):
+                    await asyncio.sleep(0.01 * (i > 0))  # a later read
+                    writer.write(part)
+                kept.append(await asyncio.wait_for(_read_answer(reader), 5))
+            kept.append(await asyncio.wait_for(_read_answer(reader), 5))
+            writer.close()
+            return elapsed, third, closing, kept, await first, await second
 
     u = urlparse(url)
-    elapsed, third, closing, first, second = asyncio.run(main())
+    elapsed, third, closing, kept, first, second = asyncio.run(main())
     assert third.status_code == 503 and third.headers["retry-after"] == "1", third.text
     assert third.json()["kind"] == "queue_full" and elapsed < 0.2
     head, _, answer = closing.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nconnection: close" in head.lower(), closing
     assert json.loads(answer)["kind"] == "queue_full"
+    assert [status for status, _ in kept] == [503] * 4, kept
+    assert all(json.loads(answer)["kind"] == "queue_full" for _, answer in kept)
     assert first.status_code == second.status_code == 504  # each within its own deadline
-    assert metric(url, M.REJECTED, reason="queue_full") == before + 2
+    assert metric(url, M.REJECTED, reason="queue_full") == before + 6
 
 
 def _post_bytes(body: bytes) -> bytes:
@@ -195,6 +209,13 @@ def _post_bytes(body: bytes) -> bytes:
         + b"\r\n\r\n"
         + body
     )
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 answer with Content-Length: its status and body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)[1])
+    return int(head.split()[1]), await reader.readexactly(length)
 
 
 def _status_and_body(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:

@@ -2,47 +2,103 @@
 
 Under overload most requests are refused, and a refusal through ASGI costs a task, a scope, a
 request-response cycle and uvicorn's header checks, taken from the gateway's single core and so from
-the requests it is serving. Here `POST /invocations` is asked `Gateway.refusal()` as soon as its
-headers are parsed, and a refused one gets its 503 written in one piece; the body that follows is
-skipped by uvicorn's parser as for any request answered before its body was read, and the connection
-is kept alive (or closed) as uvicorn would. Everything else is uvicorn's. Measured gateway CPU per
-refusal (closed loop at c=32, two runs, alternating): through ASGI 117–123 µs, here 99–110 µs, a bare
-uvicorn app answering a fixed 503 81–84 µs. It subclasses uvicorn's protocol (pinned in the lock): the
-tests that refuse over keep-alive, pipelined and closing connections say when an upgrade breaks it.
+the requests it is serving. So `POST /invocations` is asked `Gateway.refusal()` before any of that:
+- a segment read that is exactly one such request (`whole_invocation`: Content-Length body, no
+  Transfer-Encoding, Connection or Expect header), on a connection with no request in flight, is asked
+  before it is parsed at all; a refused one is answered from here and never reaches the parser;
+- any other (split over reads, pipelined, closing…) is asked once its headers are parsed, and the body
+  that follows is skipped by uvicorn's parser as for any request answered before its body was read.
+Either way the 503 is written in one piece and the connection kept alive (or closed) as uvicorn
+would. Everything else is uvicorn's. Measured gateway CPU per refusal (closed loop at c=32, two runs,
+alternating): through ASGI 117–123 µs, after the headers are parsed 99–110 µs, a bare uvicorn app
+answering a fixed 503 81–84 µs. It subclasses uvicorn's protocol (pinned in the lock): the tests that
+refuse over keep-alive, pipelined, split and closing connections say when an upgrade breaks it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from msml.serving.errors import error_parts
+from msml.serving.errors import GatewayError, error_parts
+
+_INVOCATION = b"POST /invocations HTTP/1.1\r\n"
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,9})[ \t]*(?=\r\n)")  # (?=): lines share a "\r\n"
+_OTHER_FRAMING = re.compile(rb"\r\n(?:transfer-encoding|connection|expect)[ \t]*:")
+
+
+def whole_invocation(data: bytes) -> bool:
+    """Whether `data` is exactly one complete `POST /invocations` HTTP/1.1 request framed by a single
+    Content-Length (nothing that would make a parser read it differently: no Transfer-Encoding, Connection
+    or Expect header), so that answering it without parsing leaves the connection at a request boundary."""
+    if not data.startswith(_INVOCATION):
+        return False
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    head = data[len(_INVOCATION) - 2 : end + 2].lower()  # "\r\n" + header lines, each ending "\r\n"
+    if _OTHER_FRAMING.search(head):
+        return False
+    lengths = _CONTENT_LENGTH.findall(head)
+    return len(lengths) == 1 and end + 4 + int(lengths[0]) == len(data)
 
 
 def refusing_protocol(gateway) -> type[HttpToolsProtocol]:
     """The protocol class for `gateway` (msml.serving.gateway.Gateway): uvicorn.Config(http=...)."""
 
     class RefusingProtocol(HttpToolsProtocol):
+        _between_requests = True  # the parser holds no part of a request
+        _admitted = False  # the request being parsed was admitted before parsing
+
+        def data_received(self, data: bytes) -> None:
+            if (
+                self._between_requests
+                and (self.cycle is None or self.cycle.response_complete)
+                and whole_invocation(data)
+            ):
+                start = time.perf_counter()
+                if (refused := gateway.refusal()) is not None:
+                    self._unset_keepalive_if_required()
+                    self._refuse(refused, keep_alive=True, start=start)
+                    self.on_response_complete()  # the keep-alive timer, as after any response
+                    return
+                self._admitted = True
+            super().data_received(data)
+
+        def on_message_begin(self) -> None:
+            self._between_requests = False
+            super().on_message_begin()
+
+        def on_message_complete(self) -> None:
+            self._between_requests = True
+            super().on_message_complete()
+
         def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:
             scope = cycle.scope
-            if scope["method"] != "POST" or scope["path"] != "/invocations":
+            admitted, self._admitted = self._admitted, False
+            if admitted or scope["method"] != "POST" or scope["path"] != "/invocations":
                 return super()._start_asgi_task(cycle, app)
             start = time.perf_counter()
             if (refused := gateway.refusal()) is None:  # admitted: the app does not ask again (create_app)
                 return super()._start_asgi_task(cycle, app)
-            gateway.count(refused)
-            headers, body = error_parts(refused)
-            if not cycle.keep_alive:
-                headers.append((b"connection", b"close"))
-            head = b"".join(name + b": " + value + b"\r\n" for name, value in [*cycle.default_headers, *headers])
-            cycle.transport.write(b"".join((STATUS_LINE[refused.status], head, b"\r\n", body)))
+            self._refuse(refused, cycle.keep_alive, start)
             # what RequestResponseCycle.send does once a response is complete
             cycle.response_started = cycle.response_complete = True
             cycle.message_event.set()
-            if not cycle.keep_alive:
-                cycle.transport.close()
             cycle.on_response()
+
+        def _refuse(self, refused: GatewayError, keep_alive: bool, start: float) -> None:
+            gateway.count(refused)
+            headers, body = error_parts(refused)
+            if not keep_alive:
+                headers.append((b"connection", b"close"))
+            default_headers = self.server_state.default_headers
+            head = b"".join(name + b": " + value + b"\r\n" for name, value in [*default_headers, *headers])
+            self.transport.write(b"".join((STATUS_LINE[refused.status], head, b"\r\n", body)))
+            if not keep_alive:
+                self.transport.close()
             gateway.observe_request("/invocations", refused.status, time.perf_counter() - start)
 
     return RefusingProtocol
