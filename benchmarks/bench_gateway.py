@@ -166,7 +166,7 @@ async def _open_loop(url: str, rate: float, seconds: float, bodies: list[bytes])
         else:
             idle.append((reader, writer))
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     sent = 0
     while (now := time.perf_counter()) < start + seconds:
         due = int((now - start) * rate)
@@ -181,7 +181,8 @@ async def _open_loop(url: str, rate: float, seconds: float, bodies: list[bytes])
         await asyncio.wait(tasks, timeout=30)
     for _, writer in idle:
         writer.close()
-    summary = {"sent": sent, "seconds": elapsed, "kinds": kinds, "stale_retries": stale[0]}
+    cores = (time.process_time() - cpu_start) / (time.perf_counter() - start)
+    summary = {"sent": sent, "seconds": elapsed, "kinds": kinds, "stale_retries": stale[0], "client_cores": cores}
     latencies["all"] = [x for lat in latencies.values() for x in lat]
     for status, lat in latencies.items():
         if not lat:
@@ -317,6 +318,30 @@ def model_calls_over(url: str, parse_metrics, name: str, limits=("0.1", "0.25"))
     m = parse_metrics(httpx.get(f"{url}/metrics", timeout=10).text)
     total = m[(f"{name}_count", ())]
     return {"all": total, **{le: total - m[(f"{name}_bucket", (("le", le),))] for le in limits}}
+
+
+def _group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) of the live processes in process group `pgid` (a server and its workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # after "(comm)", which may hold spaces
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid:  # pgrp; utime and stime follow at 11, 12
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def open_loop(url: str, rate: float, seconds: float, bodies_file: Path, groups: dict[str, int]) -> dict:
+    """run_client at `rate`, with the cores each process group in `groups` (name → pgid) used meanwhile: the
+    2 cores are shared by the gateway, the model server and the client, which all grow with the load."""
+    before, start = {name: _group_cpu_seconds(pgid) for name, pgid in groups.items()}, time.perf_counter()
+    r = run_client([url], f"rate={rate}", seconds, bodies_file)
+    wall = time.perf_counter() - start
+    r["cores"] = {name: (_group_cpu_seconds(pgid) - before[name]) / wall for name, pgid in groups.items()}
+    r["cores"]["client"] = r["client_cores"]
+    return r
 
 
 def _rss(pid: int) -> int:
@@ -647,9 +672,10 @@ def main() -> int:
         # capacity: the highest offered rate (open loop) still answered ≥ 99 % 200 — a closed loop at c=32 is
         # bound by its own latency and under-states it. Steps of ×1.2 from the c=32 throughput.
         rate = results[("gateway", max(args.concurrency))]["throughput"]
+        groups = {"gateway": gateway_proc.pid, "model": server.proc.pid}  # each leads its process group
         search, best = [], None
         for _ in range(10):
-            r = run_client([gateway_url], f"rate={rate}", args.capacity_seconds, bodies_file)
+            r = open_loop(gateway_url, rate, args.capacity_seconds, bodies_file, groups)
             # sustained, not just answered: a rate whose p99 nears the deadline is a queue still growing
             ok = r.get("200", {"n": 0})["n"] >= 0.99 * r["sent"] and r["200"]["p99"] <= CAPACITY_P99_MS
             search.append((rate, r, ok))
@@ -672,19 +698,19 @@ def main() -> int:
         # the reference for the overload's p99: the capacity held as long as the overload is, for the search's
         # short steps end before the slow tail of a sustained load shows (gen-2 GC passes, long model calls)
         print(f"at capacity: {capacity:.0f} req/s for {args.overload_seconds:.0f} s", flush=True)
-        sustained = run_client([gateway_url], f"rate={capacity}", args.overload_seconds, bodies_file)
+        sustained = open_loop(gateway_url, capacity, args.overload_seconds, bodies_file, groups)
         time.sleep(SETTLE_SECONDS)
         rss_before = _rss(gateway_proc.pid)
         slow_before = model_calls_over(gateway_url, parse_metrics, M.MODEL_REQUEST_SECONDS)
         print(f"soak: {0.8 * capacity:.0f} req/s for {args.soak_seconds:.0f} s", flush=True)
-        soak = run_client([gateway_url], f"rate={0.8 * capacity}", args.soak_seconds, bodies_file)
+        soak = open_loop(gateway_url, 0.8 * capacity, args.soak_seconds, bodies_file, groups)
         rss_after = _rss(gateway_proc.pid)
         slow = {
             k: v - slow_before[k]
             for k, v in model_calls_over(gateway_url, parse_metrics, M.MODEL_REQUEST_SECONDS).items()
         }
         print(f"overload: {2 * capacity:.0f} req/s for {args.overload_seconds:.0f} s", flush=True)
-        overload = run_client([gateway_url], f"rate={2 * capacity}", args.overload_seconds, bodies_file)
+        overload = open_loop(gateway_url, 2 * capacity, args.overload_seconds, bodies_file, groups)
         print(f"frozen: model server SIGSTOPped under {0.5 * capacity:.0f} req/s", flush=True)
         frozen = frozen_model(server, gateway_url, 0.5 * capacity, args.frozen_seconds, bodies_file)
     finally:
@@ -731,7 +757,7 @@ def main() -> int:
     )
     header = (
         f"{'case':9s} {'offered/s':>9s} {'good/s':>8s} {'ok p50':>7s} {'ok p99':>7s} {'all p99':>8s} "
-        f"{'all max':>8s}  answers other than 200"
+        f"{'all max':>8s}  {'cores gw/model/client':>21s}  answers other than 200"
     )
     print(header)
     print("-" * len(header))
@@ -739,9 +765,10 @@ def main() -> int:
     cases = (*steps, ("sustained", sustained), ("soak", soak), ("overload", overload), ("frozen", frozen))
     for name, r in cases:
         ok = r.get("200", {"n": 0, "p50": float("nan"), "p99": float("nan")})
+        cores = "/".join(f"{r['cores'][k]:.2f}" for k in ("gateway", "model", "client")) if "cores" in r else "-"
         print(
             f"{name:9s} {r['sent'] / r['seconds']:9.0f} {ok['n'] / r['seconds']:8.0f} {ok['p50']:7.1f} "
-            f"{ok['p99']:7.1f} {r['all']['p99']:8.1f} {r['all']['max']:8.1f}  {r['kinds'] or 'none'}"
+            f"{ok['p99']:7.1f} {r['all']['p99']:8.1f} {r['all']['max']:8.1f}  {cores:>21s}  {r['kinds'] or 'none'}"
         )
     growth = (rss_after - rss_before) / rss_before
     print(

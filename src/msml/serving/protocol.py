@@ -11,8 +11,11 @@ the requests it is serving. So `POST /invocations` is asked `Gateway.refusal()` 
 Either way the 503 is written in one piece and the connection kept alive (or closed) as uvicorn
 would. Everything else is uvicorn's. Measured gateway CPU per refusal (closed loop at c=32, two runs,
 alternating): through ASGI 117–123 µs, after the headers are parsed 99–110 µs, a bare uvicorn app
-answering a fixed 503 81–84 µs. It subclasses uvicorn's protocol (pinned in the lock): the tests that
-refuse over keep-alive, pipelined, split and closing connections say when an upgrade breaks it.
+answering a fixed 503 81–84 µs. Before parsing, at 4,200 req/s offered (2× capacity, open loop, two
+10 s runs alternating with the after-headers path): 2,030 and 1,805 good/s against 1,862 and 1,676,
+accepted p99 295 and 328 ms against 393 and 379. It subclasses uvicorn's protocol (pinned in the
+lock): the tests that refuse over keep-alive, pipelined, split and closing connections say when an
+upgrade breaks it.
 """
 
 from __future__ import annotations
