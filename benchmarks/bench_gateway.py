@@ -6,8 +6,8 @@ gateway under overload, a frozen model server and a soak; and the upstream clien
 
 Builds a champion model in a temp tracking store (as the integration tests do), starts MLflow's scoring
 server and `msml gateway` on free loopback ports, then drives both with 1-row requests of real test-split
-rows at each concurrency, alternating the targets in half-second slices so both see the same machine (the
-2 cores are shared with other work). The client runs in its own
+rows at each concurrency, alternating the targets so both see the same machine (the 2 cores are shared
+with other work): request by request at concurrency 1, in half-second slices above. The client runs in its own
 process on a raw asyncio HTTP/1.1 client (uvloop), so it costs ~50 µs per request and is not what is
 measured. Prints throughput, p50/p95/p99 and errors per target and concurrency, the `/metrics` scrape
 time with every series populated, and checks the targets:
@@ -48,18 +48,22 @@ sys.path.insert(0, str(ROOT))
 
 
 async def _worker(
-    host: str,
-    port: int,
+    targets: list[tuple[str, int]],
     bodies: list[bytes],
     offset: int,
     deadline: float,
     warmup_until: float,
-    latencies: list[float],
-    errors: dict[str, int],
+    latencies: list[list[float]],
+    errors: list[dict[str, int]],
+    busy: list[float],
 ) -> None:
-    reader = writer = None
+    """Requests one after another until `deadline`, taking the targets in turn, each on its own kept-alive
+    connection; target k's latencies, errors and seconds spent go to latencies[k], errors[k], busy[k]."""
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = [None] * len(targets)
     i = offset
     while time.perf_counter() < deadline:
+        k = (i - offset) % len(targets)
+        host, port = targets[k]
         body = bodies[i % len(bodies)]
         i += 1
         request = (
@@ -68,27 +72,30 @@ async def _worker(
         )
         start = time.perf_counter()
         try:
-            if writer is None:  # the connection set-up is part of what a client pays
-                reader, writer = await asyncio.open_connection(host, port)
+            if conns[k] is None:  # the connection set-up is part of what a client pays
+                conns[k] = await asyncio.open_connection(host, port)
+            reader, writer = conns[k]
             writer.write(request)
             status, close, _ = await _answer(reader)
         except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
-            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-            if writer is not None:
-                writer.close()
-            reader = writer = None
+            errors[k][type(exc).__name__] = errors[k].get(type(exc).__name__, 0) + 1
+            if conns[k] is not None:
+                conns[k][1].close()
+            conns[k] = None
             await asyncio.sleep(0.01)
             continue
         end = time.perf_counter()
         if start >= warmup_until:
-            latencies.append(end - start)
+            latencies[k].append(end - start)
+            busy[k] += end - start
             if status != 200:
-                errors[str(status)] = errors.get(str(status), 0) + 1
+                errors[k][str(status)] = errors[k].get(str(status), 0) + 1
         if close:
             writer.close()
-            reader = writer = None
-    if writer is not None:
-        writer.close()
+            conns[k] = None
+    for conn in conns:
+        if conn is not None:
+            conn[1].close()
 
 
 async def _answer(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
@@ -199,33 +206,46 @@ async def _open_loop(url: str, rate: float, seconds: float, bodies: list[bytes])
 async def _client(
     urls: list[str], concurrency: int, seconds: float, bodies: list[bytes], warmup: float, slice_seconds: float = 0.5
 ) -> list[dict]:
-    """Drive the targets in alternating slices (`seconds` in all for each), so a busy neighbour on the
-    machine hits both alike; returns one result per target."""
+    """Drive the targets alike (`seconds` in all for each), so a busy neighbour on the machine hits both the
+    same; returns one result per target. At concurrency 1 one client takes the targets in turn request by
+    request (paired: the model server's latency drifts by milliseconds within a second, and with 0.5 s
+    slices the p50 difference moved 0.4-3.7 ms between rounds of the same code, against 1.1-1.4 ms paired);
+    above 1 the targets take turns in `slice_seconds` slices, each with all `concurrency` clients."""
     results = []
+    targets = [(u.hostname, u.port) for u in map(urlparse, urls)]
     latencies: list[list[float]] = [[] for _ in urls]
     errors: list[dict[str, int]] = [{} for _ in urls]
     measured = [0.0 for _ in urls]
-    for url in urls:  # warm-up, not measured
-        u = urlparse(url)
+    for target in targets:  # warm-up, not measured
         end = time.perf_counter() + warmup
         await asyncio.gather(
-            *(_worker(u.hostname, u.port, bodies, j * 97, end, end, [], {}) for j in range(concurrency))
+            *(_worker([target], bodies, j * 97, end, end, [[]], [{}], [0.0]) for j in range(concurrency))
         )
-    slices = max(1, round(seconds / slice_seconds))
-    for n in range(slices * len(urls)):
-        k = n % len(urls)
-        u = urlparse(urls[k])
+    if concurrency == 1:
         start = time.perf_counter()
-        deadline = start + slice_seconds
-        await asyncio.gather(
-            *(
-                _worker(
-                    u.hostname, u.port, bodies, (n * concurrency + j) * 97, deadline, start, latencies[k], errors[k]
+        await _worker(targets, bodies, 0, start + seconds * len(urls), start, latencies, errors, measured)
+    else:
+        slices = max(1, round(seconds / slice_seconds))
+        for n in range(slices * len(urls)):
+            k = n % len(urls)
+            start = time.perf_counter()
+            deadline = start + slice_seconds
+            await asyncio.gather(
+                *(
+                    _worker(
+                        [targets[k]],
+                        bodies,
+                        (n * concurrency + j) * 97,
+                        deadline,
+                        start,
+                        [latencies[k]],
+                        [errors[k]],
+                        [0.0],
+                    )
+                    for j in range(concurrency)
                 )
-                for j in range(concurrency)
             )
-        )
-        measured[k] += time.perf_counter() - start
+            measured[k] += time.perf_counter() - start
     for k in range(len(urls)):
         lat = sorted(latencies[k])
 
@@ -720,7 +740,7 @@ def main() -> int:
 
     print()
     print(
-        f"1-row requests, {args.duration:.0f} s per cell in alternating 0.5 s slices, "
+        f"1-row requests, {args.duration:.0f} s per cell, targets alternating (c=1: every request; else 0.5 s slices), "
         "model server: mlflow models serve, 1 worker; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )

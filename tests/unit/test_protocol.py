@@ -2,9 +2,11 @@
 `POST /invocations` request framed by one Content-Length; anything a parser could frame differently is
 left to the parser."""
 
+import asyncio
+
 import pytest
 
-from msml.serving.protocol import whole_invocation
+from msml.serving.protocol import _CoalescingTransport, whole_invocation
 
 BODY = b'{"rows":[{"age":39}]}'
 
@@ -48,3 +50,60 @@ def test_one_whole_request_framed_by_its_content_length_is_answered_before_parsi
 )
 def test_anything_a_parser_could_frame_otherwise_is_left_to_the_parser(data):
     assert not whole_invocation(data)
+
+
+class RecordingTransport:
+    """What reaches the socket: the calls the coalescing transport makes on the transport it wraps."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes | None]] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+
+    def abort(self) -> None:
+        self.calls.append(("abort", None))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_a_responses_writes_reach_the_socket_as_one_send_by_the_end_of_the_loops_turn():
+    asyncio.run(_one_send())
+
+
+async def _one_send():
+    sent = RecordingTransport()
+    transport = _CoalescingTransport(sent, asyncio.get_running_loop())
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    transport.write(b"{}")
+    assert sent.calls == []
+    await asyncio.sleep(0)
+    assert sent.calls == [("write", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")]
+    transport.write(b"more")  # a later turn's writes are a send of their own
+    transport.flush()  # at the end of a response, without waiting for the turn
+    await asyncio.sleep(0)
+    assert sent.calls[1:] == [("write", b"more")]
+    assert transport.is_closing() is False  # everything else is the wrapped transport's
+
+
+def test_closing_sends_what_is_pending_first_and_an_abort_drops_it():
+    asyncio.run(_close_and_abort())
+
+
+async def _close_and_abort():
+    loop = asyncio.get_running_loop()
+    sent = RecordingTransport()
+    transport = _CoalescingTransport(sent, loop)
+    transport.write(b"answer")
+    transport.close()
+    assert sent.calls == [("write", b"answer"), ("close", None)]
+    aborted = RecordingTransport()
+    transport = _CoalescingTransport(aborted, loop)
+    transport.write(b"half an answer")
+    transport.abort()
+    await asyncio.sleep(0)
+    assert aborted.calls == [("abort", None)]
