@@ -58,6 +58,32 @@ def test_a_full_accept_queue_refuses_until_it_drains():
     assert drained is None
 
 
+@linux_only
+def test_connections_accepted_since_the_last_sample_are_not_refused_on():
+    """A burst of connects seen by a tick and accepted right after (a client filling its pool): the next
+    request is not refused on that sample for the rest of the tick's interval."""
+    listener, clients = _pending(3)
+
+    async def main():
+        pressure = Pressure(max_loop_lag=10.0, max_accept_queue=2, listener=listener, interval=0.05)
+        pressure.start()
+        await asyncio.sleep(0.07)  # one tick, which saw 3 waiting
+        sampled = pressure.queued
+        for _ in clients:
+            listener.accept()[0].close()
+        busy = pressure.too_busy()  # the next tick is ~30 ms away
+        await pressure.stop()
+        return sampled, busy
+
+    try:
+        sampled, busy = asyncio.run(main())
+    finally:
+        for c in [*clients, listener]:
+            c.close()
+    assert sampled == 3
+    assert busy is None
+
+
 def test_a_blocked_loop_refuses_at_once_and_recovers():
     async def main():
         pressure = Pressure(max_loop_lag=0.05, max_accept_queue=64)

@@ -147,6 +147,10 @@ class Pressure:
     def too_busy(self) -> str | None:
         """Why a new request would wait too long before being read, or None (the loop-lag limit at `scale`; the
         accept queue's is not scaled: a client filling its connection pool fills it for a moment at any load)."""
+        if self.queued > self.max_accept_queue and self.listener is not None:
+            # the tick's sample is up to `interval` old and a loop that keeps up accepts a burst of connects
+            # (a client filling its pool) in one turn: read the queue again before refusing on it
+            self.queued = accept_queue(self.listener) or 0
         if self.queued > self.max_accept_queue:
             return f"{self.queued} connections wait to be accepted (limit {self.max_accept_queue})"
         if self._due is not None:
