@@ -10,8 +10,9 @@ rows at each concurrency, alternating the targets so both see the same machine (
 with other work): request by request at concurrency 1, in half-second slices above. The client runs in its own
 process on a raw asyncio HTTP/1.1 client (uvloop), so it costs ~50 µs per request and is not what is
 measured; the open loop's is an asyncio protocol with no task per request (25–40 µs per request: 0.25 of
-a core at 9,300 req/s, where the stream-reader client took 0.44 at 4,100 on a slower VM). Prints throughput, p50/p95/p99 and errors per target and concurrency, the `/metrics` scrape
-time with every series populated, and checks the targets:
+a core at 9,300 req/s, where the stream-reader client took 0.44 at 4,100 on a slower VM). Prints
+throughput, p50/p95/p99 and errors per target and concurrency, the `/metrics` scrape time with every
+series populated, and checks the targets:
   c=32: gateway throughput ≥ 12× direct and gateway p99 ≤ direct p99;  c=1: gateway p50 ≤ direct p50 + 2 ms;
   /metrics scrape ≤ 20 ms.
 Then open loop (arrivals at a fixed rate, whatever the answers): capacity = the highest offered rate answered
