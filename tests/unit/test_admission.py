@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,30 +16,30 @@ from msml.serving.admission import Pressure, accept_queue
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO's accept queue is Linux's")
 
 
-def _pending(n: int) -> tuple[socket.socket, list[socket.socket]]:
-    """A listening socket with `n` connections the kernel completed and nobody accepted."""
+@contextlib.contextmanager
+def _pending(n: int) -> Iterator[tuple[socket.socket, list[socket.socket]]]:
+    """A listening socket with `n` connections the kernel completed and nobody accepted; all closed after."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-    port = listener.getsockname()[1]
-    return listener, [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
-
-
-@linux_only
-def test_accept_queue_counts_connections_not_yet_accepted():
-    listener, clients = _pending(5)
+    clients = []
     try:
-        assert accept_queue(listener) == 5
-        listener.accept()[0].close()
-        assert accept_queue(listener) == 4
+        clients += [socket.create_connection(("127.0.0.1", listener.getsockname()[1])) for _ in range(n)]
+        yield listener, clients
     finally:
         for c in [*clients, listener]:
             c.close()
 
 
 @linux_only
-def test_a_full_accept_queue_refuses_until_it_drains():
-    listener, clients = _pending(3)
+def test_accept_queue_counts_connections_not_yet_accepted():
+    with _pending(5) as (listener, _):
+        assert accept_queue(listener) == 5
+        listener.accept()[0].close()
+        assert accept_queue(listener) == 4
 
-    async def main():
+
+@linux_only
+def test_a_full_accept_queue_refuses_until_it_drains():
+    async def main(listener, clients):
         pressure = Pressure(max_loop_lag=10.0, max_accept_queue=2, listener=listener)
         pressure.start()
         await asyncio.sleep(0.05)  # a few ticks
@@ -49,11 +51,8 @@ def test_a_full_accept_queue_refuses_until_it_drains():
         await pressure.stop()
         return busy, drained
 
-    try:
-        busy, drained = asyncio.run(main())
-    finally:
-        for c in [*clients, listener]:
-            c.close()
+    with _pending(3) as (listener, clients):
+        busy, drained = asyncio.run(main(listener, clients))
     assert busy == "3 connections wait to be accepted (limit 2)"
     assert drained is None
 
@@ -62,9 +61,8 @@ def test_a_full_accept_queue_refuses_until_it_drains():
 def test_connections_accepted_since_the_last_sample_are_not_refused_on():
     """A burst of connects seen by a tick and accepted right after (a client filling its pool): the next
     request is not refused on that sample for the rest of the tick's interval."""
-    listener, clients = _pending(3)
 
-    async def main():
+    async def main(listener, clients):
         pressure = Pressure(max_loop_lag=10.0, max_accept_queue=2, listener=listener, interval=0.05)
         pressure.start()
         await asyncio.sleep(0.07)  # one tick, which saw 3 waiting
@@ -75,11 +73,8 @@ def test_connections_accepted_since_the_last_sample_are_not_refused_on():
         await pressure.stop()
         return sampled, busy
 
-    try:
-        sampled, busy = asyncio.run(main())
-    finally:
-        for c in [*clients, listener]:
-            c.close()
+    with _pending(3) as (listener, clients):
+        sampled, busy = asyncio.run(main(listener, clients))
     assert sampled == 3
     assert busy is None
 
