@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 import httpx
@@ -218,19 +219,17 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return int(head.split()[1]), await reader.readexactly(length)
 
 
-def _status_and_body(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 answer with Content-Length, read whole (the socket has a timeout)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before an answer: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    while len(body) < int(headers["content-length"]):
-        body += sock.recv(65536)
-    return int(lines[0].split()[1]), headers, body
+def _status_and_body(reader: BinaryIO) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer with Content-Length from `reader` (`sock.makefile("rb")`; the socket has a timeout).
+    One reader per socket: pipelined answers can arrive in one segment, and a second reader would not see
+    what the first has buffered."""
+    status = reader.readline()
+    assert status, "connection closed before an answer"
+    headers = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.lower()] = value.strip()
+    return int(status.split()[1]), headers, reader.read(int(headers["content-length"]))
 
 
 def test_a_backlog_built_while_the_gateway_could_not_run_is_refused_at_once(fake_server, tmp_path):
@@ -248,7 +247,7 @@ def test_a_backlog_built_while_the_gateway_could_not_run_is_refused_at_once(fake
     )
     u = urlparse(url)
     body = json.dumps({"rows": [valid_row(Contract.load())]}).encode()
-    clients = []
+    clients, readers = [], []
     try:
         os.killpg(proc.pid, signal.SIGSTOP)
         try:
@@ -259,7 +258,8 @@ def test_a_backlog_built_while_the_gateway_could_not_run_is_refused_at_once(fake
             time.sleep(0.3)
         finally:
             os.killpg(proc.pid, signal.SIGCONT)
-        answers = [_status_and_body(sock) for sock in clients]  # every one answered: none dropped or reset
+        readers += [sock.makefile("rb") for sock in clients]
+        answers = [_status_and_body(r) for r in readers]  # every one answered: none dropped or reset
         refused = [json.loads(b) for status, h, b in answers if status == 503 and h.get("retry-after") == "1"]
         assert {status for status, _, _ in answers} <= {200, 503}
         assert refused and all(r["kind"] == "queue_full" for r in refused), answers[:3]
@@ -268,12 +268,12 @@ def test_a_backlog_built_while_the_gateway_could_not_run_is_refused_at_once(fake
         assert httpx.post(f"{url}/invocations", json=json.loads(body), timeout=10).status_code == 200
         # a refusal is answered before its body is read (protocol.RefusingProtocol): the body is skipped and
         # the connection stays usable for the next request, one at a time or pipelined
-        kept = clients[[status for status, _, _ in answers].index(503)]
-        kept.sendall(_post_bytes(body) * 2)
-        assert [_status_and_body(kept)[0] for _ in range(2)] == [200, 200]
+        kept = [status for status, _, _ in answers].index(503)
+        clients[kept].sendall(_post_bytes(body) * 2)
+        assert [_status_and_body(readers[kept])[0] for _ in range(2)] == [200, 200]
     finally:
-        for sock in clients:
-            sock.close()
+        for each in [*readers, *clients]:
+            each.close()
         stop_process(proc)
 
 
