@@ -131,6 +131,9 @@ def _kind(status: int, content: bytes) -> str:
     return f"{kind} ({limit})" if limit else kind
 
 
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)")  # in a lowered head
+
+
 class _Connection(asyncio.Protocol):
     """A kept-alive client connection carrying one request at a time, its answer parsed as the bytes arrive:
     no task and no stream reader per request, for the client shares the 2 cores with what it measures (the
@@ -170,9 +173,6 @@ class _Connection(asyncio.Protocol):
         if self.pending is not None:
             pending, self.pending = self.pending, None
             self.run.lost(pending, exc, answer_begun=bool(self.buffer))
-
-
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)")
 
 
 class _OpenLoop:
