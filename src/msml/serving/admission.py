@@ -149,7 +149,8 @@ class Pressure:
         accept queue's is not scaled: a client filling its connection pool fills it for a moment at any load)."""
         if self.queued > self.max_accept_queue and self.listener is not None:
             # the tick's sample is up to `interval` old and a loop that keeps up accepts a burst of connects
-            # (a client filling its pool) in one turn: read the queue again before refusing on it
+            # (a client filling its pool) in one turn: read the queue again before refusing on it (0.58 µs,
+            # and only while the sample is over the limit: on every request it would be on the request path)
             self.queued = accept_queue(self.listener) or 0
         if self.queued > self.max_accept_queue:
             return f"{self.queued} connections wait to be accepted (limit {self.max_accept_queue})"
