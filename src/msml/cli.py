@@ -707,7 +707,7 @@ def gateway(
         help="Registry URI for model info and drift reference (default: models:/<model name>@champion; '' for none).",
     ),
     drift_reference: Path | None = typer.Option(None, "--drift-reference", help="Reference JSON file instead."),
-    max_batch_rows: int = typer.Option(256, "--max-batch-rows", min=1, help="Most rows in one model call."),
+    max_batch_rows: int = typer.Option(128, "--max-batch-rows", min=1, help="Most rows in one model call."),
     max_wait_ms: float = typer.Option(
         GatewayConfig.max_wait_ms,
         "--max-wait-ms",

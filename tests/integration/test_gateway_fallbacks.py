@@ -314,6 +314,26 @@ def test_a_client_that_leaves_is_counted_499_and_its_rows_never_reach_the_model(
     assert metric(url, M.REJECTED, reason="withdrawn") == withdrawn + 1
 
 
+def test_every_admitted_request_leaves_the_count_in_hand(gateway):
+    """Admission counts a request from before it is parsed until it is answered (`msml_requests_in_flight`),
+    and while shedding bounds that count: a request it admitted that the parser then refused (a bad header
+    name in a read framed as one whole request) must leave it too, as answered, refused and 4xx ones do."""
+    url, _ = gateway
+    body = json.dumps({"rows": [valid_row(Contract.load())]}).encode()
+    assert httpx.post(f"{url}/invocations", content=body, headers={"Content-Type": "application/json"}).is_success
+    assert httpx.post(f"{url}/invocations", json={"rows": [{}]}).status_code == 422
+    u = urlparse(url)
+    bad_header = _post_bytes(body).replace(b"Host: x", b"Ho\x01st: x")
+    with socket.create_connection((u.hostname, u.port), timeout=5) as sock:
+        sock.sendall(bad_header)
+        status, _, _ = _status_and_body(sock.makefile("rb"))
+    assert status == 400
+    deadline = time.monotonic() + 2
+    while (in_flight := metric(url, M.IN_FLIGHT)) and time.monotonic() < deadline:  # answers finish their sends
+        time.sleep(0.05)
+    assert in_flight == 0
+
+
 def test_huge_error_lists_are_capped(gateway):
     url, _ = gateway
     contract = Contract.load()

@@ -57,15 +57,45 @@ def test_a_full_accept_queue_refuses_until_it_drains():
     assert drained is None
 
 
+async def _until(condition) -> None:
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+@linux_only
+def test_a_burst_of_connects_seen_by_one_tick_only_is_not_refused_on():
+    """A client filling its pool puts a burst of connects in the accept queue that a loop keeping up accepts
+    in its next turn: refused on only once two ticks in a row have seen the queue over its limit."""
+
+    async def main(listener, clients):
+        pressure = Pressure(max_loop_lag=10.0, max_accept_queue=2, listener=listener, interval=0.02)
+        pressure.start()
+        await asyncio.sleep(0.05)  # ticks that saw nothing waiting
+        port = listener.getsockname()[1]
+        clients += [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        await _until(lambda: pressure._sampled == 3)  # the first tick to see them
+        burst = pressure.too_busy() if pressure.queued == 0 else "the second tick came first"
+        await _until(lambda: pressure.queued == 3)  # the next one
+        backlog = pressure.too_busy()
+        await pressure.stop()
+        return burst, backlog
+
+    with _pending(0) as (listener, clients):
+        burst, backlog = asyncio.run(main(listener, clients))
+    assert burst is None
+    assert backlog == "3 connections wait to be accepted (limit 2)"
+
+
 @linux_only
 def test_connections_accepted_since_the_last_sample_are_not_refused_on():
-    """A burst of connects seen by a tick and accepted right after (a client filling its pool): the next
-    request is not refused on that sample for the rest of the tick's interval."""
+    """Connects seen waiting by the ticks and accepted right after: the next request is not refused on those
+    samples for the rest of the tick's interval."""
 
     async def main(listener, clients):
         pressure = Pressure(max_loop_lag=10.0, max_accept_queue=2, listener=listener, interval=0.05)
         pressure.start()
-        await asyncio.sleep(0.07)  # one tick, which saw 3 waiting
+        await _until(lambda: pressure.queued == 3)  # two ticks in a row saw 3 waiting
         sampled = pressure.queued
         for _ in clients:
             listener.accept()[0].close()
@@ -108,24 +138,51 @@ def _window(pressure: Pressure, asked: int, refused: int, answered: int, now: fl
 
 def test_arrivals_well_over_the_answered_rate_tighten_the_limits_for_the_next_window():
     """Shedding: a window whose arrivals are ≥ SHED_OFFERED × the best answered rate of late, with refusals,
-    tightens the loop-lag limit (a loop 40 ms behind passes a limit of 50 ms before, not during) and the
-    queue-delay limit to one model call; refusals at a load the gateway keeps up with do not."""
+    tightens the loop-lag and queue-delay limits (a loop 40 ms behind passes a limit of 50 ms before, not
+    during); refusals at a load the gateway keeps up with do not."""
 
     async def main():
         pressure = Pressure(max_loop_lag=0.05, max_accept_queue=64, shed_scale=0.5)
         pressure.lag, pressure._due = 0.04, asyncio.get_running_loop().time() + 60  # as the ticker measured it
         for k in range(8):  # two seconds answering all of 100 requests a window
             _window(pressure, asked=100, refused=0, answered=100, now=k * 0.25)
-        calm = pressure.too_busy(), pressure.queue_delay_limit(0.5, call_seconds=0.08)
+        calm = pressure.too_busy(), pressure.queue_delay_limit(0.5)
         _window(pressure, asked=110, refused=30, answered=80, now=2.0)  # a stall: 1.1× the best rate
         stall = pressure.too_busy()
         _window(pressure, asked=200, refused=90, answered=100, now=2.25)  # twice the best rate
-        shedding = pressure.too_busy(), pressure.queue_delay_limit(0.5, call_seconds=0.08)
-        slow_call = pressure.queue_delay_limit(0.5, call_seconds=0.4)  # never over max_delay × scale
+        shedding = pressure.too_busy(), pressure.queue_delay_limit(0.5)
         _window(pressure, asked=100, refused=40, answered=60, now=2.5)  # back to the best rate
-        return calm, stall, shedding, slow_call, pressure.too_busy()
+        return calm, stall, shedding, pressure.too_busy()
 
-    calm, stall, shedding, slow_call, relaxed = asyncio.run(main())
+    calm, stall, shedding, relaxed = asyncio.run(main())
     assert calm == (None, 0.5) and stall is None and relaxed is None
-    assert shedding == ("requests wait 40 ms to be read (limit 25 ms)", 0.08)
-    assert slow_call == 0.25
+    assert shedding == ("requests wait 40 ms to be read (limit 25 ms)", 0.25)
+
+
+def test_while_shedding_the_requests_in_hand_are_bounded_from_their_admission():
+    """A loop turn admits all the requests it reads before any of them reaches the batcher's queue, so the
+    queue's delay cannot bound a burst: requests are counted from admission until released, and while
+    shedding the next one at `max_in_hand` is refused until one is released. Outside shedding: no bound."""
+
+    async def main():
+        pressure = Pressure(max_loop_lag=1.0, max_accept_queue=64, max_in_hand=150)
+        pressure._due = asyncio.get_running_loop().time() + 60  # as if the ticker ran: no loop lag
+        for k in range(8):  # two seconds answering all of 100 requests a window
+            _window(pressure, asked=100, refused=0, answered=100, now=k * 0.25)
+            for _ in range(100):
+                pressure.release()
+        _window(pressure, asked=200, refused=0, answered=100, now=2.0)  # 200 in hand, all admitted: not shedding
+        calm = pressure.in_hand, pressure.too_busy()
+        for _ in range(200):
+            pressure.release()
+        _window(pressure, asked=200, refused=90, answered=100, now=2.25)  # twice the best rate: shedding
+        below = pressure.in_hand, pressure.too_busy()
+        for _ in range(40):
+            pressure.count(refused=False)
+        full = pressure.too_busy()
+        pressure.release()
+        return calm, below, full, pressure.too_busy()
+
+    calm, below, full, released = asyncio.run(main())
+    assert calm == (200, None) and below == (110, None) and released is None
+    assert full == "150 requests are in hand (limit 150 while shedding)"

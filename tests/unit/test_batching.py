@@ -53,7 +53,7 @@ def test_queue_full_by_rows():
     async def main():
         model = Model()
         model.gate.clear()
-        b = MicroBatcher(model, max_batch_rows=2, max_queued_rows=3, max_queue_delay=60)
+        b = MicroBatcher(model, max_batch_rows=4, max_queued_rows=3, max_queue_delay=60)
         await b.start()
         b.submit([[1]])
         await asyncio.sleep(0)  # taken by the (blocked) call: no longer queued
@@ -146,28 +146,31 @@ def test_a_lone_request_is_sent_at_once():
     assert run(main()) < 1.0
 
 
-def test_call_seconds_follows_the_model_calls_wall_time():
-    """Admission while shedding lets the oldest queued request wait one model call: the batcher's smoothed
-    `call_seconds` (the first call's time, then 0.7 × before + 0.3 × the new one)."""
+def test_a_whole_batch_waiting_behind_busy_slots_starts_at_once_as_one_extra_call():
+    """While every slot's call is in flight, a whole batch starts at once (one call beyond the slots, no more),
+    so the model scores it while the gateway answers the call before; a part batch waits for a slot."""
 
     async def main():
-        model, times = Model(), []
-
-        async def slow_then_quick(rows):
-            await asyncio.sleep(0.2 if not model.batches else 0.0)
-            return await model(rows)
-
-        b = MicroBatcher(slow_then_quick)
+        model = Model()
+        model.gate.clear()  # every call blocks until the end
+        b = MicroBatcher(model, max_batch_rows=4, max_wait=0.01)
         await b.start()
-        for _ in range(2):
-            await b.submit([[1]])
-            times.append(b.call_seconds)
+        futures = [b.submit([[0]])]
+        await asyncio.sleep(0.02)  # a lone row goes at once: the one slot is calling
+        futures += [b.submit([[i]]) for i in range(1, 4)]
+        await asyncio.sleep(0.02)
+        part = [len(x) for x in model.batches]  # 3 rows wait for the slot
+        futures += [b.submit([[i]]) for i in range(4, 13)]
+        await asyncio.sleep(0.02)
+        whole = [len(x) for x in model.batches]  # 4 rows went at once; the other 8 wait: one extra call at most
+        model.gate.set()
+        results = await asyncio.gather(*futures)
         await b.stop()
-        return times
+        return part, whole, [len(x) for x in model.batches], results
 
-    first, second = run(main())
-    assert 0.2 <= first < 0.4
-    assert 0.7 * first <= second < 0.7 * first + 0.3 * 0.1  # smoothed: the quick call (< 0.1 s) is not jumped to
+    part, whole, sizes, results = run(main())
+    assert part == [1] and whole == [1, 4] and sizes == [1, 4, 4, 4]
+    assert results == [[i * 10] for i in range(13)]
 
 
 def test_the_wait_for_stragglers_shrinks_as_the_batch_fills():

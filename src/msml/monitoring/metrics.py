@@ -86,7 +86,7 @@ class GatewayMetrics:
         self.model_errors = Counter(
             _strip_total(MODEL_ERRORS), "Failed calls to the model server by kind.", ["kind"], registry=r
         )
-        self.in_flight = Gauge(IN_FLIGHT, "Prediction requests being handled now.", registry=r)
+        self.in_flight = Gauge(IN_FLIGHT, "Prediction requests admitted and not yet answered.", registry=r)
         self.batch_rows = Histogram(
             BATCH_ROWS, "Rows per batch sent to the model server.", buckets=BATCH_BUCKETS, registry=r
         )

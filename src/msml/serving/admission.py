@@ -16,18 +16,22 @@ the CPU drains the backlog instead of serving work that would be answered too la
 Shedding: when requests arrive at least `SHED_OFFERED` times as fast as the gateway has lately
 answered them (over the last second, against the best second of the last five) and some were
 refused, the load is over capacity, not a moment's stall, and for the next window of `SHED_WINDOW`
-seconds the limits tighten: a request is admitted only if the oldest queued one has waited less than
-one model call (`queue_delay_limit`), so it goes out in the next batch, and the loop-lag limit is
-`SHED_SCALE` of its value. The accept queue's limit is not tightened: a client filling its
-connection pool fills that queue for a moment at any load (scaled, it refused 490 requests at the
-start of a soak at 80 % of capacity). Offered against answered, not the share refused: the tighter
-limits refuse work themselves, and a share-of-refusals rule kept shedding going at loads the gateway
-serves in full (measured: 1,258–1,627 good/s at 2,000 offered).
+seconds the limits tighten: the requests in hand (admitted, not yet answered: `count` to `release`)
+are held to `max_in_hand` (the gateway's: two whole batches for each model call that can be in
+flight), and the loop-lag and queue-delay limits are `SHED_SCALE` of their values. The accept queue's
+limit is not tightened: a client filling its connection pool fills that queue for a moment at any
+load (scaled, it refused 490 requests at the start of a soak at 80 % of capacity). Offered against
+answered, not the share refused: the tighter limits refuse work themselves, and a share-of-refusals
+rule kept shedding going at loads the gateway serves in full (measured: 1,258–1,627 good/s at 2,000
+offered).
 
-Measured (bench_gateway, 2 cores shared with the load client), accepted p99 at 2× capacity: 994–1,409
-ms before shedding, 439–594 ms in four runs with limits at a fixed 30 % (against a capacity p99 of
-137–215 ms). At 3,600 req/s offered, two runs each in alternation: p99 408 and 578 ms with the fixed
-share, 316 and 320 ms with the one-call queue limit.
+In hand, not the queue's delay: a turn of the event loop reads, and admits, hundreds of requests
+before any of them reaches the batcher's queue, so the oldest queued request's wait admitted whole
+bursts (traced at 12,000 req/s offered: 200–300 rows queued behind a call of 128, the oldest waiting
+84–120 ms against a limit of one call, ~20 ms). Counted from admission, a burst cannot overshoot.
+Measured at 12,000 req/s offered (2 cores shared with the load client), two rounds, alternating:
+4,194 and 4,532 good/s, accepted p99 117 and 107 ms with the one-call queue limit; 4,684 and 5,011
+good/s, 80 and 66 ms with the in-hand limit.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class Pressure:
         interval: float = 0.01,
         shed_scale: float = SHED_SCALE,
         shed_window: float = SHED_WINDOW,
+        max_in_hand: int | None = None,
     ) -> None:
         self.max_loop_lag = max_loop_lag
         self.max_accept_queue = max_accept_queue
@@ -78,8 +83,14 @@ class Pressure:
         self.interval = interval
         self.shed_scale = shed_scale
         self.shed_window = shed_window
+        self.max_in_hand = max_in_hand  # requests admitted and not yet answered, at most, while shedding
+        self.in_hand = 0
         self.lag = 0.0  # seconds the ticker woke late last time
-        self.queued = 0  # connections in the accept queue at the last tick
+        # connections in the accept queue at both of the last two ticks: a client filling its connection pool
+        # puts a burst there that the loop accepts in its next turn, not a backlog (60 s soaks at 80 % of
+        # capacity, one run each: 600 refusals at 6,231 req/s on the last tick's sample, 82 at 5,875 on two)
+        self.queued = 0
+        self._sampled = 0  # at the last tick
         self._due: float | None = None
         self._task: asyncio.Task | None = None
         self.scale = 1.0  # the share of their values the limits are at now: `shed_scale` while shedding
@@ -90,9 +101,15 @@ class Pressure:
         self._window_end: float | None = None
 
     def count(self, refused: bool) -> None:
-        """One admission answer (a request admitted or refused, by any limit): they decide shedding."""
+        """One admission answer (a request admitted or refused, by any limit): they decide shedding. An admitted
+        request is in hand until `release`d."""
         self._asked += 1
         self._refused += refused
+        self.in_hand += not refused
+
+    def release(self) -> None:
+        """An admitted request has been answered, or will not be handled."""
+        self.in_hand -= 1
 
     def start(self) -> None:
         if self._task is None:
@@ -114,7 +131,8 @@ class Pressure:
             if self._window_end is None or now >= self._window_end:
                 self.close_window(now)
             if self.listener is not None:
-                self.queued = accept_queue(self.listener) or 0
+                sample = accept_queue(self.listener) or 0
+                self.queued, self._sampled = min(sample, self._sampled), sample
 
     def close_window(self, now: float) -> None:
         """Decide shedding for the next window: this window's arrival rate against the best answered rate of the
@@ -136,13 +154,9 @@ class Pressure:
         self._asked = self._refused = self.answered = 0
         self._window_end = now + self.shed_window
 
-    def queue_delay_limit(self, max_delay: float, call_seconds: float) -> float:
-        """How long the oldest queued request may have waited for a new one to be admitted: `max_delay`; while
-        shedding, one model call of `call_seconds` (an admitted request then goes out in the next batch) and at
-        most `max_delay` × `scale`."""
-        if self.scale == 1.0:
-            return max_delay
-        return min(max_delay * self.scale, call_seconds or max_delay)
+    def queue_delay_limit(self, max_delay: float) -> float:
+        """How long the oldest queued request may have waited for a new one to be admitted: `max_delay` × `scale`."""
+        return max_delay * self.scale
 
     def too_busy(self) -> str | None:
         """Why a new request would wait too long before being read, or None (the loop-lag limit at `scale`; the
@@ -158,4 +172,6 @@ class Pressure:
             lag = max(self.lag, asyncio.get_running_loop().time() - self._due)
             if lag > (max_lag := self.max_loop_lag * self.scale):
                 return f"requests wait {lag * 1000:.0f} ms to be read (limit {max_lag * 1000:.0f} ms)"
+        if self.scale < 1.0 and self.max_in_hand is not None and self.in_hand >= self.max_in_hand:
+            return f"{self.in_hand} requests are in hand (limit {self.max_in_hand} while shedding)"
         return None

@@ -141,9 +141,9 @@ def error_response(exc: GatewayError, rid: str | None = None) -> Response:
     return Response(_error_body(exc, rid), exc.status, exc.headers or None, media_type="application/json")
 
 
-def error_parts(exc: GatewayError) -> tuple[list[tuple[bytes, bytes]], bytes]:
+def error_parts(exc: GatewayError, rid: str | None = None) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """The headers and body of `exc`'s answer, for writers below Starlette's Response."""
-    body = _error_body(exc, None)
+    body = _error_body(exc, rid)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     return headers + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()], body
 

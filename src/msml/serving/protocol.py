@@ -26,7 +26,7 @@ import time
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from msml.serving.errors import GatewayError, error_parts
+from msml.serving.errors import GatewayError, error_parts, request_id
 
 _INVOCATION = b"POST /invocations HTTP/1.1\r\n"
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,9})[ \t]*(?=\r\n)")  # (?=): lines share a "\r\n"
@@ -95,8 +95,36 @@ class _CoalescingTransport:
         return getattr(self._transport, name)
 
 
+class _Refusals:
+    """Refusal answers kept as bytes around their request id. Shedding refuses thousands of requests a second
+    with one message, and building each answer's JSON and head anew was ~2 µs of a refusal's ~25 (profiled)."""
+
+    _SLOT = "#" * len(request_id())  # where the request id goes: as long as one, so Content-Length holds
+
+    def __init__(self) -> None:
+        self._headers: list[tuple[bytes, bytes]] | None = None
+        self._answers: dict[tuple[str, bool], list[bytes]] = {}
+
+    def answer(self, refused: GatewayError, keep_alive: bool, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+        # uvicorn renews its default headers (Date) every second: the answers kept are those of this second
+        if default_headers is not self._headers or len(self._answers) > 64:
+            self._headers = default_headers
+            self._answers.clear()
+        key = (refused.message, keep_alive)  # a refusal is an Overloaded: its message decides its answer
+        if (parts := self._answers.get(key)) is None:
+            headers, body = error_parts(refused, self._SLOT)
+            if not keep_alive:
+                headers.append((b"connection", b"close"))
+            head = b"".join(name + b": " + value + b"\r\n" for name, value in [*default_headers, *headers])
+            answer = b"".join((STATUS_LINE[refused.status], head, b"\r\n", body))
+            parts = self._answers[key] = answer.split(self._SLOT.encode())
+        return request_id().encode().join(parts)
+
+
 def refusing_protocol(gateway) -> type[HttpToolsProtocol]:
     """The protocol class for `gateway` (msml.serving.gateway.Gateway): uvicorn.Config(http=...)."""
+
+    refusals = _Refusals()
 
     class RefusingProtocol(HttpToolsProtocol):
         _between_requests = True  # the parser holds no part of a request
@@ -122,6 +150,11 @@ def refusing_protocol(gateway) -> type[HttpToolsProtocol]:
                     self.on_response_complete()  # the keep-alive timer, as after any response
                     return
                 self._admitted = True
+                super().data_received(data)
+                if self._admitted:  # admitted, yet no request was started (the parser refused it)
+                    self._admitted = False
+                    gateway.pressure.release()
+                return
             super().data_received(data)
 
         def on_message_begin(self) -> None:
@@ -148,12 +181,7 @@ def refusing_protocol(gateway) -> type[HttpToolsProtocol]:
 
         def _refuse(self, refused: GatewayError, keep_alive: bool, start: float) -> None:
             gateway.count(refused)
-            headers, body = error_parts(refused)
-            if not keep_alive:
-                headers.append((b"connection", b"close"))
-            default_headers = self.server_state.default_headers
-            head = b"".join(name + b": " + value + b"\r\n" for name, value in [*default_headers, *headers])
-            self.transport.write(b"".join((STATUS_LINE[refused.status], head, b"\r\n", body)))
+            self.transport.write(refusals.answer(refused, keep_alive, self.server_state.default_headers))
             if not keep_alive:
                 self.transport.close()
             gateway.observe_request("/invocations", refused.status, time.perf_counter() - start)

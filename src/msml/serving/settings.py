@@ -19,13 +19,19 @@ class GatewayConfig:
     model_uri: str | None = None  # models:/<name>@<alias>: resolved for the info metric and drift reference
     tracking_uri: str | None = None
     drift_reference: Path | None = None  # a reference JSON file instead of the model's run artifact
-    max_batch_rows: int = 256
+    # 128, not 256: under overload an accepted request waits for about two batches, and a batch's answers go out
+    # one by one on the event loop. Open loop at 9,300 req/s offered, one call at a time, two rounds: p99 of the
+    # accepted 131 and 112 ms with 256 rows (5,388 and 5,750 good/s), 88 and 67 with 128 (5,162 and 5,374), 52
+    # and 51 with 64 (4,338 and 4,481). A model call's cost is mostly fixed, so the model server's CPU per row
+    # is higher with smaller batches (docs/SCALING.md): where model CPU is dearer than latency, 256.
+    max_batch_rows: int = 128
     # the longest a batch waits for more rows, scaled by the share still due (see batching); c=1 never waits.
     # Measured on 2 shared cores, one run each: closed loop at c=32 (direct 49 req/s) 5 ms → 537 req/s, 10 →
     # 608, 15 → 678; open loop at 3,600 req/s (2× capacity) 5 ms → 1,721 good/s, p99 400 ms; 10 → 1,898–1,926,
     # 337–350 ms; 15 → 2,161, 314 ms. (A flat wait, unscaled, helped c=32 but cost the open loop: 10 ms → 1,572.)
     max_wait_ms: float = 15.0
-    max_concurrent_batches: int = 1  # model calls at a time per replica: the model server's workers
+    # model calls at a time per replica: the model server's workers (plus one for a whole batch: batching._pipeline)
+    max_concurrent_batches: int = 1
     max_body_bytes: int = 1_000_000
     max_rows_per_request: int = 1000
     max_feedback_items: int = 1000
@@ -39,8 +45,11 @@ class GatewayConfig:
     # ... and while a backlog builds up in front of the handlers (admission.Pressure): connections waiting to
     # be accepted, or an event loop running this far behind. Measured at 2× capacity (bench_gateway, 2 cores
     # shared with the load client): the accepted requests' p99 went from 35.8 s (accept queue full at 2,048,
-    # connects retried after 1, 3, 7 s) to 1.4 s. 64 is ~30 ms of arrivals at capacity, were each on a new connection.
-    max_accept_queue: int = 64
+    # connects retried after 1, 3, 7 s) to 1.4 s. 256 is ~35 ms of arrivals at capacity (7,344 req/s), were each
+    # on a new connection; it was 64 at ~2,000 req/s, and at 80 % of 7,344 that refused 82 requests in a 60 s soak
+    # (clients opening connections in a burst). Under overload the in-hand limit decides (admission): at 14,700
+    # req/s offered, 64 gave 7,781 good/s and a p99 of 108 ms, 256 gave 7,726 and 111 ms.
+    max_accept_queue: int = 256
     max_loop_lag_ms: float = 100.0
     connect_timeout: float = 0.5
     request_timeout: float = 10.0  # every request's deadline (seconds, end to end): 504 when it passes
