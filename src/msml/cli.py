@@ -707,7 +707,9 @@ def gateway(
         help="Registry URI for model info and drift reference (default: models:/<model name>@champion; '' for none).",
     ),
     drift_reference: Path | None = typer.Option(None, "--drift-reference", help="Reference JSON file instead."),
-    max_batch_rows: int = typer.Option(128, "--max-batch-rows", min=1, help="Most rows in one model call."),
+    max_batch_rows: int = typer.Option(
+        GatewayConfig.max_batch_rows, "--max-batch-rows", min=1, help="Most rows in one model call."
+    ),
     max_wait_ms: float = typer.Option(
         GatewayConfig.max_wait_ms,
         "--max-wait-ms",
@@ -715,7 +717,10 @@ def gateway(
         help="How long a request waits for others to share its batch.",
     ),
     max_concurrent_batches: int = typer.Option(
-        1, "--max-concurrent-batches", min=1, help="Model calls in flight at a time per replica (match its workers)."
+        GatewayConfig.max_concurrent_batches,
+        "--max-concurrent-batches",
+        min=1,
+        help="Model calls in flight at a time per replica (match its workers); one more for a whole batch.",
     ),
     probe_interval: float = typer.Option(
         1.0, "--probe-interval", min=0.05, help="Seconds between health probes of the model server."
