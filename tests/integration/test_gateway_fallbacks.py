@@ -68,7 +68,7 @@ class FakeModelServer(BaseHTTPRequestHandler):
             self._answer(200, ok[: len(ok) // 2], length=len(ok))
             self.close_connection = True
         elif mode == "huge":
-            self._answer(200, b" " * 2_000_000 + ok)  # over the gateway's 4 KB × 256 batch rows
+            self._answer(200, b" " * 2_000_000 + ok)  # over the gateway's 4 KB × its batch rows (128)
         else:
             if mode == "slow":
                 time.sleep(3)

@@ -97,7 +97,8 @@ class _CoalescingTransport:
 
 class _Refusals:
     """Refusal answers kept as bytes around their request id. Shedding refuses thousands of requests a second
-    with one message, and building each answer's JSON and head anew was ~2 µs of a refusal's ~25 (profiled)."""
+    with one message; building each answer's JSON and head anew, the gateway took 14.8–15.0 µs of CPU per
+    refusal, against 12.0–12.1 µs now (closed loop at c=32, every request refused, three rounds alternating)."""
 
     _SLOT = "#" * len(request_id())  # where the request id goes: as long as one, so Content-Length holds
 
