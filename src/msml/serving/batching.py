@@ -83,6 +83,11 @@ class MicroBatcher:
         self._calls: dict[asyncio.Task, list[_Item]] = {}  # model calls in flight and their batches
         self._extra = False  # the one call beyond the slots is in flight (`_pipeline`)
 
+    @property
+    def max_calls(self) -> int:
+        """Model calls in flight at most: one a slot, and the one for a whole batch beyond them (`_pipeline`)."""
+        return self.max_concurrent + 1
+
     async def start(self) -> None:
         if self._consumer is None:
             self._consumer = asyncio.create_task(self._run(), name="micro-batcher")

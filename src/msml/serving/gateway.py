@@ -114,7 +114,7 @@ class Gateway:
         # in hand while shedding: two whole batches of 1-row requests for each call that can be in flight (one
         # being scored, one ready to go); 1.5 batches starved the model (12,000 req/s offered: 3,935 and 4,236
         # good/s, against 4,626 and 5,107 with 2)
-        in_hand = 2 * c.max_batch_rows * (self.batcher.max_concurrent + 1)  # + 1: the pipelined call (batching)
+        in_hand = 2 * c.max_batch_rows * self.batcher.max_calls
         self.pressure = Pressure(c.max_loop_lag_ms / 1000, c.max_accept_queue, listener, max_in_hand=in_hand)
         m.in_flight.set_function(lambda: self.pressure.in_hand)  # read at scrape time: nothing per request
         self.feedback = FeedbackBook(
