@@ -719,7 +719,7 @@ def hostile_hold_table(contract, rows: list[dict]) -> list[tuple[str, int, int, 
 
 def prepare_model(work: Path, contract, keep: bool = False):
     """The benchmark's champion in `work`: preprocessed and trained there, or the one a `--prepare` run kept."""
-    from msml.preprocessing import preprocess
+    from msml.data.preprocessing import preprocess
     from tests.integration.serving_fixtures import RegisteredModel, train_and_register
 
     processed = work / f"{contract.name}_preprocessing"
@@ -741,8 +741,8 @@ def prepare_model(work: Path, contract, keep: bool = False):
 
 def request_bodies(work: Path, contract) -> tuple[list[dict], list[str], Path]:
     """The test split's rows and labels, and a file of 1-row request bodies (the first 2,000) for the client."""
-    from msml.loadgen import frame_to_rows
-    from msml.preprocessing import load_clean_splits
+    from msml.data.preprocessing import load_clean_splits
+    from msml.ops.loadgen import frame_to_rows
 
     _, test = load_clean_splits(work / f"{contract.name}_preprocessing", contract)
     rows = frame_to_rows(test[contract.features])
@@ -773,10 +773,10 @@ def main() -> int:
 
     import httpx
 
-    from msml.contract import Contract
+    from msml.data.contract import Contract
     from msml.monitoring import metrics as M
+    from msml.ops.processes import stop_process
     from msml.serving.model_server import ModelServer
-    from msml.serving.processes import stop_process
     from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway
 
     contract = Contract.load()

@@ -7,7 +7,7 @@ Set-up (training, the image build: minutes) runs first; the measurement itself h
 (`--lock`), the lock every msml benchmark takes, so no two measurements overlap.
 
 Trains and registers a champion (as the tests do), builds its image through podman's Docker API
-(`msml.containers.Engine`, stand-in base image), runs both image variants on the host network (free
+(`msml.ops.containers.Engine`, stand-in base image), runs both image variants on the host network (free
 ports; nginx off, see `run_model_image`), starts `mlflow models serve` (msml's default: 1 worker,
 one math thread) and `msml gateway` in front of the fixed image and of the local server. Each target
 is driven alone (its own block, not interleaved: an oversubscribed image's spinning threads would
@@ -57,13 +57,13 @@ def main() -> int:
 
     from bench_gateway import run_client
 
-    from msml.ci import AS_BUILT_SUFFIX, build_image_here
-    from msml.containers import Engine, remove_container, remove_images, run_model_image
-    from msml.contract import Contract
-    from msml.loadgen import frame_to_rows
-    from msml.preprocessing import load_clean_splits, preprocess
+    from msml.data.contract import Contract
+    from msml.data.preprocessing import load_clean_splits, preprocess
+    from msml.ops.ci import AS_BUILT_SUFFIX, build_image_here
+    from msml.ops.containers import Engine, remove_container, remove_images, run_model_image
+    from msml.ops.loadgen import frame_to_rows
+    from msml.ops.processes import stop_process
     from msml.serving.model_server import ModelServer, wait_for_ping
-    from msml.serving.processes import stop_process
     from tests.integration.serving_fixtures import free_port, start_gateway, train_and_register
 
     contract = Contract.load()

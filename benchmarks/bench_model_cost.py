@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     import mlflow
 
-    from msml.contract import Contract
-    from msml.preprocessing import load_clean_splits
+    from msml.data.contract import Contract
+    from msml.data.preprocessing import load_clean_splits
 
     contract = Contract.load()
     model = mlflow.pyfunc.load_model(sys.argv[1])

@@ -2,7 +2,7 @@
 
 Measures what `msml preprocess` does after its imports (interpreter start and imports excluded):
 load → validate → clean → split → fit_transform → write, using the per-step timings that
-`msml.preprocessing.preprocess` returns, plus the wall time of the whole call. The target is a
+`msml.data.preprocessing.preprocess` returns, plus the wall time of the whole call. The target is a
 total of 3.0 s for the 48,842-row Adult file.
 
     .venv/bin/python benchmarks/bench_preprocess.py [--runs 5] [--raw CSV] [--contract YAML] [--target 3.0]
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from msml.config import load_settings
-from msml.preprocessing import preprocess
+from msml.data.preprocessing import preprocess
 
 STEPS = ("load", "validate", "clean", "split", "fit_transform", "write")
 DEFAULT_TARGET_SECONDS = 3.0

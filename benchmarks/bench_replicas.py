@@ -39,10 +39,10 @@ def main() -> int:
 
     import httpx
 
-    from msml.contract import Contract
+    from msml.data.contract import Contract
     from msml.monitoring import metrics as M
+    from msml.ops.processes import stop_process
     from msml.serving.model_server import ModelServer
-    from msml.serving.processes import stop_process
     from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway
 
     contract = Contract.load()

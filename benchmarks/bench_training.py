@@ -31,7 +31,7 @@ def todays_hgb(data, seed: int) -> dict:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    from msml.training import test_metrics
+    from msml.training.train import test_metrics
 
     X, y = data.splits.X_train, data.splits.y_train
     folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
@@ -59,9 +59,9 @@ def per_family(run_id: str, data, contract, seed: int) -> dict[str, dict]:
     """Each family's best completed trial of the tuning run, refit on the train split and scored on test."""
     import mlflow
 
-    from msml.evaluation import positive_class_metrics
-    from msml.preprocessing import encode_target
-    from msml.tuning import FAMILIES, make_estimator, native_transformer
+    from msml.data.preprocessing import encode_target
+    from msml.training.evaluation import positive_class_metrics
+    from msml.training.tuning import FAMILIES, make_estimator, native_transformer
 
     client = mlflow.tracking.MlflowClient()
     parent = client.get_run(run_id)
@@ -106,8 +106,8 @@ def main() -> int:
     import os
 
     from msml.config import DEFAULT_TRIALS, load_settings
-    from msml.training import load_data, train_baseline
-    from msml.tuning import tune
+    from msml.training.train import load_data, train_baseline
+    from msml.training.tuning import tune
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS)

@@ -2,7 +2,7 @@
 
     flock /tmp/msml-bench.lock .venv/bin/python benchmarks/bench_tuning_workers.py [--trials 8] [--cv-folds 3]
 
-Starts its own PostgreSQL cluster and `mlflow server` (msml.tracking_server, free ports, temp dir),
+Starts its own PostgreSQL cluster and `mlflow server` (msml.tracking.server, free ports, temp dir),
 then runs the real `msml tune --storage postgresql://… --study … --workers N --no-register` for
 N = 1 and N = 2 on the committed processed dataset. From the study's own trial timestamps it
 prints trials per minute of search, the best CV ROC-AUC, and the seconds each set-up took to first
@@ -87,7 +87,7 @@ def seconds_to(completions: list[tuple[float, float]], target: float) -> float:
 
 
 def main() -> int:
-    from msml import tracking_server
+    from msml.tracking import server as tracking_server
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=8)

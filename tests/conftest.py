@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from msml.contract import Contract
-from msml.preprocessing import preprocess
+from msml.data.contract import Contract
+from msml.data.preprocessing import preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data" / "adult_raw" / "adult.csv"

@@ -52,7 +52,7 @@ def lint_workflows(paths) -> list[str]:
 def dataset_digests(directory: Path) -> dict[str, str]:
     """sha256 of each file `msml preprocess` writes in `directory` (its outputs; manifest.json is msml's own
     integrity record of them, which the standalone course scripts do not write)."""
-    from msml.preprocessing import OUTPUT_FILES
+    from msml.data.preprocessing import OUTPUT_FILES
 
     return {
         p.name: hashlib.sha256(p.read_bytes()).hexdigest()
@@ -63,14 +63,14 @@ def dataset_digests(directory: Path) -> dict[str, str]:
 
 @functools.cache
 def cheapest_seed(trials: int = 1, candidates: int = 100, every_family: bool = False) -> int:
-    """A seed whose first `trials` Optuna trials cost the least together (msml.tuning.estimated_cost), for tests
+    """A seed whose first `trials` Optuna trials cost the least together (tuning.estimated_cost), for tests
     that tune for real with a trial or two: the seed only picks the parameters and the estimators' random_state,
     and some seeds' first trials sit in the space's most expensive corner (minutes on a loaded 2-core machine).
     `every_family`: only seeds whose first trials include each model family (the ensemble is then a candidate).
     """
     import optuna
 
-    from msml.tuning import FAMILIES, estimated_cost, suggest_params
+    from msml.training.tuning import FAMILIES, estimated_cost, suggest_params
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 

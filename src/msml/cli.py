@@ -25,7 +25,7 @@ from msml.config import (
     load_settings,
     local_url,
 )
-from msml.contract import DEFAULT_MAX_INVALID_SHARE, DataError
+from msml.data.contract import DEFAULT_MAX_INVALID_SHARE, DataError
 from msml.errors import MaskingStream, MsmlError, TrackingError, mask
 from msml.monitoring.drift import DEFAULT_WINDOW, MIN_ROWS
 from msml.serving.settings import MODEL_URLS_ENV, GatewayConfig, model_urls
@@ -111,7 +111,7 @@ def preprocess(
     max_invalid_share: float = MaxInvalidOpt,
 ) -> None:
     """Load → validate → clean → split → fit the transformer on train → write the processed dataset."""
-    from msml.preprocessing import preprocess as run
+    from msml.data.preprocessing import preprocess as run
 
     settings = _settings(contract)
     out = out or settings.processed_dir
@@ -144,7 +144,7 @@ def train(
     run_info: Path | None = RunInfoOpt,
 ) -> None:
     """Baseline: LogisticRegression on the preprocessed data with MLflow autolog (the course's modelling.py)."""
-    from msml.training import train_baseline
+    from msml.training.train import train_baseline
 
     settings = _settings(contract).with_overrides(processed_dir=data, experiment=experiment)
     typer.echo(f"training the baseline on {settings.processed_dir} (tracking: {settings.tracking_uri})")
@@ -176,7 +176,7 @@ def tune(
     join: bool = typer.Option(False, "--join", help="Only join --study (wait for its creator), never create it."),
 ) -> None:
     """Optuna search with manual logging (the course's modelling_tuning.py); registers and promotes."""
-    from msml.tuning import tune as run
+    from msml.training.tuning import tune as run
 
     settings = _settings(contract).with_overrides(processed_dir=data, experiment=experiment)
     typer.echo(f"tuning with {n_trials} trials, {cv_folds}-fold CV (tracking: {settings.tracking_uri})")
@@ -207,8 +207,8 @@ def register(
     contract: Path | None = ContractOpt,
 ) -> None:
     """Register a run's model and promote it to @champion when it beats the current champion."""
-    from msml.tracking import setup_tracking
-    from msml.training import MODEL_ARTIFACT
+    from msml.tracking.client import setup_tracking
+    from msml.training.train import MODEL_ARTIFACT
 
     settings = _settings(contract)
     setup_tracking(settings)
@@ -218,7 +218,7 @@ def register(
 def _register(settings: Settings, model_uri: str, run_id: str) -> None:
     from mlflow.exceptions import MlflowException
 
-    from msml.registry import register_and_promote
+    from msml.tracking.registry import register_and_promote
 
     try:
         promotion = register_and_promote(model_uri, settings.model_name, run_id)
@@ -261,8 +261,8 @@ def demo(
     replicas: int = ReplicasOpt,
 ) -> None:
     """The main job on embedded defaults: data → tracked, registered model → served, monitored, with traffic."""
-    from msml.demo import run_demo
     from msml.monitoring.render import Ports
+    from msml.ops.demo import run_demo
 
     settings = _settings(contract)
     _replica_ports(model_port, replicas)
@@ -289,7 +289,7 @@ def demo(
 @app.command()
 def down() -> None:
     """Stop exactly the servers `msml demo` started (pid files in .run/) and report the pid files it left alone."""
-    from msml.demo import stop_all
+    from msml.ops.demo import stop_all
 
     found = stop_all(_settings(None))
     stopped = [name for name, f in found.items() if f.state == "ours"]
@@ -319,7 +319,7 @@ def tracking_up(
     ),
 ) -> None:
     """Start PostgreSQL and `mlflow server` (artifacts proxied, /metrics) on 127.0.0.1 (state in .run/tracking)."""
-    from msml.tracking_server import up
+    from msml.tracking.server import up
 
     try:
         started = up(
@@ -336,7 +336,7 @@ def tracking_up(
 @tracking_app.command("down")
 def tracking_down() -> None:
     """Stop the tracking server and the PostgreSQL cluster `msml tracking up` started."""
-    from msml.tracking_server import down as stop
+    from msml.tracking.server import down as stop
 
     stopped = stop(_settings(None).run_dir)
     typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -356,7 +356,7 @@ def project_render(
     check: bool = CheckOpt,
 ) -> None:
     """Render MLProject/MLproject, conda.yaml (pins from pyproject + the runtime lock) and the Docker Hub link."""
-    from msml.project import project_files
+    from msml.ops.project import project_files
 
     settings = _settings(None)
     root = root or settings.root
@@ -404,8 +404,8 @@ def ci(
     ),
 ) -> None:
     """The CI retraining job: mlflow run MLProject → run-info file → artifacts + summary → Dockerfile/image."""
-    from msml.ci import run_ci
-    from msml.project import CI_CV_FOLDS, CI_TRIALS
+    from msml.ops.ci import run_ci
+    from msml.ops.project import CI_CV_FOLDS, CI_TRIALS
 
     settings = _settings(None).with_overrides(processed_dir=data)
     result = run_ci(
@@ -444,8 +444,8 @@ def build_image(
     """The workflow's image step alone: mlflow models build-docker + the serving-env layer (DOCKER_HOST or podman)."""
     import os
 
-    from msml.ci import build_image_with_engine
-    from msml.registry import champion_uri
+    from msml.ops.ci import build_image_with_engine
+    from msml.tracking.registry import champion_uri
 
     settings = _settings(None)
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri}
@@ -469,7 +469,7 @@ def build_image(
 @handles_errors
 def engine() -> None:
     """podman's Docker API on a private socket (foreground; Ctrl-C stops): for docker / build-image / ci --image."""
-    from msml.containers import Engine
+    from msml.ops.containers import Engine
 
     _sigterm_as_interrupt()
     with Engine(log=typer.echo) as running:
@@ -567,7 +567,7 @@ def evidence_monitoring(
     ),
 ) -> None:
     """Prometheus graphs per dashboard metric, its rules and alerts pages, Alertmanager's notifications."""
-    from msml.evidence import prometheus_evidence
+    from msml.handin.evidence import prometheus_evidence
     from msml.monitoring.render import notifications_path
 
     settings = _settings(None)
@@ -586,8 +586,8 @@ def evidence_grafana(
     student: str | None = typer.Option(None, "--student", help="Student name (default: MSML_STUDENT / config)."),
 ) -> None:
     """Grafana 11.6 in Docker against `make demo`'s stack: fire 3 alerts, capture panels, rules and notifications."""
-    from msml.export import ExportError
-    from msml.grafana import GrafanaError, grafana_evidence
+    from msml.handin.export import ExportError
+    from msml.handin.grafana import GrafanaError, grafana_evidence
 
     settings = _settings(None).with_overrides(student=student)
     try:
@@ -609,7 +609,7 @@ def evidence_mlflow(
     """The MLflow UI's runs page and the champion run's artifacts page (screenshoot_dashboard/artifak.jpg)."""
     from mlflow.exceptions import MlflowException
 
-    from msml.evidence import mlflow_evidence
+    from msml.handin.evidence import mlflow_evidence
 
     try:
         written = mlflow_evidence(_settings(None), out, mlflow_url=mlflow_url)
@@ -656,9 +656,9 @@ def serve(
     With --replicas N: N servers on consecutive ports from --port, for `msml gateway --model-url` repeated."""
     import time
 
-    from msml.registry import champion_uri
+    from msml.ops.processes import check_port
     from msml.serving.model_server import ModelServer, replica_name
-    from msml.serving.processes import check_port
+    from msml.tracking.registry import champion_uri
 
     settings = _settings(None)
     uri = model_uri or champion_uri(settings.model_name)
@@ -754,8 +754,8 @@ def gateway(
     ),
 ) -> None:
     """The validating, micro-batching gateway with /metrics (the course's prometheus_exporter; foreground)."""
-    from msml.registry import champion_uri
     from msml.serving.gateway import GatewayConfig, run
+    from msml.tracking.registry import champion_uri
 
     settings = _settings(None)
     try:
@@ -815,7 +815,7 @@ def loadgen(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from msml.loadgen import load_test_rows, run_load
+    from msml.ops.loadgen import load_test_rows, run_load
 
     if invalid_share + drift_share > 1:
         _fail("--invalid-share + --drift-share must be at most 1")
@@ -891,8 +891,8 @@ def export(
     ),
 ) -> None:
     """Write Eksperimen_SML_<student>/, Workflow-CI/ (git repositories), SMSML_<student>/ and its zip."""
-    from msml.export import MISSING_FILE
-    from msml.export import export as run
+    from msml.handin.export import MISSING_FILE
+    from msml.handin.export import export as run
 
     settings = _settings(None).with_overrides(student=student, github_user=github_user, dockerhub_user=dockerhub_user)
     result = run(

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from msml.contract import DEFAULT_CONTRACT, Contract
+from msml.data.contract import DEFAULT_CONTRACT, Contract
 
 # The course's identities (Kriteria 1–4 submission).
 DEFAULT_STUDENT = "YudhaElfransyah"

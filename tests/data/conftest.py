@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from msml.preprocessing import QUARANTINE_FILE, REPORT_FILE, TEST_CLEAN_FILE, TRAIN_CLEAN_FILE
+from msml.data.preprocessing import QUARANTINE_FILE, REPORT_FILE, TEST_CLEAN_FILE, TRAIN_CLEAN_FILE
 from tests.conftest import RAW, ROOT
 
 

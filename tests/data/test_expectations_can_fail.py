@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from msml.contract import Contract
-from msml.preprocessing import TRAIN_FILE
+from msml.data.contract import Contract
+from msml.data.preprocessing import TRAIN_FILE
 from tests.data import test_processed_data as processed
 from tests.data import test_raw_data as raw
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from msml.preprocessing import TEST_FILE, TRAIN_FILE
+from msml.data.preprocessing import TEST_FILE, TRAIN_FILE
 
 # Stratified splitting keeps each split's positive share within a row or two of the other's.
 STRATIFIED_TOLERANCE = 0.005

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from msml.contract import Contract
-from msml.preprocessing import file_sha256
+from msml.data.contract import Contract
+from msml.data.preprocessing import file_sha256
 
 COLUMNS = Contract.load().columns
 

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from msml.evidence import check_capture, notifications_by_alert, text_image
+from msml.handin.evidence import check_capture, notifications_by_alert, text_image
 from msml.monitoring.definitions import alert
 from msml.monitoring.receiver import read_notifications
 from tests.integration.test_monitoring_live import drive_traffic, live_system, prom_query, wait_until

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from msml.config import DEFAULT_DOCKERHUB_USER, DEFAULT_GITHUB_USER, DEFAULT_STUDENT, load_settings
-from msml.contract import Contract
-from msml.export import (
+from msml.data.contract import Contract
+from msml.handin.export import (
     ALERTING_DIR,
     EXPORTER,
     GRAFANA_DIR,
@@ -379,7 +379,7 @@ def baseline_run(course_env, tmp_path_factory):
 
 
 def test_modelling_autolog_metrics_equal_msml_train(baseline_run, registered_model):
-    """The session's registered model is an `msml.training.train_baseline` run on the same processed data with the
+    """The session's registered model is an `msml.training.train.train_baseline` run on the same processed data with the
     default seed (tests/conftest.py): its logged metrics are what `msml train` logs."""
     store, info = baseline_run
     course = _metrics(store, info["run_id"])
@@ -598,20 +598,20 @@ def test_serving_evidence_renders_a_live_request_and_response(
     the live answer; then the MLflow UI screenshots of that champion, non-blank."""
     import httpx
 
-    import msml.evidence
+    import msml.handin.evidence
     from msml.serving.model_server import ModelServer
     from tests.integration.serving_fixtures import free_port
 
     model = registered_model
     settings = load_settings(root=ROOT).with_overrides(processed_dir=processed, tracking_uri=model.tracking_uri)
     rendered = {}
-    real_text_image = msml.evidence.text_image
+    real_text_image = msml.handin.evidence.text_image
 
     def spy(text, path, **kw):
         rendered["text"] = text
         return real_text_image(text, path, **kw)
 
-    monkeypatch.setattr(msml.evidence, "text_image", spy)
+    monkeypatch.setattr(msml.handin.evidence, "text_image", spy)
     with ModelServer(model.uri, model.tracking_uri, free_port(), tmp_path / "server.log") as server:
         image = serving_evidence(settings, tmp_path / SERVING_IMAGE, server.url)
         body = json.loads(rendered["text"].split("-d @request.json\n", 1)[1].split("\n\n", 1)[0])
@@ -623,7 +623,7 @@ def test_serving_evidence_renders_a_live_request_and_response(
     assert set(body["dataframe_records"][0]) == set(Contract.load().features)
 
     # the MLflow UI pages of the same store (its own `mlflow server`), each captured once its content showed
-    from msml.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, check_capture, mlflow_evidence
+    from msml.handin.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, check_capture, mlflow_evidence
 
     ui = settings.with_overrides(artifact_root=model.artifact_root, experiment="serving-tests", model_name=model.name)
     shots = mlflow_evidence(ui, tmp_path / "mlflow")
@@ -690,7 +690,7 @@ def test_bad_names_are_refused_with_one_clear_line(tmp_path):
 
 
 def test_only_the_raw_file_and_the_listed_processed_outputs_are_copied(tmp_path):
-    from msml.preprocessing import OUTPUT_FILES
+    from msml.data.preprocessing import OUTPUT_FILES
 
     raw_dir, processed = tmp_path / "raw", tmp_path / "processed"
     shutil.copytree(ROOT / "data" / "adult_raw", raw_dir)

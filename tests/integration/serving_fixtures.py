@@ -1,8 +1,8 @@
 """A champion model in a temp tracking store (real training + registry), and helpers to run the gateway.
 
-The model is what production serves: `msml.training` logs the fitted transformer + estimator with
+The model is what production serves: `msml.training.train` logs the fitted transformer + estimator with
 the contract's signature and `pyfunc_predict_fn="predict_proba"`, plus the drift reference artifact
-the gateway reads; `msml.registry` registers it under the settings' model name as @champion.
+the gateway reads; `msml.tracking.registry` registers it under the settings' model name as @champion.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from msml.contract import Contract
+from msml.data.contract import Contract
 
 
 def free_port() -> int:
@@ -31,14 +31,14 @@ class RegisteredModel:
 
 
 def train_and_register(processed: Path, contract: Contract, workdir: Path, model_name: str) -> RegisteredModel:
-    """The real training (`msml.training.train_baseline`: transformer + estimator logged with the
+    """The real training (`msml.training.train.train_baseline`: transformer + estimator logged with the
     contract's signature, `predict_proba` and the drift reference) and the real registry gate, in a
     temp SQLite store; the first version becomes @champion."""
     import mlflow
 
     from msml.config import load_settings
-    from msml.registry import register_and_promote
-    from msml.training import train_baseline
+    from msml.tracking.registry import register_and_promote
+    from msml.training.train import train_baseline
 
     workdir.mkdir(parents=True, exist_ok=True)
     settings = load_settings(contract_path=contract.path).with_overrides(
@@ -79,8 +79,8 @@ def start_gateway(
     import os
     import sys
 
+    from msml.ops.processes import spawn, stop_process
     from msml.serving.model_server import wait_for_ping
-    from msml.serving.processes import spawn, stop_process
 
     port = port or free_port()
     bin_dir = Path(sys.executable).parent

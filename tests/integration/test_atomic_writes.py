@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from msml.contract import DataError
-from msml.preprocessing import MANIFEST_FILE, TRAIN_FILE, file_sha256, load_training_data, verify_manifest
+from msml.data.contract import DataError
+from msml.data.preprocessing import MANIFEST_FILE, TRAIN_FILE, file_sha256, load_training_data, verify_manifest
 from tests.conftest import BIN, RAW, ROOT
 
 
@@ -71,7 +71,7 @@ def test_readers_refuse_a_file_that_does_not_match_the_manifest(tmp_path, proces
 CONTENDER = """
 import sys, time
 import mlflow
-from msml.registry import register_and_promote
+from msml.tracking.registry import register_and_promote
 mlflow.set_tracking_uri(sys.argv[1])
 start, run_id = float(sys.argv[2]), sys.argv[3]
 time.sleep(max(0.0, start - time.time()))
@@ -85,7 +85,7 @@ def test_concurrent_promotions_leave_the_better_model_champion(tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
-    from msml.registry import register_and_promote
+    from msml.tracking.registry import register_and_promote
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image, ImageDraw
 
-from msml.evidence import (
+from msml.handin.evidence import (
     Browser,
     CaptureError,
     blank_bands,

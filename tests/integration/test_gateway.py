@@ -14,11 +14,11 @@ import time
 import httpx
 import pytest
 
-from msml.loadgen import RowMaker, frame_to_rows
+from msml.data.preprocessing import load_clean_splits
 from msml.monitoring import metrics as M
-from msml.preprocessing import load_clean_splits
+from msml.ops.loadgen import RowMaker, frame_to_rows
+from msml.ops.processes import stop_process
 from msml.serving.model_server import ModelServer
-from msml.serving.processes import stop_process
 from tests.conftest import run_msml
 from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway
 

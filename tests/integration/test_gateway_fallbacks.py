@@ -21,9 +21,9 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from msml.contract import Contract
+from msml.data.contract import Contract
 from msml.monitoring import metrics as M
-from msml.serving.processes import stop_process
+from msml.ops.processes import stop_process
 from tests.integration.serving_fixtures import parse_metrics, start_gateway
 
 pytestmark = pytest.mark.slow

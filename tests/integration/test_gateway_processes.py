@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from msml.serving.processes import inspect, read_pid, start_background, stop
+from msml.ops.processes import inspect, read_pid, start_background, stop
 from tests.conftest import run_msml
 
 

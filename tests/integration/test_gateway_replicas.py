@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from msml.monitoring import metrics as M
+from msml.ops.processes import stop_process
 from msml.serving.model_server import ModelServer
-from msml.serving.processes import stop_process
 from tests.conftest import run_msml
 from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway
 
@@ -57,8 +57,8 @@ def gateway(replicas, model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rows(processed, contract):
-    from msml.loadgen import frame_to_rows
-    from msml.preprocessing import load_clean_splits
+    from msml.data.preprocessing import load_clean_splits
+    from msml.ops.loadgen import frame_to_rows
 
     _, test = load_clean_splits(processed, contract)
     return frame_to_rows(test[contract.features].head(500))

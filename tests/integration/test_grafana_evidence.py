@@ -19,7 +19,7 @@ from dataclasses import fields
 import pytest
 import yaml
 
-from msml.grafana import (
+from msml.handin.grafana import (
     ALERT_NAMES,
     CONTAINER,
     FIRE_TIMEOUT,

@@ -1,6 +1,6 @@
 """Kriteria 3's Docker image for real: built with `mlflow models build-docker`, run, and put behind the gateway.
 
-podman's Docker API stands in for Docker (`msml.containers.Engine`); MLflow's Dockerfile starts FROM
+podman's Docker API stands in for Docker (`msml.ops.containers.Engine`); MLflow's Dockerfile starts FROM
 `python:<version>-slim`, which here is the stand-in built once per machine and cached (first run: ~3 min
 more). `msml build-image` runs the workflow's image step (build-docker, then the serving-env layer) against
 the engine's socket; the test serves the image on a free port, compares its predictions with the model's
@@ -20,8 +20,9 @@ import httpx
 import numpy as np
 import pytest
 
-from msml.ci import AS_BUILT_SUFFIX, SERVING_ENV
-from msml.containers import (
+from msml.data.preprocessing import load_clean_splits
+from msml.ops.ci import AS_BUILT_SUFFIX, SERVING_ENV
+from msml.ops.containers import (
     STAND_IN_LABEL,
     Engine,
     EngineError,
@@ -30,10 +31,9 @@ from msml.containers import (
     remove_images,
     run_model_image,
 )
-from msml.loadgen import frame_to_rows
-from msml.preprocessing import load_clean_splits
+from msml.ops.loadgen import frame_to_rows
+from msml.ops.processes import stop_process
 from msml.serving.model_server import wait_for_ping
-from msml.serving.processes import stop_process
 from tests.conftest import run_msml
 from tests.integration.serving_fixtures import free_port, start_gateway
 

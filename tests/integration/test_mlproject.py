@@ -15,10 +15,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from msml.ci import check_dockerfile
 from msml.config import load_settings
 from msml.generated import stale
-from msml.project import (
+from msml.ops.ci import check_dockerfile
+from msml.ops.project import (
     CONDA_FILE,
     DOCKERHUB_FILE,
     MLPROJECT_FILE,

@@ -107,7 +107,7 @@ def test_live_alertmanager_inhibits_the_error_rate_while_the_model_server_is_dow
     same job is suppressed (inhibited by it); for another job it is not."""
     import urllib.request
 
-    from msml.serving.processes import spawn, stop_process
+    from msml.ops.processes import spawn, stop_process
     from tests.integration.serving_fixtures import free_port
 
     port = free_port()

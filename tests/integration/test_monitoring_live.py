@@ -24,14 +24,14 @@ import pytest
 import yaml
 
 from msml.config import load_settings
-from msml.demo import start_tracking_server
 from msml.monitoring import stack
 from msml.monitoring.definitions import ALERTS, GATEWAY_JOB, all_queries
 from msml.monitoring.drift import MIN_ROWS as DRIFT_MIN_ROWS
 from msml.monitoring.render import ALERTS_FILE, FAST, RECORDING_FILE, Ports
+from msml.ops.demo import start_tracking_server
+from msml.ops.processes import stop as stop_pidfile
+from msml.ops.processes import stop_process
 from msml.serving.model_server import ModelServer
-from msml.serving.processes import stop as stop_pidfile
-from msml.serving.processes import stop_process
 from tests.conftest import ROOT, run_msml
 from tests.integration.serving_fixtures import RegisteredModel, free_port, start_gateway
 
@@ -203,7 +203,7 @@ def test_fresh_gateway_with_traffic_and_no_feedback_raises_no_alert_in_15_minute
     """A new gateway scored some rows (fewer than the drift minimum) and got no feedback: its live scrape, held
     for 15 minutes of promtool time, raises none of the alerts. Before issue 15, live accuracy exported 0 and
     LiveAccuracyDrop fired, and PSI over a handful of rows fired DataDriftPSI."""
-    from msml.loadgen import load_test_rows
+    from msml.ops.loadgen import load_test_rows
     from tests.integration.serving_fixtures import parse_metrics
 
     model = registered_model
@@ -275,7 +275,7 @@ def test_prometheus_evidence_is_numbered_and_every_image_shows_its_content(live,
     """Every Prometheus page of `4.bukti monitoring Prometheus/`, captured after its data drew, none blank."""
     from PIL import Image
 
-    from msml.evidence import check_capture, numbered, prometheus_evidence, prometheus_stems
+    from msml.handin.evidence import check_capture, numbered, prometheus_evidence, prometheus_stems
 
     written = prometheus_evidence(tmp_path, live.stack.prometheus_url, live.stack.notifications)
     notified = [

@@ -9,7 +9,7 @@ import joblib
 import numpy as np
 import pytest
 
-from msml.preprocessing import (
+from msml.data.preprocessing import (
     REPORT_FILE,
     TRANSFORMER_FILE,
     load_clean_splits,

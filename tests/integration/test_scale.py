@@ -21,9 +21,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from msml.config import load_settings
-from msml.postgres import MLFLOW_DB, OPTUNA_DB, PostgresError, find_bin_dir
-from msml.registry import CHAMPION
-from msml.tuning_workers import TRIAL_NUMBER_TAG, TRIAL_RUN_ATTR, WORKER_PID_TAG
+from msml.tracking.postgres import MLFLOW_DB, OPTUNA_DB, PostgresError, find_bin_dir
+from msml.tracking.registry import CHAMPION
+from msml.training.workers import TRIAL_NUMBER_TAG, TRIAL_RUN_ATTR, WORKER_PID_TAG
 from tests.conftest import run_msml
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def _require_postgres() -> None:
 @pytest.fixture(scope="module")
 def small_processed(tmp_path_factory, raw_path, contract) -> Path:
     """The first rows of the real raw file, preprocessed: trials in seconds, the same code paths."""
-    from msml.preprocessing import preprocess
+    from msml.data.preprocessing import preprocess
 
     root = tmp_path_factory.mktemp("small")
     with raw_path.open() as f:

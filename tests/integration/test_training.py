@@ -16,11 +16,11 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from msml.evaluation import AUTOLOG_METRICS, classifier_metrics
-from msml.preprocessing import TRAIN_FILE, load_clean_splits, load_training_data, write_manifest
-from msml.registry import CHAMPION
-from msml.serving.processes import spawn, stop_process, wait_ready
-from msml.tracking import server_command
+from msml.data.preprocessing import TRAIN_FILE, load_clean_splits, load_training_data, write_manifest
+from msml.ops.processes import spawn, stop_process, wait_ready
+from msml.tracking.client import server_command
+from msml.tracking.registry import CHAMPION
+from msml.training.evaluation import AUTOLOG_METRICS, classifier_metrics
 from tests.conftest import run_msml
 from tests.helpers import cheapest_seed
 
@@ -30,7 +30,7 @@ TRIALS, FOLDS = 2, 2
 
 def seed() -> int:
     """The cheapest seed whose first trials try each family (tests/helpers.cheapest_seed): the first two trials of
-    seeds 42 and 11 (used before) cost 3.5-4x as much by msml.tuning.estimated_cost, each of one family only."""
+    seeds 42 and 11 (used before) cost 3.5-4x as much by tuning.estimated_cost, each of one family only."""
     return cheapest_seed(TRIALS, every_family=True)
 
 
@@ -106,7 +106,7 @@ def test_tuning_logs_parent_with_a_child_per_trial_and_autolog_names(home):
 
 
 def test_tuning_logs_the_family_choice(home):
-    from msml.tuning import ENSEMBLE, FAMILIES
+    from msml.training.tuning import ENSEMBLE, FAMILIES
 
     client = MlflowClient()
     parent = client.get_run(home["tuned"]["run_id"])
@@ -312,7 +312,7 @@ def test_wrong_credentials_are_a_clear_error(auth_server, processed, tmp_path):
 def test_evidence_mlflow_screenshots_the_real_ui(home, tmp_path):
     from PIL import Image, ImageStat
 
-    from msml.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, check_capture
+    from msml.handin.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, check_capture
 
     result = run_msml("evidence", "mlflow", "--out", str(tmp_path), env=home["env"], timeout=300)
     assert result.returncode == 0, result.stderr

@@ -47,7 +47,12 @@ def test_preprocessing_workflow_does_what_the_course_asks():
     wf = yaml.safe_load((ROOT / ".github" / "workflows" / "preprocessing.yml").read_text())
     triggers = wf[True]  # YAML 1.1 reads the key `on` as True
     assert {"push", "workflow_dispatch", "schedule"} <= set(triggers)
-    for path in ("data/adult_raw/**", "src/msml/contracts/**", "src/msml/contract.py", "src/msml/preprocessing.py"):
+    for path in (
+        "data/adult_raw/**",
+        "src/msml/data/contracts/**",
+        "src/msml/data/contract.py",
+        "src/msml/data/preprocessing.py",
+    ):
         assert path in triggers["push"]["paths"]
     assert wf["permissions"] == {"contents": "read"}
     assert "concurrency" in wf

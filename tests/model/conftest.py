@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msml.preprocessing import load_clean_splits
+from msml.data.preprocessing import load_clean_splits
 from tests.integration.serving_fixtures import RegisteredModel
 
 

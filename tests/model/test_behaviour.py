@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import recall_score
 
-from msml.contract import Contract
+from msml.data.contract import Contract
 
 pytestmark = pytest.mark.slow  # trains and registers a model
 
-THRESHOLD = 0.5  # the decision threshold msml.evaluation scores the champion with
+THRESHOLD = 0.5  # the decision threshold msml.training.evaluation scores the champion with
 # fnlwgt is the census sampling weight: how many people a row stands for, not a trait of the person. Giving each
 # test row another row's fnlwgt (a permutation: values from its real range and distribution) flipped 0.7% of the
 # baseline champion's predictions (3 seeds: 0.70-0.76%); the same permutation of a feature that carries signal

@@ -6,7 +6,7 @@ import pandas as pd
 import pydantic
 import pytest
 
-from msml.contract import Contract, DataError
+from msml.data.contract import Contract, DataError
 
 
 def test_real_file_passes_with_expected_counts(contract, raw_path):

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from msml.config import load_settings
-from msml.export import EXPORTER, EXPORTER_METRICS, INFERENCE, course_files, notebook_files
+from msml.handin.export import EXPORTER, EXPORTER_METRICS, INFERENCE, course_files, notebook_files
 from tests.conftest import ROOT
 from tests.helpers import dataset_digests
 
@@ -83,7 +83,7 @@ def test_course_files_import_only_their_requirements(files):
     """Every import is the standard library or a distribution pinned in the exported requirements.txt."""
     import sys
 
-    from msml.export import runtime_requirements
+    from msml.handin.export import runtime_requirements
 
     pinned = {line.split("==")[0].lower().replace("_", "-") for line in runtime_requirements(ROOT)}
     distribution_of = {"sklearn": "scikit-learn", "yaml": "pyyaml"}
@@ -142,7 +142,7 @@ def test_committed_notebook_automation_is_current():
     for rel, text in notebook_files(SETTINGS, ROOT).items():
         path = ROOT / rel
         assert path.is_file() and path.read_text() == text, (
-            f'{rel} is stale: python -c "from msml.config import load_settings; from msml.export import '
+            f'{rel} is stale: python -c "from msml.config import load_settings; from msml.handin.export import '
             f"notebook_files; from msml.generated import write; s = load_settings(); write(s.root, "
             f'notebook_files(s, s.root))"'
         )
@@ -177,7 +177,7 @@ def _load_automate(files, tmp_path):
 def test_automate_equals_msml_preprocess_on_dirty_rows(files, tmp_path, raw_path):
     """Parity beyond the clean data: quarantined rows and their reasons are byte-identical too."""
 
-    from msml.preprocessing import preprocess
+    from msml.data.preprocessing import preprocess
 
     lines = raw_path.read_text().splitlines()
     rows = lines[1:2001]

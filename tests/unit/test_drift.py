@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from msml.contract import Contract
-from msml.loadgen import RowMaker
+from msml.data.contract import Contract
+from msml.data.preprocessing import load_clean_splits
 from msml.monitoring.drift import (
     DEFAULT_WINDOW,
     MIN_ROWS,
@@ -22,7 +22,7 @@ from msml.monitoring.drift import (
     build_reference,
     psi,
 )
-from msml.preprocessing import load_clean_splits
+from msml.ops.loadgen import RowMaker
 from tests.conftest import ROOT
 
 COMMITTED = ROOT / "data" / "adult_preprocessing"  # the committed processed split (what training reads)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from msml.ci import AS_BUILT_SUFFIX, SERVING_ENV, serving_env_dockerfile
-from msml.containers import CONTAINERS_CONF, Engine, EngineError, base_image_name, stand_in_dockerfile
+from msml.ops.ci import AS_BUILT_SUFFIX, SERVING_ENV, serving_env_dockerfile
+from msml.ops.containers import CONTAINERS_CONF, Engine, EngineError, base_image_name, stand_in_dockerfile
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = [ROOT / ".github/workflows/training.yml", ROOT / "src/msml/templates/export/training.yml.tmpl"]
+WORKFLOWS = [ROOT / ".github/workflows/training.yml", ROOT / "src/msml/handin/templates/training.yml.tmpl"]
 
 
 def docker_step(path: Path) -> str:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from msml.loadgen import run_load
+from msml.ops.loadgen import run_load
 from tests.conftest import run_msml
 
 

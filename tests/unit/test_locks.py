@@ -12,7 +12,7 @@ from importlib.metadata import packages_distributions
 import pytest
 from packaging.requirements import Requirement
 
-from msml.project import RUNTIME_LOCK, _normalise, read_lock
+from msml.ops.project import RUNTIME_LOCK, _normalise, read_lock
 from tests.conftest import ROOT
 
 DEV_LOCK = RUNTIME_LOCK.parent / "dev.txt"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from msml.contract import Contract
+from msml.data.contract import Contract
 
 
 def _raw_row(contract: Contract, **changes: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msml.contract import Contract
+from msml.data.contract import Contract
 
 REFERENCE_ARTIFACT = "monitoring/drift_reference.json"
 REFERENCE_VERSION = 2  # 2: rare categories pooled into OTHER (version 1 references still load)

@@ -600,7 +600,7 @@ def default_model_image() -> str:
 
     From the defaults, not the environment: the committed files must not depend on who renders them."""
     from msml.config import DEFAULT_DOCKERHUB_USER
-    from msml.contract import Contract
+    from msml.data.contract import Contract
 
     return f"{DEFAULT_DOCKERHUB_USER}/{Contract.load().model_name}:latest"
 
@@ -608,8 +608,8 @@ def default_model_image() -> str:
 def drift_reference_text(processed_dir: Path | None = None) -> str:
     """The default contract's drift reference from its processed train split (the committed one by default)."""
     from msml.config import load_settings
+    from msml.data.preprocessing import load_clean_splits
     from msml.monitoring.drift import build_reference
-    from msml.preprocessing import load_clean_splits
 
     settings = load_settings()
     train_clean, _ = load_clean_splits(processed_dir or settings.processed_dir, settings.contract)

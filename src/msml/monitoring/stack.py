@@ -31,8 +31,8 @@ from msml.monitoring.render import (
     prometheus_config,
     recording_rules,
 )
-from msml.serving.processes import PidFile, check_port, read_pid, start_background, wait_ready
-from msml.serving.processes import stop as stop_pidfile
+from msml.ops.processes import PidFile, check_port, read_pid, start_background, wait_ready
+from msml.ops.processes import stop as stop_pidfile
 
 COMPONENTS = ("prometheus", "alertmanager", "receiver")
 

@@ -13,7 +13,7 @@ import os
 from collections import OrderedDict, deque
 from typing import Any
 
-from msml.contract import Contract
+from msml.data.contract import Contract
 from msml.monitoring.metrics import GatewayMetrics
 from msml.serving.errors import BODY, ClientError, body_error, short
 

@@ -12,7 +12,7 @@ This module wires the parts and translates HTTP; each part has its own module:
   upstream    model-server calls, health http        the pooled HTTP/1.1 client
   feedback    prediction ids, /feedback  errors      error types → bounded JSON answers
   openapi     schemas of the two POSTs   admission   backlog signals (accept queue, loop lag), shedding
-  protocol    refusals below ASGI        msml.registry.resolve_model  model info + drift reference
+  protocol    refusals below ASGI        msml.tracking.registry.resolve_model  model info + drift reference
 
 Each request has a deadline (`request_timeout`): it is answered by then (504 at the latest), work
 whose client left is withdrawn before it reaches the model and counted as status 499, a full queue,
@@ -40,6 +40,7 @@ from starlette.requests import ClientDisconnect
 from msml.config import DEFAULT_PORTS, LOOPBACK
 from msml.monitoring.drift import SlidingPSI
 from msml.monitoring.metrics import DRIFT_PSI, GatewayMetrics
+from msml.ops.processes import check_port
 from msml.serving.admission import Pressure
 from msml.serving.batching import MicroBatcher, QueueFull
 from msml.serving.errors import (
@@ -55,7 +56,6 @@ from msml.serving.errors import (
 from msml.serving.feedback import FeedbackBook
 from msml.serving.formats import extract_rows, read_json
 from msml.serving.openapi import openapi_extra
-from msml.serving.processes import check_port
 from msml.serving.settings import GatewayConfig
 from msml.serving.upstream import Upstream
 from msml.serving.validation import RowValidator
@@ -161,7 +161,7 @@ class Gateway:
         await self.batcher.stop()
 
     async def _load_model_facts(self) -> None:
-        from msml.registry import resolve_model
+        from msml.tracking.registry import resolve_model
 
         c = self.config
         reference = None

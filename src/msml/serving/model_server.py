@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from msml.config import DEFAULT_PORTS
-from msml.serving.processes import spawn, stop_process, wait_ready
+from msml.ops.processes import spawn, stop_process, wait_ready
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = DEFAULT_PORTS.model_server

@@ -6,7 +6,7 @@ written out here once, from the same row model the validation uses.
 
 from __future__ import annotations
 
-from msml.contract import Contract
+from msml.data.contract import Contract
 
 
 def openapi_extra(contract: Contract, max_rows: int, max_items: int) -> tuple[dict, dict]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from msml.config import DECISION_THRESHOLD, DEFAULT_PORTS, local_url
-from msml.contract import Contract
+from msml.data.contract import Contract
 from msml.monitoring.drift import DEFAULT_WINDOW
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pydantic
 
-from msml.contract import Contract
+from msml.data.contract import Contract
 from msml.serving.errors import MAX_DETAILS, ROW, ClientError, short
 from msml.serving.formats import BadRow
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msml.contract import Contract
+from msml.data.contract import Contract
 
 MAX_DURATION = 3600.0
 MAX_COUNT = 10_000_000
@@ -31,7 +31,7 @@ INVALID_KINDS = ("out_of_range", "unknown_category", "missing", "wrong_type", "u
 
 def load_test_rows(processed_dir: str | Path, contract: Contract) -> tuple[list[dict[str, Any]], list[str]]:
     """The test split as JSON-ready rows (None for missing values) and their true labels."""
-    from msml.preprocessing import load_clean_splits
+    from msml.data.preprocessing import load_clean_splits
 
     _, test = load_clean_splits(processed_dir, contract)
     return frame_to_rows(test[contract.features]), test[contract.target].astype(str).tolist()

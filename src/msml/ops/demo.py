@@ -20,10 +20,10 @@ from msml.config import DEFAULT_PORTS, DEFAULT_TRIALS, Settings, local_url
 from msml.errors import mask
 from msml.monitoring import stack
 from msml.monitoring.render import Ports
+from msml.ops.processes import PidFile, check_port, read_pid, start_background, stop, wait_ready
 from msml.serving.model_server import replica_name, replica_ports, serve_command, serve_env
-from msml.serving.processes import PidFile, check_port, read_pid, start_background, stop, wait_ready
 
-# msml.registry and msml.tracking import MLflow (seconds): imported where used, so `msml down` stays quick
+# msml.tracking.registry and .client import MLflow (seconds): imported where used, so `msml down` stays quick
 
 # The demo's own servers (stopped before the monitoring stack, in this order), each with the port it
 # listens on and the `msml demo` option that moves it.
@@ -44,7 +44,7 @@ def _option(name: str) -> str:
 
 
 def _is_remote(uri: str) -> bool:
-    from msml.tracking import is_remote
+    from msml.tracking.client import is_remote
 
     return is_remote(uri)
 
@@ -100,7 +100,7 @@ def _step(echo, n: int, total: int, text: str) -> float:
 def start_serving(settings: Settings, ports: Ports, replicas: int = 1) -> dict[str, str]:
     """Start the champion's model servers (`replicas`, on consecutive ports from ports.model_server) and the
     gateway in front of them (each unless already running)."""
-    from msml.registry import champion_uri
+    from msml.tracking.registry import champion_uri
 
     names = {replica_name(i): port for i, port in enumerate(replica_ports(ports.model_server, replicas))}
     for name, port in names.items():  # all at once: each takes seconds to load the model
@@ -132,7 +132,7 @@ def start_tracking_server(settings: Settings, ports: Ports) -> str:
     """MLflow's tracking server and UI over the demo's store, with `--expose-prometheus` (a scrape target).
 
     Returns the UI's URL; with a remote tracking URI there is nothing to start and that URI is the UI."""
-    from msml.tracking import is_remote, server_command
+    from msml.tracking.client import is_remote, server_command
 
     if is_remote(settings.tracking_uri):
         return settings.tracking_uri
@@ -165,11 +165,11 @@ def run_demo(
 ) -> dict[str, str]:
     """Run the whole path and leave the servers running (`replicas` model servers). Returns the URLs."""
     preflight(settings, ports, replicas)  # before minutes of training: a busy port or a missing program stops us now
-    from msml.ci import run_ci
-    from msml.preprocessing import preprocess
-    from msml.registry import register_and_promote
-    from msml.tracking import setup_tracking
-    from msml.tuning import tune
+    from msml.data.preprocessing import preprocess
+    from msml.ops.ci import run_ci
+    from msml.tracking.client import setup_tracking
+    from msml.tracking.registry import register_and_promote
+    from msml.training.tuning import tune
 
     total = 8
     start = _step(echo, 1, total, f"preprocess {settings.raw_path}")

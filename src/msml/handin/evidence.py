@@ -7,7 +7,7 @@ path, a rule's name, a table row), never for a fixed time; the image is cut to t
 File names follow the course, numbered 1., 2., 3. ... within each folder and derived from
 `msml.monitoring.definitions` (never a hand-typed list): `prometheus_names()` for `4.bukti monitoring Prometheus/`
 (one graph per dashboard panel, then the Prometheus rules and alerts pages and Alertmanager's notifications) and
-`grafana_panel_names()` / `grafana_alert_names()` for the Grafana folders (`msml.grafana` fills those).
+`grafana_panel_names()` / `grafana_alert_names()` for the Grafana folders (`msml.handin.grafana` fills those).
 """
 
 from __future__ import annotations
@@ -411,9 +411,9 @@ def mlflow_evidence(settings, out: str | Path, mlflow_url: str | None = None) ->
 
     from mlflow import MlflowClient
 
-    from msml.registry import CHAMPION
-    from msml.serving.processes import spawn, stop_process, wait_ready
-    from msml.tracking import server_command, setup_tracking
+    from msml.ops.processes import spawn, stop_process, wait_ready
+    from msml.tracking.client import server_command, setup_tracking
+    from msml.tracking.registry import CHAMPION
 
     out = Path(out)
     experiment_id = setup_tracking(settings)

@@ -5,7 +5,7 @@ point logs into the run `mlflow run` opened and writes the run-info file) → re
 that file → download the run's artifacts (model included) → write `run_summary.json` (run id,
 model URI, metrics, image tag). Then the image, as the workflow builds it: `build_image()` runs
 `mlflow models build-docker` and adds the serving-environment layer (`SERVING_ENV`). Here it runs
-against podman's Docker API (`msml.containers`, with a stand-in base image); without any engine,
+against podman's Docker API (`msml.ops.containers`, with a stand-in base image); without any engine,
 `generate_dockerfile()` writes the Dockerfile that command would build and `check_dockerfile()`
 inspects it.
 """
@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from msml.config import Settings
-from msml.contract import DataError
-from msml.project import CI_CV_FOLDS, CI_TRIALS, DEFAULT_SEED, PROJECT_DIR
+from msml.data.contract import DataError
+from msml.ops.project import CI_CV_FOLDS, CI_TRIALS, DEFAULT_SEED, PROJECT_DIR
 
 ENTRY_POINTS = ("main", "tune")
 RUN_INFO_FILE = "run_info.json"
@@ -259,10 +259,10 @@ def build_image_here(
     model_uri: str, name: str, env: dict[str, str], engine=None, progress: Callable[[str], None] = print
 ) -> BuiltImage:
     """`build_image` on this machine: through the Docker engine in DOCKER_HOST if set, else through podman
-    (`engine`, a started msml.containers.Engine) with the stand-in base image."""
+    (`engine`, a started msml.ops.containers.Engine) with the stand-in base image."""
     if engine is None:
         return build_image(model_uri, name, env, progress)
-    from msml.containers import LOG_PREFIX, ensure_base_image
+    from msml.ops.containers import LOG_PREFIX, ensure_base_image
 
     def stand_in(base: str, requirements: list[str]) -> None:
         if not base.startswith("python:"):
@@ -280,7 +280,7 @@ def build_image_with_engine(
     """`build_image_here` with the engine chosen: the engine in DOCKER_HOST (podman's gets the stand-in
     base), else Docker's socket if present, else podman started for this build and stopped after (the
     images stay in its storage: `msml engine` serves them)."""
-    from msml.containers import Engine
+    from msml.ops.containers import Engine
 
     if env.get("DOCKER_HOST"):
         attached = Engine.attach(env["DOCKER_HOST"], log=progress)
@@ -341,7 +341,7 @@ def run_ci(
 ) -> CiResult:
     """Train through the MLflow Project, collect what the run produced, and generate its Dockerfile or
     (`image=True`) build its image as the workflow does (`build_image_with_engine`)."""
-    from msml.tracking import setup_tracking
+    from msml.tracking.client import setup_tracking
 
     if entry not in ENTRY_POINTS:
         raise CiError(f"unknown entry point {entry!r}; choose one of {', '.join(ENTRY_POINTS)}")

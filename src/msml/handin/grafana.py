@@ -195,9 +195,9 @@ def _wait(condition, timeout: float, what: str, interval: float = 5.0) -> None:
 def alerts_firing(settings, grafana_url: str, notifications: Path, ports: Ports = DEFAULT_PORTS, echo=print):
     """Real traffic fires each of ALERT_NAMES in Grafana and its notification reaches the receiver; the body of the
     `with` runs while they fire (the rule pages show it). On exit the model server is back and the traffic stops."""
-    from msml.demo import start_serving
-    from msml.evidence import notifications_by_alert
-    from msml.serving.processes import stop
+    from msml.handin.evidence import notifications_by_alert
+    from msml.ops.demo import start_serving
+    from msml.ops.processes import stop
 
     def firing(name: str) -> bool:
         return rule_states(grafana_url).get(name) == "firing" and alert(name).key in notifications_by_alert(
@@ -259,7 +259,7 @@ PANEL_READY = (
 
 def capture(grafana_url: str, panels_dir: Path, alerting_dir: Path, notifications: Path) -> list[Path]:
     """Panels into `panels_dir`, rule pages and notifications into `alerting_dir` (numbered as the course does)."""
-    from msml.evidence import (
+    from msml.handin.evidence import (
         Browser,
         _text_ready,
         grafana_alert_stems,
@@ -300,7 +300,7 @@ def capture(grafana_url: str, panels_dir: Path, alerting_dir: Path, notification
 
 def grafana_evidence_complete(panels_dir: Path, alerting_dir: Path) -> bool:
     """True when both Grafana folders hold every image `capture()` writes."""
-    from msml.evidence import grafana_alert_stems, grafana_panel_stems, numbered
+    from msml.handin.evidence import grafana_alert_stems, grafana_panel_stems, numbered
 
     return all((panels_dir / n).is_file() for n in numbered(grafana_panel_stems())) and all(
         (alerting_dir / n).is_file() for n in numbered(grafana_alert_stems(list(ALERT_KEYS)))
@@ -321,7 +321,7 @@ def drop_grafana_items(missing_file: Path, folders: list[str]) -> None:
 
 def grafana_evidence(settings, out: Path, ports: Ports = DEFAULT_PORTS, echo=print) -> list[Path]:
     """The whole command: steps 1-5 of the module docstring; the container is stopped whatever happens."""
-    from msml.export import (
+    from msml.handin.export import (
         ALERTING_DIR,
         GRAFANA_DIR,
         MISSING_FILE,
@@ -330,7 +330,7 @@ def grafana_evidence(settings, out: Path, ports: Ports = DEFAULT_PORTS, echo=pri
         submission_name,
         zip_folder,
     )
-    from msml.serving.processes import wait_ready
+    from msml.ops.processes import wait_ready
 
     check_names(settings)
     docker = docker_cli()

@@ -30,7 +30,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from msml.config import DEFAULT_SEED
-from msml.contract import DEFAULT_MAX_INVALID_SHARE, Contract, DataError
+from msml.data.contract import DEFAULT_MAX_INVALID_SHARE, Contract, DataError
 
 DEFAULT_TEST_SIZE = 0.2
 MISSING_CATEGORY = "missing"

@@ -1,6 +1,6 @@
 """The shared tracking server: `mlflow server` on a PostgreSQL backend store with proxied artifacts.
 
-`msml tracking up` starts a PostgreSQL cluster of our own (msml.postgres; or uses the one given by
+`msml tracking up` starts a PostgreSQL cluster of our own (msml.tracking.postgres; or uses the one given by
 `--backend-store-uri`) and `mlflow server` with `--artifacts-destination`, so clients upload and
 download artifacts through the server's HTTP API and never see its storage path, and with
 `--expose-prometheus`, so Prometheus scrapes it (the monitoring config's `mlflow` job). Clients
@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from msml import postgres
 from msml.config import DEFAULT_PORTS, TRACKING_POSTGRES_PORT
 from msml.serving import processes
-from msml.tracking import server_command
+from msml.tracking import postgres
+from msml.tracking.client import server_command
 
 SERVER = "tracking-server"
 

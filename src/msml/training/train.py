@@ -20,16 +20,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from msml.config import DEFAULT_SEED, Settings
-from msml.contract import Contract
-from msml.evaluation import positive_class_metrics
-from msml.preprocessing import (
+from msml.data.contract import Contract
+from msml.data.preprocessing import (
     TRAIN_FILE,
     TRANSFORMER_FILE,
     Splits,
     load_clean_splits,
     load_training_data,
 )
-from msml.tracking import setup_tracking
+from msml.tracking.client import setup_tracking
+from msml.training.evaluation import positive_class_metrics
 
 MODEL_ARTIFACT = "model"
 DRIFT_REFERENCE_ARTIFACT = "monitoring/drift_reference.json"
@@ -131,7 +131,7 @@ def train_baseline(settings: Settings, seed: int = DEFAULT_SEED, run_info: str |
     mlflow.sklearn.autolog(log_models=False, log_datasets=False, log_post_training_metrics=False, silent=True)
     try:
         with mlflow.start_run(run_name="baseline-logreg") as run:
-            mlflow.set_tags({"msml.stage": "baseline", "msml.contract": settings.contract.name})
+            mlflow.set_tags({"msml.stage": "baseline", "msml.data.contract": settings.contract.name})
             log_training_dataset(data, settings.contract)
             estimator = LogisticRegression(max_iter=2000, random_state=seed)
             estimator.fit(data.splits.X_train, data.splits.y_train)

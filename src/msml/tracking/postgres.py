@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from msml.contract import DataError
+from msml.data.contract import DataError
 
 SUPERUSER = "postgres"
 # One database per store: MLflow and Optuna both keep an `alembic_version` table.

@@ -26,7 +26,7 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
-from msml.contract import DataError
+from msml.data.contract import DataError
 
 WORKER_PID_TAG = "msml.worker_pid"
 WORKER_HOST_TAG = "msml.worker_host"

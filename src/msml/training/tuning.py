@@ -34,13 +34,18 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 
-from msml import tuning_workers as workers_mod
 from msml.config import DECISION_THRESHOLD, DEFAULT_SEED, DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, Settings
-from msml.contract import Contract
-from msml.evaluation import calibration_metrics, classifier_metrics, positive_class_metrics, write_evaluation_artifacts
-from msml.preprocessing import TRAIN_FILE, encode_target
-from msml.tracking import check_server, setup_tracking
-from msml.training import RunSummary, load_data, log_model, log_training_dataset
+from msml.data.contract import Contract
+from msml.data.preprocessing import TRAIN_FILE, encode_target
+from msml.tracking.client import check_server, setup_tracking
+from msml.training import workers as workers_mod
+from msml.training.evaluation import (
+    calibration_metrics,
+    classifier_metrics,
+    positive_class_metrics,
+    write_evaluation_artifacts,
+)
+from msml.training.train import RunSummary, load_data, log_model, log_training_dataset
 
 DEFAULT_CV_FOLDS = 3
 FAMILIES = ("hgb", "lightgbm")
@@ -257,7 +262,7 @@ def tune(
     `time_budget` (seconds, None for none) stops this process starting trials on a slow machine; with it
     unreached the result depends only on `seed`. `storage` (an Optuna RDB URL) keeps the study in a database:
     with `postgresql://…`, `workers` processes here and any `msml tune` started elsewhere with the same storage
-    and `study_name` share its trials (msml.tuning_workers). When the study already exists this process joins it
+    and `study_name` share its trials (msml.training.workers). When the study already exists this process joins it
     as a worker and returns None: the process that created it refits and logs the model. With `join` it never
     creates the study: it waits for it (worker pods started beside the creator).
     """
@@ -301,7 +306,7 @@ def tune(
     out_of_fold: dict[int, np.ndarray] = {}  # trial number → out-of-fold P(positive), this process's trials
 
     with mlflow.start_run(run_name="tuning") as parent:
-        mlflow.set_tags({"msml.stage": "tuning", "msml.contract": contract.name, "msml.optuna_study": study_name})
+        mlflow.set_tags({"msml.stage": "tuning", "msml.data.contract": contract.name, "msml.optuna_study": study_name})
         mlflow.log_params(
             {
                 "n_trials": n_trials,

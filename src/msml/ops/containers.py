@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from msml.contract import DataError
+from msml.data.contract import DataError
 
 CONTAINERS_CONF = """\
 [engine]

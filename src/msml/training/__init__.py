@@ -1,0 +1,1 @@
+"""Model training: the autologged baseline, the Optuna search (and its distributed workers) and evaluation."""
