@@ -1,0 +1,129 @@
+"""The course hand-in: evidence screenshots and the export of the course's repositories and folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from msml.cli.app import _fail, _settings, app
+from msml.config import (
+    DEFAULT_PORTS,
+    local_url,
+)
+
+evidence_app = typer.Typer(no_args_is_help=True, help="Screenshots of the running system (headless Chromium).")
+app.add_typer(evidence_app, name="evidence")
+
+
+@evidence_app.command("monitoring")
+def evidence_monitoring(
+    out: Path = typer.Option(Path("evidence/monitoring"), "--out", help="Directory for the JPG files."),
+    prometheus: str = typer.Option(local_url(DEFAULT_PORTS.prometheus), "--prometheus", help="Prometheus URL."),
+    notifications: Path | None = typer.Option(
+        None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."
+    ),
+) -> None:
+    """Prometheus graphs per dashboard metric, its rules and alerts pages, Alertmanager's notifications."""
+    from msml.handin.evidence import prometheus_evidence
+    from msml.monitoring.render import notifications_path
+
+    settings = _settings(None)
+    notifications = notifications or notifications_path(settings.run_dir)
+    try:
+        written = prometheus_evidence(out, prometheus, notifications)
+    except (RuntimeError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+@evidence_app.command("grafana")
+def evidence_grafana(
+    out: Path = typer.Option(Path("dist"), "--out", help="The `msml export --out` directory to complete."),
+    student: str | None = typer.Option(None, "--student", help="Student name (default: MSML_STUDENT / config)."),
+) -> None:
+    """Grafana 11.6 in Docker against `make demo`'s stack: fire 3 alerts, capture panels, rules and notifications."""
+    from msml.handin.export import ExportError
+    from msml.handin.grafana import GrafanaError, grafana_evidence
+
+    settings = _settings(None).with_overrides(student=student)
+    try:
+        written = grafana_evidence(settings, out, echo=typer.echo)
+    except (GrafanaError, ExportError, RuntimeError) as exc:
+        _fail(str(exc))
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+@evidence_app.command("mlflow")
+def evidence_mlflow(
+    out: Path = typer.Option(Path("evidence/mlflow"), "--out", help="Directory for the JPG files."),
+    mlflow_url: str | None = typer.Option(
+        None, "--mlflow-url", help="A running MLflow UI over the same store (default: start one on loopback)."
+    ),
+) -> None:
+    """The MLflow UI's runs page and the champion run's artifacts page (screenshoot_dashboard/artifak.jpg)."""
+    from mlflow.exceptions import MlflowException
+
+    from msml.handin.evidence import mlflow_evidence
+
+    try:
+        written = mlflow_evidence(_settings(None), out, mlflow_url=mlflow_url)
+    except (RuntimeError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    except MlflowException as exc:
+        _fail(f"{exc.message} (train and tune first: `msml tune` registers a champion)")
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+# --- the course's repositories and submission folder -----------------------------------------------------------
+
+
+@app.command()
+def export(
+    out: Path = typer.Option(Path("dist"), "--out", help="Directory for the repositories, folder and zip."),
+    student: str | None = typer.Option(None, "--student", help="Student name (default: MSML_STUDENT / config)."),
+    github_user: str | None = typer.Option(None, "--github-user", help="GitHub user of the repository links."),
+    dockerhub_user: str | None = typer.Option(None, "--dockerhub-user", help="Docker Hub user of the image."),
+    evidence: bool = typer.Option(
+        True,
+        "--evidence/--no-evidence",
+        help="Screenshot the running system (what is not running is listed as missing).",
+    ),
+    model_url: str = typer.Option(local_url(DEFAULT_PORTS.model_server), "--model-url", help="Running model server."),
+    gateway_url: str = typer.Option(local_url(DEFAULT_PORTS.gateway), "--gateway", help="Running gateway."),
+    prometheus: str = typer.Option(local_url(DEFAULT_PORTS.prometheus), "--prometheus", help="Running Prometheus."),
+    notifications: Path | None = typer.Option(
+        None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."
+    ),
+) -> None:
+    """Write Eksperimen_SML_<student>/, Workflow-CI/ (git repositories), SMSML_<student>/ and its zip."""
+    from msml.handin.export import MISSING_FILE
+    from msml.handin.export import export as run
+
+    settings = _settings(None).with_overrides(student=student, github_user=github_user, dockerhub_user=dockerhub_user)
+    result = run(
+        settings,
+        out,
+        evidence=evidence,
+        model_url=model_url,
+        gateway_url=gateway_url,
+        prometheus_url=prometheus,
+        notifications=notifications,
+        echo=typer.echo,
+    )
+    for name, path in result.repositories.items():
+        typer.echo(
+            f"repository {path}  (push: cd '{path}' && git remote add origin "
+            f"https://github.com/{settings.github_user}/{name}.git && git push -u origin main)"
+        )
+    typer.echo(f"submission {result.submission}\nzip        {result.archive}")
+    for path in result.evidence:
+        typer.echo(f"evidence   {path}")
+    if result.missing:
+        typer.echo(f"\nnot produced ({len(result.missing)}; listed in {result.out / MISSING_FILE}):")
+        for item in result.missing:
+            typer.echo(f"  {item.path}: {item.what}\n      {item.command}")
+    typer.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))

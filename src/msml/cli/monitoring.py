@@ -1,0 +1,82 @@
+"""Monitoring commands: render Prometheus/Alertmanager/Grafana files, the alert receiver, the local stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from msml.cli.app import CheckOpt, RootOpt, _render, _settings, app
+from msml.config import (
+    DEFAULT_PORTS,
+)
+
+# --- monitoring: Prometheus, Alertmanager and Grafana as code ---------------------------------------------------
+
+monitoring_app = typer.Typer(no_args_is_help=True, help="Prometheus, Alertmanager and Grafana as code.")
+app.add_typer(monitoring_app, name="monitoring")
+
+
+@monitoring_app.command("render")
+def monitoring_render(
+    root: Path | None = RootOpt,
+    check: bool = CheckOpt,
+) -> None:
+    """Render prometheus.yml, rules, promtool tests, alertmanager.yml, Grafana provisioning, docker-compose.yml."""
+    from msml.monitoring.render import render_files
+
+    root = root or _settings(None).root
+    _render(render_files(), root, check, "monitoring", "msml monitoring render")
+
+
+@monitoring_app.command("receiver")
+def monitoring_receiver(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(
+        DEFAULT_PORTS.receiver, "--port", help="Port to listen on (Alertmanager's webhook URL points here)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="JSON-lines file of notifications (default: where the stack reads them, .run/monitoring/)."
+    ),
+) -> None:
+    """Record every webhook notification POSTed to it (Alertmanager, Grafana) as JSON lines."""
+    from msml.monitoring.receiver import serve
+    from msml.monitoring.render import notifications_path
+
+    serve(host, port, out or notifications_path(_settings(None).run_dir))
+
+
+@monitoring_app.command("up")
+def monitoring_up(
+    gateway_port: int = typer.Option(
+        DEFAULT_PORTS.gateway, "--gateway-port", help="Where Prometheus scrapes the gateway."
+    ),
+    prometheus_port: int = typer.Option(DEFAULT_PORTS.prometheus, "--prometheus-port", help="Port of Prometheus."),
+    alertmanager_port: int = typer.Option(
+        DEFAULT_PORTS.alertmanager, "--alertmanager-port", help="Port of Alertmanager."
+    ),
+    receiver_port: int = typer.Option(
+        DEFAULT_PORTS.receiver, "--receiver-port", help="Port of the alert webhook receiver."
+    ),
+    fast: bool = typer.Option(False, "--fast", help="1 s scrapes and 2 s alert delays (demos, tests)."),
+) -> None:
+    """Start Prometheus, Alertmanager and the webhook receiver on 127.0.0.1 (pid files in .run/)."""
+    from msml.monitoring import stack
+    from msml.monitoring.render import FAST, PRODUCTION, Ports
+
+    settings = _settings(None)
+    ports = Ports(
+        gateway=gateway_port, prometheus=prometheus_port, alertmanager=alertmanager_port, receiver=receiver_port
+    )
+    started = stack.start(settings.run_dir, ports, FAST if fast else PRODUCTION)
+    for name, url in started.urls().items():
+        typer.echo(f"{name:13s} {url}")
+
+
+@monitoring_app.command("down")
+def monitoring_down() -> None:
+    """Stop the Prometheus, Alertmanager and receiver that `msml monitoring up` started."""
+    from msml.monitoring import stack
+
+    stopped = stack.stop(_settings(None).run_dir)
+    typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))

@@ -1,0 +1,245 @@
+"""Serving commands: MLflow's scoring server (and replicas), the gateway in front of it, the load generator."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from msml.cli.app import ReplicasOpt, SeedOpt, _fail, _replica_ports, _settings, _sigterm_as_interrupt, app
+from msml.config import (
+    DEFAULT_PORTS,
+    local_url,
+)
+from msml.data.contract import DataError
+from msml.monitoring.drift import DEFAULT_WINDOW, MIN_ROWS
+from msml.serving.settings import MODEL_URLS_ENV, GatewayConfig, model_urls
+
+# --- serving: MLflow's scoring server, the gateway, the load generator ----------------------------------------
+
+
+@app.command()
+def serve(
+    port: int = typer.Option(DEFAULT_PORTS.model_server, "--port", help="Port of MLflow's scoring server."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="gunicorn workers."),
+    model_uri: str | None = typer.Option(None, "--model-uri", help="Default: models:/<model name>@champion."),
+    wait: float = typer.Option(180.0, "--wait", help="Seconds to wait for /ping."),
+    replicas: int = ReplicasOpt,
+) -> None:
+    """Serve the champion with `mlflow models serve --env-manager local` (foreground; Ctrl-C stops).
+
+    With --replicas N: N servers on consecutive ports from --port, for `msml gateway --model-url` repeated."""
+    import time
+
+    from msml.ops.processes import check_port
+    from msml.serving.model_server import ModelServer, replica_name
+    from msml.tracking.registry import champion_uri
+
+    settings = _settings(None)
+    uri = model_uri or champion_uri(settings.model_name)
+    ports = _replica_ports(port, replicas)
+    servers = [
+        ModelServer(
+            uri, settings.tracking_uri, p, settings.run_dir / f"{replica_name(i)}.log", host=host, workers=workers
+        )
+        for i, p in enumerate(ports)
+    ]
+    for server in servers:
+        check_port(server.port, "model server", "--port", host=host)
+        typer.echo(f"starting: {' '.join(server.command)} (log: {server.log})")
+    _sigterm_as_interrupt()  # `kill <pid>` stops the model servers too, not only Ctrl-C
+    try:
+        for server in servers:  # all at once: each takes seconds to load the model
+            server.start(wait=None)
+        for server in servers:
+            server.wait_ready(wait)
+        typer.echo(f"model servers ready: {' '.join(s.url for s in servers)} (/ping, /invocations); Ctrl-C stops them")
+        while all(s.proc.poll() is None for s in servers):
+            time.sleep(0.5)
+        gone = next(s for s in servers if s.proc.poll() is not None)
+        _fail(f"model server {gone.url} exited with code {gone.proc.returncode} (log: {gone.log})", code=1)
+    except KeyboardInterrupt:
+        typer.echo("stopping the model servers")
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@app.command()
+def gateway(
+    port: int = typer.Option(DEFAULT_PORTS.gateway, "--port", help="Gateway port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    model_url: list[str] = typer.Option(
+        [],
+        "--model-url",
+        help="MLflow scoring server or the model's Docker image (/ping, /invocations); repeat it for replicas "
+        f"(least busy first). Default: ${MODEL_URLS_ENV} (comma-separated), else the model-server port's.",
+        show_default=False,
+    ),
+    model_uri: str | None = typer.Option(
+        None,
+        "--model-uri",
+        help="Registry URI for model info and drift reference (default: models:/<model name>@champion; '' for none).",
+    ),
+    drift_reference: Path | None = typer.Option(None, "--drift-reference", help="Reference JSON file instead."),
+    max_batch_rows: int = typer.Option(
+        GatewayConfig.max_batch_rows, "--max-batch-rows", min=1, help="Most rows in one model call."
+    ),
+    max_wait_ms: float = typer.Option(
+        GatewayConfig.max_wait_ms,
+        "--max-wait-ms",
+        min=0.0,
+        help="How long a request waits for others to share its batch.",
+    ),
+    max_concurrent_batches: int = typer.Option(
+        GatewayConfig.max_concurrent_batches,
+        "--max-concurrent-batches",
+        min=1,
+        help="Model calls in flight at a time per replica (match its workers); one more for a whole batch.",
+    ),
+    probe_interval: float = typer.Option(
+        1.0, "--probe-interval", min=0.05, help="Seconds between health probes of the model server."
+    ),
+    drift_window: int = typer.Option(
+        DEFAULT_WINDOW,
+        "--drift-window",
+        min=MIN_ROWS,
+        help="Recent rows the drift statistics cover (at least the measured minimum).",
+    ),
+    model_timeout: float = typer.Option(
+        10.0, "--model-timeout", min=0.05, help="Every request's deadline in seconds (504 when it passes)."
+    ),
+    max_queue_ms: float = typer.Option(
+        GatewayConfig.max_queue_delay_ms,
+        "--max-queue-ms",
+        min=1.0,
+        help="Refuse new requests (503, Retry-After) while the oldest queued one has waited longer than this.",
+    ),
+    max_loop_lag_ms: float = typer.Option(
+        GatewayConfig.max_loop_lag_ms,
+        "--max-loop-lag-ms",
+        min=1.0,
+        help="Refuse new requests (503, Retry-After) while the gateway's event loop runs this far behind.",
+    ),
+    max_accept_queue: int = typer.Option(
+        GatewayConfig.max_accept_queue,
+        "--max-accept-queue",
+        min=1,
+        help="Refuse new requests (503, Retry-After) while more connections than this wait to be accepted.",
+    ),
+) -> None:
+    """The validating, micro-batching gateway with /metrics (the course's prometheus_exporter; foreground)."""
+    from msml.serving.gateway import GatewayConfig, run
+    from msml.tracking.registry import champion_uri
+
+    settings = _settings(None)
+    try:
+        urls = model_urls(model_url, os.environ)
+    except ValueError as exc:
+        _fail(str(exc))
+    config = GatewayConfig(
+        model_urls=urls,
+        contract=settings.contract,
+        tracking_uri=settings.tracking_uri,
+        model_uri=champion_uri(settings.model_name) if model_uri is None else (model_uri or None),
+        drift_reference=drift_reference,
+        max_batch_rows=max_batch_rows,
+        max_wait_ms=max_wait_ms,
+        max_concurrent_batches=max_concurrent_batches,
+        probe_interval=probe_interval,
+        drift_window=drift_window,
+        request_timeout=model_timeout,
+        max_queue_delay_ms=max_queue_ms,
+        max_loop_lag_ms=max_loop_lag_ms,
+        max_accept_queue=max_accept_queue,
+        feedback_token=os.environ.get("MSML_FEEDBACK_TOKEN") or None,  # a secret: from the environment only
+    )
+    typer.echo(
+        f"gateway on http://{host}:{port} → {', '.join(urls)} (/invocations, /feedback, /metrics, /health, /docs)"
+    )
+    run(config, host=host, port=port)
+
+
+@app.command()
+def loadgen(
+    url: str = typer.Option(local_url(DEFAULT_PORTS.gateway), "--url", help="Gateway (or model server) base URL."),
+    concurrency: int = typer.Option(
+        8, "--concurrency", "-c", min=1, max=1024, help="Requests in flight at a time (closed loop)."
+    ),
+    rate: float | None = typer.Option(None, "--rate", min=0.1, help="Target requests/s (open loop)."),
+    duration: float | None = typer.Option(None, "--duration", min=0.1, max=3600, help="Seconds."),
+    count: int | None = typer.Option(None, "--count", min=1, help="Requests (default 1000 without --duration)."),
+    drift_share: float = typer.Option(0.0, "--drift-share", min=0.0, max=1.0, help="Share of drifted rows."),
+    invalid_share: float = typer.Option(0.0, "--invalid-share", min=0.0, max=1.0, help="Share of invalid rows."),
+    feedback: bool = typer.Option(False, "--feedback/--no-feedback", help="Send ground truth to /feedback."),
+    wrong_feedback_share: float = typer.Option(
+        0.0,
+        "--wrong-feedback-share",
+        help="Share of scored rows whose feedback is the label the gateway did not "
+        "predict (simulates concept drift or a labelling change: LiveAccuracyDrop); needs --feedback.",
+    ),
+    batch_rows: int = typer.Option(1, "--batch-rows", min=1, max=1000, help="Rows per request."),
+    seed: int = SeedOpt,
+    data: Path | None = typer.Option(None, "--data", help="Processed directory (default from settings)."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback URL."),
+    progress_bar: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Send real test-split rows (the course's inference.py); print throughput, latency and errors."""
+    import asyncio
+    from urllib.parse import urlparse
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from msml.ops.loadgen import load_test_rows, run_load
+
+    if invalid_share + drift_share > 1:
+        _fail("--invalid-share + --drift-share must be at most 1")
+    if not 0 <= wrong_feedback_share <= 1:
+        _fail(f"--wrong-feedback-share must be between 0 and 1, got {wrong_feedback_share:g}")
+    if wrong_feedback_share and not feedback:
+        _fail("--wrong-feedback-share needs --feedback (it is a share of the feedback sent)")
+    if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
+        _fail(f"{url} is not loopback; pass --allow-remote to load another host")
+    if duration is None and count is None:
+        count = 1000
+    settings = _settings(None).with_overrides(processed_dir=data)
+    try:
+        rows, truths = load_test_rows(settings.processed_dir, settings.contract)
+    except DataError as exc:
+        _fail(str(exc))
+    mode = f"{rate} req/s" if rate else f"concurrency {concurrency}"
+    bound = " and ".join(x for x in (f"{count} requests" if count else "", f"{duration} s" if duration else "") if x)
+    typer.echo(f"loading {url} with {len(rows)} test rows: {mode}, up to {bound}")
+    with Progress(
+        TextColumn("requests"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not progress_bar,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("load", total=count)
+        report = asyncio.run(
+            run_load(
+                url,
+                rows,
+                truths,
+                concurrency=concurrency,
+                rate=rate,
+                duration=duration,
+                count=count,
+                drift_share=drift_share,
+                invalid_share=invalid_share,
+                feedback=feedback,
+                wrong_feedback_share=wrong_feedback_share,
+                batch_rows=batch_rows,
+                seed=seed,
+                contract=settings.contract,
+                progress=lambda n: bar.advance(task, n),
+            )
+        )
+    typer.echo(report.summary())
+    if report.failed:
+        _fail(f"{report.errors} request(s) failed", code=1)
