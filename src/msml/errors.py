@@ -6,7 +6,8 @@ code; anything else is a bug and shows a traceback (without local variables, whi
 Exit codes (README "Exit codes" lists the same):
   0 success · 1 a check failed (stale files, failed requests) · 2 bad input: usage, data, contract ·
   3 tracking server / registry · 4 port busy or process conflict · 5 a system program is missing ·
-  6 a server did not become ready · 7 export
+  6 a server did not become ready · 7 export · 8 a pipeline step failed (training, tuning, the CI job, a container
+  build) · 9 an evidence capture failed (a blank or missing screenshot, Grafana)
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import re
 
 
 class MsmlError(Exception):
-    """An expected failure; the message says exactly what and what to do."""
+    """A check failed (stale generated files, failed requests). The base of every expected failure: its message
+    says exactly what and what to do."""
 
     exit_code = 1
 
@@ -32,28 +34,40 @@ class TrackingError(MsmlError):
     exit_code = 3
 
 
-class PortBusyError(MsmlError, RuntimeError):
+class PortBusyError(MsmlError):
     """A port we must listen on is held by another process (or a pid file names a live process)."""
 
     exit_code = 4
 
 
-class MissingProgramError(MsmlError, FileNotFoundError):  # callers that catch FileNotFoundError still do
+class MissingProgramError(MsmlError):
     """A system program (Prometheus, Alertmanager, Chromium…) is not installed."""
 
     exit_code = 5
 
 
-class ServerError(MsmlError, RuntimeError):  # callers that catch RuntimeError still do
+class ServerError(MsmlError):
     """A server we started exited or did not answer in time."""
 
     exit_code = 6
 
 
-class ExportError(MsmlError, RuntimeError):
+class ExportError(MsmlError):
     """The course's export cannot be written."""
 
     exit_code = 7
+
+
+class PipelineError(MsmlError):
+    """A pipeline step ran and failed: training, tuning, the CI job, a container build. Not the user's input."""
+
+    exit_code = 8
+
+
+class CaptureError(MsmlError):
+    """An evidence capture failed: a page that never showed its content, a blank image, Grafana not ready."""
+
+    exit_code = 9
 
 
 # scheme://user:password@host or scheme://token@host → the secret part replaced; the host stays readable

@@ -1,4 +1,5 @@
-"""Files generated from Python definitions (MLProject/, monitoring/): write them, or find the stale ones."""
+"""Files generated from Python definitions (monitoring/, MLProject/, the notebook's automation, README facts):
+write them, or find the stale ones. `every_file` is the one list of them."""
 
 from __future__ import annotations
 
@@ -21,3 +22,19 @@ def stale(root: Path, files: dict[str, str]) -> list[str]:
     return [
         rel for rel, text in files.items() if not (Path(root) / rel).is_file() or (Path(root) / rel).read_text() != text
     ]
+
+
+def every_file(settings, root: Path) -> dict[str, str]:
+    """Every generated file of the repository, {path relative to `root`: text}: what `msml render` writes and
+    `msml render --check` (in `make test-fast`) compares. A new generated file is added here, nowhere else."""
+    from msml.docs import readme_files
+    from msml.handin.export import notebook_files
+    from msml.monitoring.render import render_files
+    from msml.ops.project import project_files
+
+    return {
+        **render_files(),
+        **project_files(settings, root),
+        **notebook_files(settings, root),
+        **readme_files(root),  # last: the READMEs state counts of what the others render
+    }

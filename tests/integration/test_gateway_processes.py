@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from msml.errors import PortBusyError
 from msml.ops.processes import inspect, read_pid, start_background, stop
 from tests.conftest import run_msml
 
@@ -37,7 +38,7 @@ def test_start_background_and_stop_the_whole_group(tmp_path):
         time.sleep(0.05)
     child = int(log.read_text().split()[0])
     assert os.getpgid(child) == pid
-    with pytest.raises(RuntimeError, match="still running"):
+    with pytest.raises(PortBusyError, match="still running"):
         start_background([sys.executable, "-c", "pass"], pidfile, log)
     assert stop(pidfile, timeout=5).state == "ours"
     deadline = time.monotonic() + 5

@@ -111,12 +111,7 @@ def tracking_up(
     """Start PostgreSQL and `mlflow server` (artifacts proxied, /metrics) on 127.0.0.1 (state in .run/tracking)."""
     from msml.tracking.server import up
 
-    try:
-        started = up(
-            _settings(None).run_dir, port=port, postgres_port=postgres_port, backend_store_uri=backend_store_uri
-        )
-    except RuntimeError as exc:
-        _fail(str(exc))
+    started = up(_settings(None).run_dir, port=port, postgres_port=postgres_port, backend_store_uri=backend_store_uri)
     typer.echo(f"tracking server {started.url} (pid {started.pid}; backend {started.backend_store_uri})")
     typer.echo(f"  export MLFLOW_TRACKING_URI={started.url}")
     if started.optuna_storage:

@@ -20,6 +20,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from msml.errors import CaptureError
+
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_FLAGS = (
     "--no-sandbox",
@@ -46,10 +48,6 @@ CONTENT_BOTTOM_JS = """() => {
   }
   return Math.ceil(bottom);
 }"""
-
-
-class CaptureError(RuntimeError):
-    """A page did not show its content, or the image came out blank; the message says which and where."""
 
 
 def chromium() -> str:

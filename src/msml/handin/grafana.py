@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from msml.config import DEFAULT_PORTS
+from msml.errors import CaptureError
 from msml.monitoring.definitions import alert
 from msml.monitoring.render import (
     DASHBOARD_UID,
@@ -74,7 +75,7 @@ def estimate_minutes() -> int:
     return -(-int(seconds) // 60)
 
 
-class GrafanaError(RuntimeError):
+class GrafanaError(CaptureError):
     """The Grafana evidence cannot be produced; the message says why, in one line."""
 
 

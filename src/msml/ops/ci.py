@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from msml.config import Settings
-from msml.data.contract import DataError
+from msml.errors import PipelineError
 from msml.ops.project import CI_CV_FOLDS, CI_TRIALS, DEFAULT_SEED, PROJECT_DIR
 
 ENTRY_POINTS = ("main", "tune")
@@ -50,7 +50,7 @@ SERVING_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THR
 AS_BUILT_SUFFIX = "-as-built"  # tag suffix of what `mlflow models build-docker` itself produced
 
 
-class CiError(DataError):
+class CiError(PipelineError):
     """A CI step failed; the message names the step (the tool's own output is above it in the log)."""
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from msml.data.contract import DataError
+from msml.errors import PipelineError
 
 CONTAINERS_CONF = """\
 [engine]
@@ -53,7 +53,7 @@ WHEELS_LABEL = "org.msml.wheelhouse"
 LOG_PREFIX = "[stand-in base image]"  # every log line about the stand-in says what it is
 
 
-class EngineError(DataError):
+class EngineError(PipelineError):
     """The container engine could not start or a container command failed; the message says which."""
 
 

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from msml.data.contract import DataError
+from msml.errors import TrackingError
 
 SUPERUSER = "postgres"
 # One database per store: MLflow and Optuna both keep an `alembic_version` table.
@@ -24,7 +24,7 @@ MLFLOW_DB = "mlflow"
 OPTUNA_DB = "optuna"
 
 
-class PostgresError(DataError):
+class PostgresError(TrackingError):
     """PostgreSQL is missing or a cluster operation failed; the message says which and why."""
 
 

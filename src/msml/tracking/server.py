@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from msml.config import DEFAULT_PORTS, TRACKING_POSTGRES_PORT
-from msml.serving import processes
+from msml.errors import PortBusyError
+from msml.ops import processes
 from msml.tracking import postgres
 from msml.tracking.client import server_command
 
@@ -76,7 +77,7 @@ def up(
     layout = Layout(Path(run_dir))
     running = processes.read_pid(layout.pidfile)
     if running is not None:
-        raise RuntimeError(f"the tracking server is already running (pid {running}); `msml tracking down` first")
+        raise PortBusyError(f"the tracking server is already running (pid {running}); `msml tracking down` first")
     optuna_storage = None
     if backend_store_uri is None:
         cluster = postgres.start_cluster(layout.postgres_dir, postgres_port)

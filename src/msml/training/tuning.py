@@ -37,6 +37,7 @@ from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 from msml.config import DECISION_THRESHOLD, DEFAULT_SEED, DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, Settings
 from msml.data.contract import Contract
 from msml.data.preprocessing import TRAIN_FILE, encode_target
+from msml.errors import PipelineError
 from msml.tracking.client import check_server, setup_tracking
 from msml.training import workers as workers_mod
 from msml.training.evaluation import (
@@ -427,7 +428,7 @@ def choose_model(
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     fold_indices = list(folds.split(X, y))
     if not done:
-        raise RuntimeError("no tuning trial completed within the time budget: raise --n-trials or the budget")
+        raise PipelineError("no tuning trial completed within the time budget: raise --n-trials or the budget")
     candidates: dict[str, dict] = {}
     for family in FAMILIES:
         trials = [t for t in done if t.params["family"] == family]

@@ -26,7 +26,7 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
-from msml.data.contract import DataError
+from msml.errors import PipelineError
 
 WORKER_PID_TAG = "msml.worker_pid"
 WORKER_HOST_TAG = "msml.worker_host"
@@ -34,7 +34,7 @@ TRIAL_NUMBER_TAG = "optuna.trial_number"
 TRIAL_RUN_ATTR = "mlflow_run_id"  # trial user attribute: the nested run that logged the trial
 
 
-class TuningError(DataError):
+class TuningError(PipelineError):
     """The study cannot be created, joined or finished; the message says why."""
 
 
