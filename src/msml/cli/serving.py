@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from pathlib import Path
 
@@ -13,8 +15,7 @@ from msml.config import (
     local_url,
 )
 from msml.data.contract import DataError
-from msml.monitoring.drift import DEFAULT_WINDOW, MIN_ROWS
-from msml.serving.settings import MODEL_URLS_ENV, GatewayConfig, model_urls
+from msml.serving.settings import MODEL_URLS_ENV, cli_options, model_urls
 
 # --- serving: MLflow's scoring server, the gateway, the load generator ----------------------------------------
 
@@ -67,7 +68,33 @@ def serve(
             server.stop()
 
 
+def with_gateway_options(command):
+    """Adds one option per GatewayConfig field that declares one (`serving.settings.option`: flag, help, bounds and
+    default live there, once) and hands their values to the command as `tuning`, {field name: value}."""
+    options = cli_options()
+    signature = inspect.signature(command)
+    extra = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(default, flag, help=help_, min=low),
+            annotation=type(default),
+        )
+        for name, (default, flag, help_, low) in options.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        tuning = {name: kwargs.pop(name) for name in options}
+        return command(**kwargs, tuning=tuning)
+
+    own = [p for p in signature.parameters.values() if p.name != "tuning"]
+    wrapper.__signature__ = signature.replace(parameters=own + extra)
+    return wrapper
+
+
 @app.command()
+@with_gateway_options
 def gateway(
     port: int = typer.Option(DEFAULT_PORTS.gateway, "--port", help="Gateway port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
@@ -84,51 +111,7 @@ def gateway(
         help="Registry URI for model info and drift reference (default: models:/<model name>@champion; '' for none).",
     ),
     drift_reference: Path | None = typer.Option(None, "--drift-reference", help="Reference JSON file instead."),
-    max_batch_rows: int = typer.Option(
-        GatewayConfig.max_batch_rows, "--max-batch-rows", min=1, help="Most rows in one model call."
-    ),
-    max_wait_ms: float = typer.Option(
-        GatewayConfig.max_wait_ms,
-        "--max-wait-ms",
-        min=0.0,
-        help="How long a request waits for others to share its batch.",
-    ),
-    max_concurrent_batches: int = typer.Option(
-        GatewayConfig.max_concurrent_batches,
-        "--max-concurrent-batches",
-        min=1,
-        help="Model calls in flight at a time per replica (match its workers); one more for a whole batch.",
-    ),
-    probe_interval: float = typer.Option(
-        1.0, "--probe-interval", min=0.05, help="Seconds between health probes of the model server."
-    ),
-    drift_window: int = typer.Option(
-        DEFAULT_WINDOW,
-        "--drift-window",
-        min=MIN_ROWS,
-        help="Recent rows the drift statistics cover (at least the measured minimum).",
-    ),
-    model_timeout: float = typer.Option(
-        10.0, "--model-timeout", min=0.05, help="Every request's deadline in seconds (504 when it passes)."
-    ),
-    max_queue_ms: float = typer.Option(
-        GatewayConfig.max_queue_delay_ms,
-        "--max-queue-ms",
-        min=1.0,
-        help="Refuse new requests (503, Retry-After) while the oldest queued one has waited longer than this.",
-    ),
-    max_loop_lag_ms: float = typer.Option(
-        GatewayConfig.max_loop_lag_ms,
-        "--max-loop-lag-ms",
-        min=1.0,
-        help="Refuse new requests (503, Retry-After) while the gateway's event loop runs this far behind.",
-    ),
-    max_accept_queue: int = typer.Option(
-        GatewayConfig.max_accept_queue,
-        "--max-accept-queue",
-        min=1,
-        help="Refuse new requests (503, Retry-After) while more connections than this wait to be accepted.",
-    ),
+    tuning: dict | None = None,  # the options built from GatewayConfig's fields (with_gateway_options)
 ) -> None:
     """The validating, micro-batching gateway with /metrics (the course's prometheus_exporter; foreground)."""
     from msml.serving.gateway import GatewayConfig, run
@@ -145,15 +128,7 @@ def gateway(
         tracking_uri=settings.tracking_uri,
         model_uri=champion_uri(settings.model_name) if model_uri is None else (model_uri or None),
         drift_reference=drift_reference,
-        max_batch_rows=max_batch_rows,
-        max_wait_ms=max_wait_ms,
-        max_concurrent_batches=max_concurrent_batches,
-        probe_interval=probe_interval,
-        drift_window=drift_window,
-        request_timeout=model_timeout,
-        max_queue_delay_ms=max_queue_ms,
-        max_loop_lag_ms=max_loop_lag_ms,
-        max_accept_queue=max_accept_queue,
+        **tuning,
         feedback_token=os.environ.get("MSML_FEEDBACK_TOKEN") or None,  # a secret: from the environment only
     )
     typer.echo(

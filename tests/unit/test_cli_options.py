@@ -1,0 +1,25 @@
+"""Options that mirror a settings object are built from it: one default, one help text, one flag per field."""
+
+from __future__ import annotations
+
+import inspect
+
+from typer.testing import CliRunner
+
+from msml.cli import app
+from msml.cli.serving import gateway
+from msml.serving.settings import GatewayConfig, cli_options
+
+
+def test_gateway_options_are_gateway_config_fields():
+    parameters = inspect.signature(gateway).parameters
+    for name, (default, flag, _help, _low) in cli_options().items():
+        option = parameters[name].default
+        assert option.default == default == getattr(GatewayConfig, name)
+        assert flag in option.param_decls
+    assert "tuning" not in parameters
+
+
+def test_a_value_below_a_fields_bound_is_refused_with_the_flag_named():
+    result = CliRunner().invoke(app, ["gateway", "--max-batch-rows", "0"])
+    assert result.exit_code == 2 and "--max-batch-rows" in result.output
