@@ -14,7 +14,6 @@ from msml.config import (
     DEFAULT_PORTS,
     local_url,
 )
-from msml.data.contract import DataError
 from msml.serving.settings import MODEL_URLS_ENV, cli_options, model_urls
 
 # --- serving: MLflow's scoring server, the gateway, the load generator ----------------------------------------
@@ -162,59 +161,33 @@ def loadgen(
     progress_bar: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Send real test-split rows (the course's inference.py); print throughput, latency and errors."""
-    import asyncio
-    from urllib.parse import urlparse
+    from msml.ops.loadgen import check_plan, load_test_rows, run_with_progress
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from msml.ops.loadgen import load_test_rows, run_load
-
-    if invalid_share + drift_share > 1:
-        _fail("--invalid-share + --drift-share must be at most 1")
-    if not 0 <= wrong_feedback_share <= 1:
-        _fail(f"--wrong-feedback-share must be between 0 and 1, got {wrong_feedback_share:g}")
-    if wrong_feedback_share and not feedback:
-        _fail("--wrong-feedback-share needs --feedback (it is a share of the feedback sent)")
-    if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1") and not allow_remote:
-        _fail(f"{url} is not loopback; pass --allow-remote to load another host")
+    check_plan(url, drift_share, invalid_share, feedback, wrong_feedback_share, allow_remote)
     if duration is None and count is None:
         count = 1000
     settings = _settings(None).with_overrides(processed_dir=data)
-    try:
-        rows, truths = load_test_rows(settings.processed_dir, settings.contract)
-    except DataError as exc:
-        _fail(str(exc))
+    rows, truths = load_test_rows(settings.processed_dir, settings.contract)
     mode = f"{rate} req/s" if rate else f"concurrency {concurrency}"
     bound = " and ".join(x for x in (f"{count} requests" if count else "", f"{duration} s" if duration else "") if x)
     typer.echo(f"loading {url} with {len(rows)} test rows: {mode}, up to {bound}")
-    with Progress(
-        TextColumn("requests"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not progress_bar,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("load", total=count)
-        report = asyncio.run(
-            run_load(
-                url,
-                rows,
-                truths,
-                concurrency=concurrency,
-                rate=rate,
-                duration=duration,
-                count=count,
-                drift_share=drift_share,
-                invalid_share=invalid_share,
-                feedback=feedback,
-                wrong_feedback_share=wrong_feedback_share,
-                batch_rows=batch_rows,
-                seed=seed,
-                contract=settings.contract,
-                progress=lambda n: bar.advance(task, n),
-            )
-        )
+    report = run_with_progress(
+        url,
+        rows,
+        truths,
+        show=progress_bar,
+        concurrency=concurrency,
+        rate=rate,
+        duration=duration,
+        count=count,
+        drift_share=drift_share,
+        invalid_share=invalid_share,
+        feedback=feedback,
+        wrong_feedback_share=wrong_feedback_share,
+        batch_rows=batch_rows,
+        seed=seed,
+        contract=settings.contract,
+    )
     typer.echo(report.summary())
     if report.failed:
         _fail(f"{report.errors} request(s) failed", code=1)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msml.data.contract import Contract
+from msml.data.contract import Contract, DataError
 
 MAX_DURATION = 3600.0
 MAX_COUNT = 10_000_000
@@ -303,3 +303,33 @@ async def run_load(
         if feedback:
             await flush_feedback(client, force=True)
     return report
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_plan(
+    url: str, drift_share: float, invalid_share: float, feedback: bool, wrong_feedback_share: float, allow_remote: bool
+) -> None:
+    """DataError naming the option when a load cannot be run as asked (shares that do not add up, wrong feedback
+    without feedback, a host other than this one without `allow_remote`)."""
+    from urllib.parse import urlparse
+
+    if invalid_share + drift_share > 1:
+        raise DataError("--invalid-share + --drift-share must be at most 1")
+    if not 0 <= wrong_feedback_share <= 1:
+        raise DataError(f"--wrong-feedback-share must be between 0 and 1, got {wrong_feedback_share:g}")
+    if wrong_feedback_share and not feedback:
+        raise DataError("--wrong-feedback-share needs --feedback (it is a share of the feedback sent)")
+    if urlparse(url).hostname not in LOOPBACK and not allow_remote:
+        raise DataError(f"{url} is not loopback; pass --allow-remote to load another host")
+
+
+def run_with_progress(url: str, rows, truths, show: bool = True, **load) -> LoadReport:
+    """`run_load` with a progress bar of the requests sent (up to `count` when it is given)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("requests"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not show, transient=False) as bar:
+        task = bar.add_task("load", total=load.get("count"))
+        return asyncio.run(run_load(url, rows, truths, progress=lambda n: bar.advance(task, n), **load))
