@@ -24,6 +24,7 @@ DEFAULT_TRIALS = 10
 DEFAULT_TIME_BUDGET = 150.0
 # The seed of everything seeded (split, CV folds, samplers, estimators) unless `--seed` says otherwise.
 DEFAULT_SEED = 42
+DEFAULT_TEST_SIZE = 0.2  # share of rows held out as the test split (stratified)
 # P(positive) at or above this is the positive class: evaluation, the gateway's predicted class, the model card.
 DECISION_THRESHOLD = 0.5
 LOOPBACK = "127.0.0.1"

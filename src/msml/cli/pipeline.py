@@ -9,6 +9,7 @@ import typer
 
 from msml.cli.app import ContractOpt, ExperimentOpt, MaxInvalidOpt, OutOpt, RawOpt, RunInfoOpt, SeedOpt, _settings, app
 from msml.config import (
+    DEFAULT_TEST_SIZE,
     DEFAULT_TIME_BUDGET,
     DEFAULT_TRIALS,
     Settings,
@@ -39,7 +40,7 @@ def preprocess(
     out: Path | None = OutOpt,
     seed: int = SeedOpt,
     test_size: float = typer.Option(
-        0.2, "--test-size", min=0.05, max=0.5, help="Share of rows held out as the test split."
+        DEFAULT_TEST_SIZE, "--test-size", min=0.05, max=0.5, help="Share of rows held out as the test split."
     ),
     max_invalid_share: float = MaxInvalidOpt,
 ) -> None:

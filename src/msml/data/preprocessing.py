@@ -29,10 +29,9 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from msml.config import DEFAULT_SEED
+from msml.config import DEFAULT_SEED, DEFAULT_TEST_SIZE
 from msml.data.contract import DEFAULT_MAX_INVALID_SHARE, Contract, DataError
 
-DEFAULT_TEST_SIZE = 0.2
 MISSING_CATEGORY = "missing"
 
 # File names inside the processed directory (one definition; readers use these).

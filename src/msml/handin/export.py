@@ -36,7 +36,15 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from msml.config import DECISION_THRESHOLD, DEFAULT_PORTS, DEFAULT_SEED, DEFAULT_TRIALS, Settings, local_url
+from msml.config import (
+    DECISION_THRESHOLD,
+    DEFAULT_PORTS,
+    DEFAULT_SEED,
+    DEFAULT_TEST_SIZE,
+    DEFAULT_TRIALS,
+    Settings,
+    local_url,
+)
 from msml.monitoring.render import notifications_path
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -140,6 +148,7 @@ def template_values(settings: Settings, root: Path) -> dict[str, object]:
         "image": settings.image,
         "trials": CI_TRIALS,
         "seed": DEFAULT_SEED,
+        "test_size": DEFAULT_TEST_SIZE,
         "tuning_trials": DEFAULT_TRIALS,
         "threshold": DECISION_THRESHOLD,
         "gateway_port": DEFAULT_PORTS.gateway,

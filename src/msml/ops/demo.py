@@ -169,7 +169,7 @@ def run_demo(
     from msml.ops.ci import run_ci
     from msml.tracking.client import setup_tracking
     from msml.tracking.registry import register_and_promote
-    from msml.training.tuning import tune
+    from msml.training.tuning import FAMILY_NAMES, tune
 
     total = 8
     start = _step(echo, 1, total, f"preprocess {settings.raw_path}")
@@ -188,7 +188,9 @@ def run_demo(
         f"{ci.metrics['test_accuracy']:.4f} ({time.perf_counter() - start:.1f} s)"
     )
 
-    start = _step(echo, 3, total, f"tune HistGradientBoosting with Optuna ({trials} trials) and gate-promote")
+    start = _step(
+        echo, 3, total, f"tune {' + '.join(FAMILY_NAMES.values())} with Optuna ({trials} trials) and gate-promote"
+    )
     summary = tune(settings, n_trials=trials, progress=echo)
     setup_tracking(settings)
     promotion = register_and_promote(summary.model_uri, settings.model_name, summary.run_id)

@@ -49,7 +49,8 @@ from msml.training.evaluation import (
 from msml.training.train import RunSummary, load_data, log_model, log_training_dataset
 
 DEFAULT_CV_FOLDS = 3
-FAMILIES = ("hgb", "lightgbm")
+FAMILY_NAMES = {"hgb": "HistGradientBoosting", "lightgbm": "LightGBM"}  # family key -> the estimator it searches
+FAMILIES = tuple(FAMILY_NAMES)
 ENSEMBLE = "ensemble"  # the mean probability of the best trial of each family
 # Calibration is applied only when it lowers the CV log loss by at least this much (noise on ~39k rows).
 CALIBRATION_MIN_GAIN = 1e-3
