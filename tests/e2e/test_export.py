@@ -20,7 +20,10 @@ import yaml
 
 from msml.config import DEFAULT_DOCKERHUB_USER, DEFAULT_GITHUB_USER, DEFAULT_STUDENT, load_settings
 from msml.data.contract import Contract
-from msml.handin.export import (
+from msml.errors import ExportError
+from msml.handin.course import course_files
+from msml.handin.missing import collect_evidence, serving_evidence
+from msml.handin.names import (
     ALERTING_DIR,
     EXPORTER,
     GRAFANA_DIR,
@@ -28,18 +31,9 @@ from msml.handin.export import (
     MISSING_FILE,
     PROMETHEUS_DIR,
     SERVING_IMAGE,
-    ExportError,
-    _copy_processed,
-    _copy_raw,
-    check_names,
-    collect_evidence,
-    course_files,
-    runtime_requirements,
-    serving_evidence,
-    write_eksperimen,
-    write_submission,
-    write_workflow_ci,
 )
+from msml.handin.repos import check_names
+from msml.handin.units import _copy_processed, _copy_raw, write_eksperimen, write_submission, write_workflow_ci
 from tests.conftest import ROOT, run_msml
 from tests.helpers import dataset_digests, lint_workflows
 
@@ -252,35 +246,29 @@ def test_workflows_lint_clean_and_fit_their_repository(exported):
         assert needle in train, needle
 
 
-def test_requirements_pin_the_runtime_closure_from_pypi_only(exported):
+def test_requirements_are_per_folder_and_pinned_from_the_lock(exported):
+    """Each folder's own requirements.txt (derived from its imports: tests/unit/test_course_files.py), every pin at
+    the runtime lock's version, PyPI only (no msml, no wheel, no vendored code)."""
     locked = {}
     for line in (ROOT / "requirements" / "runtime.txt").read_text().splitlines():
         if "==" in line and not line.startswith("#"):
             name, version = line.split("==")
             locked[name.lower().replace("_", "-")] = version
-    texts = {
-        p: (exported / p).read_text()
-        for p in (f"{EKS}/requirements.txt", "Workflow-CI/requirements.txt", f"{SUB}/Membangun_model/requirements.txt")
-    }
-    assert len(set(texts.values())) == 1
-    lines = [line for line in next(iter(texts.values())).splitlines() if line and not line.startswith("#")]
-    assert lines == runtime_requirements(ROOT)
-    pins = dict(line.split("==") for line in lines)
-    assert {
-        "mlflow",
-        "scikit-learn",
-        "pandas",
-        "sqlalchemy",
-        "optuna",
-        "prometheus-client",
-        "grafana-foundation-sdk",
-    } <= set(pins)
-    assert not {"msml", "pytest", "zizmor", "check-jsonschema", "nbclient", "schemathesis"} & set(pins)
-    for name, version in pins.items():
-        assert locked.get(name.lower().replace("_", "-")) == version, name
+    folders = [EKS, "Workflow-CI", f"{SUB}/Membangun_model", f"{SUB}/Monitoring dan Logging"]
+    pins = {}
+    for folder in folders:
+        lines = [x for x in (exported / folder / "requirements.txt").read_text().splitlines() if x and x[0] != "#"]
+        pins[folder] = dict(line.split("==") for line in lines)
+        for name, version in pins[folder].items():
+            assert locked.get(name.lower().replace("_", "-")) == version, (folder, name)
+        assert "msml" not in pins[folder]
+    assert {"mlflow", "scikit-learn", "optuna", "sqlalchemy"} <= set(pins["Workflow-CI"])
+    assert set(pins[f"{SUB}/Monitoring dan Logging"]) == {"numpy", "pandas", "prometheus-client"}
+    assert "mlflow" not in pins[EKS]
     assert not list(exported.rglob("*.whl")) and not list(exported.rglob("vendor"))
     conda = yaml.safe_load((exported / "Workflow-CI/MLProject/conda.yaml").read_text())
-    assert not [line for line in conda["dependencies"][-1]["pip"] if "msml" in line or "/" in line]
+    assert conda["name"] == "Workflow-CI" and conda["dependencies"][0] == "python=3.11"
+    assert conda["dependencies"][-1]["pip"] == [f"{n}=={v}" for n, v in pins["Workflow-CI"].items()]
     mlproject = yaml.safe_load((exported / "Workflow-CI/MLProject/MLproject").read_text())
     assert mlproject["entry_points"]["main"]["command"].startswith("python modelling.py ")
     assert mlproject["entry_points"]["tune"]["command"].startswith("python modelling_tuning.py ")

@@ -10,7 +10,8 @@ import re
 import pytest
 
 from msml.config import load_settings
-from msml.handin.export import EXPORTER, EXPORTER_METRICS, INFERENCE, course_files, notebook_files
+from msml.handin.course import EXPORTER_METRICS, course_files, notebook_files
+from msml.handin.names import EXPORTER, INFERENCE
 from tests.conftest import ROOT
 from tests.helpers import dataset_digests
 
@@ -79,17 +80,70 @@ def test_no_course_file_imports_msml_and_each_shows_its_graded_call(files):
         assert text.startswith('"""'), f"{name}: no docstring saying what it does"
 
 
-def test_course_files_import_only_their_requirements(files):
-    """Every import is the standard library or a distribution pinned in the exported requirements.txt."""
+@pytest.fixture(scope="module")
+def units(tmp_path_factory):
+    """The three units written (no git, no evidence) into a temporary folder."""
+    from msml.handin.units import write_eksperimen, write_submission, write_workflow_ci
+
+    out = tmp_path_factory.mktemp("units")
+    write_eksperimen(SETTINGS, ROOT, out / "eks")
+    write_workflow_ci(SETTINGS, ROOT, out / "ci")
+    write_submission(SETTINGS, ROOT, out / "sub")
+    return out
+
+
+REQUIREMENT_FOLDERS = {  # folder with a requirements.txt: the files it serves
+    "eks": ["preprocessing/*.py", "preprocessing/*.ipynb"],
+    "ci": ["MLProject/*.py"],
+    "sub/Membangun_model": ["*.py"],
+    "sub/Monitoring dan Logging": ["*.py"],
+}
+
+
+def _distribution(module: str, cache={}) -> str:  # noqa: B006 - one scan of the installed packages
+    import importlib.metadata
+
+    if not cache:
+        cache.update(importlib.metadata.packages_distributions())
+    return cache[module][0].lower().replace("_", "-")
+
+
+def test_each_folders_requirements_are_what_its_files_import(units):
+    """requirements.txt lists exactly the distributions its folder's files import (+ SQLAlchemy beside mlflow, pinned
+    because 2.1 breaks mlflow 2.19), each at the runtime lock's version; conda.yaml's pip list is Workflow-CI's."""
     import sys
 
-    from msml.handin.export import runtime_requirements
+    import yaml
 
-    pinned = {line.split("==")[0].lower().replace("_", "-") for line in runtime_requirements(ROOT)}
-    distribution_of = {"sklearn": "scikit-learn", "yaml": "pyyaml"}
-    for name, text in {**files, "notebook": notebook_code(NOTEBOOK)}.items():
-        for module in imported_modules(text) - set(sys.stdlib_module_names) - {"__future__"}:
-            assert distribution_of.get(module, module).replace("_", "-") in pinned, f"{name} imports {module}"
+    from msml.ops.project import RUNTIME_LOCK, read_lock
+
+    lock = read_lock(ROOT / RUNTIME_LOCK)
+    sizes = {}
+    for folder, patterns in REQUIREMENT_FOLDERS.items():
+        imported = set()
+        for pattern in patterns:
+            for path in (units / folder).glob(pattern):
+                source = notebook_code(path) if path.suffix == ".ipynb" else path.read_text()
+                imported |= imported_modules(source)
+        local = {p.stem for p in (units / folder).rglob("*.py")}
+        third_party = imported - set(sys.stdlib_module_names) - {"__future__"} - local
+        expected = {_distribution(m) for m in third_party}
+        if "mlflow" in expected:
+            expected.add("sqlalchemy")
+        lines = [x for x in (units / folder / "requirements.txt").read_text().splitlines() if x and x[0] != "#"]
+        pins = dict(line.split("==") for line in lines)
+        assert {n.lower() for n in pins} == expected, folder
+        for name, version in pins.items():
+            assert lock[name.lower().replace("_", "-")][1] == version, name
+        sizes[folder] = len(lines)
+    assert not {"msml", "fastapi", "playwright", "grafana-foundation-sdk", "psycopg2-binary", "pandera"} & {
+        n for f in REQUIREMENT_FOLDERS for n in (units / f / "requirements.txt").read_text().split()
+    }
+    conda = yaml.safe_load((units / "ci" / "MLProject" / "conda.yaml").read_text())
+    ci_lines = [x for x in (units / "ci" / "requirements.txt").read_text().splitlines() if x and x[0] != "#"]
+    assert conda["name"] == "Workflow-CI" and conda["dependencies"][-1]["pip"] == ci_lines
+    assert conda["dependencies"][0] == "python=3.11"
+    print("requirements lines:", sizes)
 
 
 def test_the_notebook_does_its_own_preprocessing():
@@ -142,7 +196,7 @@ def test_committed_notebook_automation_is_current():
     for rel, text in notebook_files(SETTINGS, ROOT).items():
         path = ROOT / rel
         assert path.is_file() and path.read_text() == text, (
-            f'{rel} is stale: python -c "from msml.config import load_settings; from msml.handin.export import '
+            f'{rel} is stale: python -c "from msml.config import load_settings; from msml.handin.course import '
             f"notebook_files; from msml.generated import write; s = load_settings(); write(s.root, "
             f'notebook_files(s, s.root))"'
         )
@@ -209,3 +263,186 @@ def test_automate_refuses_bad_input_with_one_message(files, tmp_path, capsys):
         assert automate.main(["--raw", str(raw), "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+# --- 3.prometheus_exporter.py says what the gateway says ----------------------------------------------------------
+
+
+def _load_module(files, name: str, tmp_path):
+    import importlib.util
+
+    path = tmp_path / name
+    path.write_text(files[name])
+    spec = importlib.util.spec_from_file_location(f"course_{abs(hash(name))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def exporter(files, tmp_path_factory):
+    return _load_module(files, EXPORTER, tmp_path_factory.mktemp("exporter"))
+
+
+def _families(registry) -> dict[str, tuple[str, str, frozenset]]:
+    """{family name: (type, help, label names of its samples)} as a scrape shows them."""
+    out = {}
+    for family in registry.collect():
+        labels = frozenset(k for s in family.samples for k in s.labels if k not in ("le", "quantile"))
+        out[family.name] = (family.type, family.documentation, labels)
+    return out
+
+
+def test_exporter_exports_the_gateways_metrics_under_the_same_names(exporter):
+    """Every metric family the exporter's registry holds is the gateway's (name, type, help, labels), at least ten
+    of them, drift and live accuracy among them; nothing is exported that the gateway does not export."""
+    from msml.monitoring.metrics import DRIFT_PSI, LIVE_ACCURACY, GatewayMetrics
+
+    gateway = _families(GatewayMetrics().registry)
+    # label names only appear once a child exists: give both sides the same children
+    ours = _families(exporter.REGISTRY)
+    assert set(ours) <= set(gateway), set(ours) - set(gateway)
+    for name, (kind, help_text, _) in ours.items():
+        assert (kind, help_text) == gateway[name][:2], name
+    msml_metrics = {n for n in ours if n.startswith("msml_")}
+    assert len(msml_metrics) >= 10 and {DRIFT_PSI, LIVE_ACCURACY} <= msml_metrics
+    assert len(EXPORTER_METRICS) == len(msml_metrics)
+    for attr in EXPORTER_METRICS:  # labels and buckets: the exporter's objects against the gateway's
+        ours_metric, theirs = getattr(exporter, attr.upper()), getattr(GatewayMetrics(), attr)
+        assert ours_metric._labelnames == theirs._labelnames, attr
+        assert getattr(ours_metric, "_upper_bounds", None) == getattr(theirs, "_upper_bounds", None), attr
+
+
+BAD_ROWS = [  # each row breaks the contract differently; the gateway's validator is the reference
+    {"age": "old"},
+    {"age": 150},
+    {"age": 39.5},
+    {"age": True},
+    {"age": "39.0"},
+    {"age": " 39 "},
+    {"age": None},
+    {"workclass": "Spaceship"},
+    {"workclass": " ? "},
+    {"workclass": 7},
+    {"sex": None},
+    {"education": " Bachelors "},
+    {"unknown-column": 1},
+    {"fnlwgt": 0},
+    {"hours-per-week": "1e1"},
+    {"capital-gain": float("inf")},
+]
+
+
+def test_exporter_refuses_exactly_what_the_gateway_refuses(exporter):
+    """Row by row: the same (field, reason) failures, and the same typed row when the row is accepted."""
+    from msml.serving.errors import ClientError
+    from msml.serving.validation import RowValidator
+
+    validator = RowValidator(SETTINGS.contract)
+    rows, _ = _test_rows(3)
+    for change in [{}, *BAD_ROWS]:
+        row = {**rows[0], **change}
+        try:
+            expected, want = validator.validate([row])[0], set()
+        except ClientError as exc:
+            expected, want = None, {(d["field"], d["reason"]) for d in exc.details}
+        try:
+            got, have = exporter.check_rows([row])[0], set()
+        except exporter.ClientError as exc:
+            got, have = None, {(d["field"], d["reason"]) for d in exc.details}
+            assert exc.status == 422
+        assert have == want, change
+        assert got == expected, change
+    with pytest.raises(exporter.ClientError) as refused:
+        exporter.check_rows(["not a row"])
+    assert refused.value.details == [{"row": 0, "field": "_row", "reason": "wrong_type"}]
+
+
+def _test_rows(count: int) -> tuple[list[dict], list[str]]:
+    import pandas as pd
+
+    contract = SETTINGS.contract
+    frame = pd.read_csv(
+        SETTINGS.processed_dir / "test_clean.csv",
+        dtype={c: str for c in contract.categorical_features},
+        keep_default_na=False,
+        na_values=[""],
+    ).head(count)
+    return json.loads(frame[contract.features].to_json(orient="records")), frame[contract.target].tolist()
+
+
+def test_exporter_drift_is_the_gateways(exporter):
+    """The exporter's reference (read from train_clean.csv) is the one training logs with the model, and its PSI
+    over the same rows is the gateway's."""
+    from msml.data.preprocessing import load_clean_splits
+    from msml.monitoring.drift import MIN_ROWS, SlidingPSI, build_reference
+
+    train, _ = load_clean_splits(SETTINGS.processed_dir, SETTINGS.contract)
+    expected = build_reference(train, SETTINGS.contract)
+    reference = exporter.drift_reference(SETTINGS.processed_dir / "train_clean.csv")
+    assert reference == expected
+    rows, _ = _test_rows(MIN_ROWS + 50)
+    ours, theirs = exporter.SlidingPSI(reference), SlidingPSI(expected)
+    typed = exporter.check_rows(rows)
+    ours.add(typed)
+    theirs.add(typed)
+    assert ours.values() == theirs.values() and len(ours.values()) == len(SETTINGS.contract.features)
+
+
+def test_exporter_feedback_scores_like_the_gateways(exporter):
+    """Live accuracy from /feedback: the exporter's book against the gateway's FeedbackBook on the same labels."""
+    from msml.monitoring.metrics import GatewayMetrics
+    from msml.serving.feedback import FeedbackBook
+
+    contract = SETTINGS.contract
+    book = FeedbackBook(contract, GatewayMetrics())
+    ours = exporter.Exporter("http://127.0.0.1:9", reference=None)
+    classes = [1, 0, 1, 1, 0]
+    their_ids = book.remember(classes)
+    our_ids = [f"{i:032x}" for i in range(len(classes))]
+    ours.predicted.update(zip(our_ids, classes, strict=False))
+    truths = [contract.positive, contract.negative, contract.negative, 1, 1]
+    theirs = book.record({"feedback": [{"id": i, "label": t} for i, t in zip(their_ids, truths, strict=True)]})
+    ours_body = {"feedback": [{"id": i, "label": t} for i, t in zip(our_ids, truths, strict=True)]}
+    answer = ours.feedback(json.dumps(ours_body).encode())
+    assert answer["live_accuracy"] == theirs["live_accuracy"] == 0.6 and answer["accepted"] == 5
+    assert exporter.LIVE_ACCURACY._value.get() == 0.6
+    again = ours.feedback(json.dumps({"feedback": [{"id": our_ids[0], "label": 1}]}).encode())
+    assert again["unknown_count"] == 1 and again["accepted"] == 0  # an id is scored once
+    for bad in (b"{", b'{"feedback": []}', b'{"feedback": [{"id": "x", "label": "maybe"}]}'):
+        with pytest.raises(exporter.ClientError):
+            ours.feedback(bad)
+
+
+def test_prometheus_yml_loads_only_the_rule_file_shipped_beside_it_and_scrapes_the_exporter(units, exporter):
+    """2.prometheus.yml's rule files exist in its folder; every series a shipped rule reads is one the exporter's
+    registry exposes (or a recording rule of the same file); a rule on a metric the exporter lacks is left out."""
+    import yaml
+
+    from msml.config import DEFAULT_PORTS
+    from msml.handin.names import PROMETHEUS_YML, RUNBOOKS
+    from msml.handin.prometheus import reads_only, series_read
+    from msml.monitoring.definitions import ALERTS
+    from msml.monitoring.metrics import MODEL_REPLICA_UP
+
+    folder = units / "sub" / "Monitoring dan Logging"
+    config = yaml.safe_load((folder / PROMETHEUS_YML).read_text())
+    assert config["rule_files"] and all((folder / f).is_file() for f in config["rule_files"])
+    targets = [t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
+    assert f"127.0.0.1:{DEFAULT_PORTS.gateway}" in targets  # the exporter's default --port
+    assert "alerting" not in config  # no Alertmanager travels with the hand-in
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "info": ("_info",)}
+    exposed = {f.name + s for f in exporter.REGISTRY.collect() for s in suffixes.get(f.type, ("",))}
+    rules = [
+        r for f in config["rule_files"] for g in yaml.safe_load((folder / f).read_text())["groups"] for r in g["rules"]
+    ]
+    records = {r["record"] for r in rules if "record" in r}
+    for rule in rules:
+        assert series_read(rule["expr"]) <= exposed | records, rule
+    runbooks = (folder / RUNBOOKS).read_text()
+    alerts = [r for r in rules if "alert" in r]
+    assert [a["alert"] for a in alerts] == [a.name for a in ALERTS]  # the exporter carries every alert's metric
+    for a in alerts:
+        section = a["annotations"]["runbook_url"].split("#")[1]
+        assert a["annotations"]["runbook_url"].startswith(RUNBOOKS) and f"## {a['alert']}\n" in runbooks, section
+    assert not reads_only(f"sum({MODEL_REPLICA_UP})", exposed)  # the filter does drop what the exporter lacks

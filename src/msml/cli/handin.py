@@ -94,10 +94,13 @@ def export(
     notifications: Path | None = typer.Option(
         None, "--notifications", help="Receiver JSON lines (default: .run/monitoring/notifications.jsonl)."
     ),
+    author: str | None = typer.Option(
+        None, "--author", help="'Name <email>' of the exported commits (default: your `git config user.name/email`)."
+    ),
 ) -> None:
-    """Write Eksperimen_SML_<student>/, Workflow-CI/ (git repositories), SMSML_<student>/ and its zip."""
-    from msml.handin.export import MISSING_FILE
+    """Write Eksperimen_SML_<student>/, Workflow-CI/ (git repositories), SMSML_<student>/, its zip and SUBMIT.md."""
     from msml.handin.export import export as run
+    from msml.handin.names import MISSING_FILE, SUBMIT_FILE
 
     settings = _settings(None).with_overrides(student=student, github_user=github_user, dockerhub_user=dockerhub_user)
     result = run(
@@ -108,6 +111,7 @@ def export(
         gateway_url=gateway_url,
         prometheus_url=prometheus,
         notifications=notifications,
+        author=author,
         echo=typer.echo,
     )
     for name, path in result.repositories.items():
@@ -116,6 +120,7 @@ def export(
             f"https://github.com/{settings.github_user}/{name}.git && git push -u origin main)"
         )
     typer.echo(f"submission {result.submission}\nzip        {result.archive}")
+    typer.echo(f"next steps {result.out / SUBMIT_FILE}  (accounts, secrets, pushes in order, re-zip, upload)")
     for path in result.evidence:
         typer.echo(f"evidence   {path}")
     if result.missing:

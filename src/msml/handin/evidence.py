@@ -4,10 +4,10 @@ Each capture waits for the page's own content (a JavaScript condition that holds
 path, a rule's name, a table row), never for a fixed time; the image is cut to the content's height, then checked:
 `blank_bands()` rejects a capture with a mostly uniform band (an empty graph area, a page drawn half-way down).
 
-File names follow the course, numbered 1., 2., 3. ... within each folder and derived from
-`msml.monitoring.definitions` (never a hand-typed list): `prometheus_names()` for `4.bukti monitoring Prometheus/`
-(one graph per dashboard panel, then the Prometheus rules and alerts pages and Alertmanager's notifications) and
-`grafana_panel_names()` / `grafana_alert_names()` for the Grafana folders (`msml.handin.grafana` fills those).
+File names follow the course (`msml.handin.names`), numbered 1., 2., 3. ... within each folder and derived from
+`msml.monitoring.definitions`: `prometheus_stems()` for `4.bukti monitoring Prometheus/` (one graph per dashboard
+panel, then the Prometheus rules and alerts pages and Alertmanager's notifications) and `grafana_panel_stems()` /
+`grafana_alert_stems()` for the Grafana folders (`msml.handin.grafana` fills those).
 """
 
 from __future__ import annotations
@@ -21,6 +21,16 @@ import urllib.request
 from pathlib import Path
 
 from msml.errors import CaptureError
+
+# the course's names (re-exported: evidence callers read them here too)
+from msml.handin.names import (  # noqa: F401
+    MLFLOW_ARTIFACTS,
+    MLFLOW_DASHBOARD,
+    grafana_alert_stems,
+    grafana_panel_stems,
+    numbered,
+    prometheus_stems,
+)
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_FLAGS = (
@@ -229,39 +239,6 @@ def text_image(text: str, path: str | Path, title: str = "", width: int = WIDTH)
     return path
 
 
-# --- names, from the definitions ------------------------------------------------------------------------------
-
-
-def numbered(stems: list[str]) -> list[str]:
-    """`1.<stem>.jpg`, `2.<stem>.jpg`, ...: the course numbers the files of each folder from 1."""
-    return [f"{i}.{stem}.jpg" for i, stem in enumerate(stems, start=1)]
-
-
-def prometheus_stems(notified: list[str] | None = None) -> list[str]:
-    """`4.bukti monitoring Prometheus/`: a graph per dashboard panel, the rules and alerts pages, then the
-    Alertmanager notification of each alert key in `notified` (default: every alert)."""
-    from msml.monitoring.definitions import ALERTS, PANELS
-
-    keys = [a.key for a in ALERTS if notified is None or a.key in notified]
-    return (
-        [f"monitoring_{p.key}" for p in PANELS]
-        + ["rules_prometheus", "alerts_prometheus"]
-        + [f"notifikasi_alertmanager_{k}" for k in keys]
-    )
-
-
-def grafana_panel_stems() -> list[str]:
-    """`5.bukti monitoring Grafana/`: one Grafana panel per dashboard metric."""
-    from msml.monitoring.definitions import PANELS
-
-    return [f"monitoring_{p.key}" for p in PANELS]
-
-
-def grafana_alert_stems(alert_keys: list[str]) -> list[str]:
-    """`6.bukti alerting Grafana/`: each alert's Grafana rule page, then its notification."""
-    return [stem for key in alert_keys for stem in (f"rules_{key}", f"notifikasi_{key}")]
-
-
 # --- Prometheus ---------------------------------------------------------------------------------------------
 
 
@@ -381,9 +358,6 @@ def prometheus_evidence(
 
 
 # --- MLflow UI (Kriteria 2: screenshoot_dashboard.jpg, screenshoot_artifak.jpg) ----------------------
-
-MLFLOW_DASHBOARD = "screenshoot_dashboard.jpg"
-MLFLOW_ARTIFACTS = "screenshoot_artifak.jpg"
 
 
 # The runs table's last row, plus the "N matching runs" footer MLflow pins to the window's bottom.

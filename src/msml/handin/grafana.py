@@ -301,7 +301,7 @@ def capture(grafana_url: str, panels_dir: Path, alerting_dir: Path, notification
 
 def grafana_evidence_complete(panels_dir: Path, alerting_dir: Path) -> bool:
     """True when both Grafana folders hold every image `capture()` writes."""
-    from msml.handin.evidence import grafana_alert_stems, grafana_panel_stems, numbered
+    from msml.handin.names import grafana_alert_stems, grafana_panel_stems, numbered
 
     return all((panels_dir / n).is_file() for n in numbered(grafana_panel_stems())) and all(
         (alerting_dir / n).is_file() for n in numbered(grafana_alert_stems(list(ALERT_KEYS)))
@@ -322,15 +322,8 @@ def drop_grafana_items(missing_file: Path, folders: list[str]) -> None:
 
 def grafana_evidence(settings, out: Path, ports: Ports = DEFAULT_PORTS, echo=print) -> list[Path]:
     """The whole command: steps 1-5 of the module docstring; the container is stopped whatever happens."""
-    from msml.handin.export import (
-        ALERTING_DIR,
-        GRAFANA_DIR,
-        MISSING_FILE,
-        MONITORING,
-        check_names,
-        submission_name,
-        zip_folder,
-    )
+    from msml.handin.names import ALERTING_DIR, GRAFANA_DIR, MISSING_FILE, MONITORING, submission_name
+    from msml.handin.repos import check_names, zip_folder
     from msml.ops.processes import wait_ready
 
     check_names(settings)
