@@ -322,3 +322,40 @@ def test_evidence_mlflow_screenshots_the_real_ui(home, tmp_path):
             check_capture(tmp_path / name)  # raises on a blank or half-drawn capture
             # a rendered page, not a blank one: the UI's header, tables and text make contrast
             assert ImageStat.Stat(image.convert("L")).stddev[0] > 20, name
+
+
+def test_a_pruned_trial_is_a_finished_run_tagged_pruned_and_a_crash_stays_failed(tmp_path):
+    """Pruning stops a trial on purpose: its run ends FINISHED (tagged optuna.state=pruned, as the objective does),
+    not FAILED (a red cross in the MLflow UI's runs table); a trial that raises anything else is FAILED."""
+    import optuna
+
+    from msml.training.workers import StudySpec, run_trial
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'prune.db'}")
+    try:
+        experiment = mlflow.create_experiment("pruning", artifact_location=(tmp_path / "a").as_uri())
+        study = optuna.create_study(direction="maximize")
+
+        def pruned(trial):
+            mlflow.set_tag("optuna.state", "pruned")
+            raise optuna.TrialPruned("pruned after fold 1")
+
+        def crashes(trial):
+            raise ValueError("a bug in the objective")
+
+        with mlflow.start_run(experiment_id=experiment, run_name="tuning") as parent:
+            spec = StudySpec(parent.info.run_id, experiment, 2, 2, 0, "sha")
+            with pytest.raises(optuna.TrialPruned):
+                run_trial(study.ask(), spec, pruned)
+            with pytest.raises(ValueError):
+                run_trial(study.ask(), spec, crashes)
+            assert mlflow.active_run().info.run_id == parent.info.run_id  # the parent is still the active run
+        client = MlflowClient()
+        children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        status = {c.info.run_name: c.info.status for c in children}
+        assert status == {"trial-000": "FINISHED", "trial-001": "FAILED"}
+        assert next(c for c in children if c.info.run_name == "trial-000").data.tags["optuna.state"] == "pruned"
+        assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    finally:
+        mlflow.set_tracking_uri(before)

@@ -446,3 +446,50 @@ def test_prometheus_yml_loads_only_the_rule_file_shipped_beside_it_and_scrapes_t
         section = a["annotations"]["runbook_url"].split("#")[1]
         assert a["annotations"]["runbook_url"].startswith(RUNBOOKS) and f"## {a['alert']}\n" in runbooks, section
     assert not reads_only(f"sum({MODEL_REPLICA_UP})", exposed)  # the filter does drop what the exporter lacks
+
+
+# --- 7.inference.py's phases --------------------------------------------------------------------------------------
+
+
+def test_inference_phases_make_what_they_say(files, tmp_path):
+    """drifted rows are msml loadgen's drifted rows (whose PSI crosses the alert's threshold: tests/unit/test_drift.py),
+    every invalid row is refused by the gateway's validator with the reason it was made for, normal rows pass."""
+    from msml.monitoring.drift import MIN_ROWS, THRESHOLD, SlidingPSI, build_reference
+    from msml.ops.loadgen import RowMaker
+    from msml.serving.errors import ClientError
+    from msml.serving.validation import RowValidator
+
+    inference = _load_module(files, INFERENCE, tmp_path)
+    rows, truths = inference.load_rows(SETTINGS.processed_dir)
+    assert len(rows) == len(truths) > MIN_ROWS
+    ours, theirs = inference.RowMaker(rows), RowMaker(SETTINGS.contract, rows)
+    assert ours.std == pytest.approx(theirs.std, rel=1e-12)
+    drifted = [ours.drifted(r) for r in rows[:MIN_ROWS]]
+    assert drifted == [theirs.drifted(r) for r in rows[:MIN_ROWS]]
+    validator = RowValidator(SETTINGS.contract)
+    validator.validate(rows[:50] + drifted)  # still valid rows: drift is not an error
+    from msml.data.preprocessing import load_clean_splits
+
+    psi = SlidingPSI(
+        build_reference(load_clean_splits(SETTINGS.processed_dir, SETTINGS.contract)[0], SETTINGS.contract)
+    )
+    psi.add(drifted)
+    assert max(psi.values().values()) > THRESHOLD
+    for i in range(2 * len(inference.INVALID_KINDS)):
+        with pytest.raises(ClientError) as refused:
+            validator.validate([inference.RowMaker.invalid(rows[i], i)])
+        assert {d["reason"] for d in refused.value.details} == {
+            inference.INVALID_KINDS[i % len(inference.INVALID_KINDS)]
+        }
+
+
+def test_inference_refuses_bad_options_with_one_message(files, tmp_path, capsys):
+    inference = _load_module(files, INFERENCE, tmp_path)
+    for argv, message in (
+        (["--phases", "normal,sideways"], "unknown sideways"),
+        (["--rate", "0"], "--rate and --duration > 0"),
+        (["--data", str(tmp_path)], "no test_clean.csv"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            inference.main(argv)
+        assert exited.value.code == 2 and message in capsys.readouterr().err

@@ -6,6 +6,7 @@ Each folder that holds runnable files gets a requirements.txt derived from what 
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -175,5 +176,8 @@ def _copy_raw(settings: Settings, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy2(settings.raw_path, target / settings.raw_path.name)
     card = settings.raw_path.parent / "README.md"
-    if card.is_file():
-        shutil.copy2(card, target / card.name)
+    if card.is_file():  # the data card, its references to this repository's layout rewritten for the export's
+        automate = f"`preprocessing/{automate_name(settings.student)}`"
+        text = re.sub(r"`src/msml/data/contracts/[\w.-]+`", f"the `COLUMNS` of {automate}", card.read_text())
+        text = text.replace("Everything under `data/` other than this folder", "Everything under `preprocessing/`")
+        _write(target / card.name, text.replace("`msml preprocess`", automate))

@@ -168,7 +168,13 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, objective: Callable[[optuna.
     ) as run:
         trial.set_user_attr(TRIAL_RUN_ATTR, run.info.run_id)
         trial.set_user_attr("worker_pid", pid)
-        return objective(trial)
+        try:
+            return objective(trial)
+        except optuna.TrialPruned:
+            # stopped early on purpose (tagged optuna.state=pruned by the objective), not failed: leaving the
+            # `with` by an exception would end the run FAILED, a red cross in the MLflow UI for a working trial
+            mlflow.end_run("FINISHED")
+            raise
 
 
 def work(
