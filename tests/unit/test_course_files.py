@@ -493,3 +493,48 @@ def test_inference_refuses_bad_options_with_one_message(files, tmp_path, capsys)
         with pytest.raises(SystemExit) as exited:
             inference.main(argv)
         assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+# --- Workflow-CI keeps each run's artifacts in its own repository --------------------------------------------------
+
+
+def test_commit_artifacts_keeps_every_run_on_its_branch_of_a_bare_remote(tmp_path):
+    """The training workflow's artifact step (.github/scripts/commit_artifacts.sh) against a real bare remote: the
+    first run creates the branch, the next adds its folder beside the first; main is never touched."""
+    import subprocess
+
+    from msml.handin.course import template, template_values
+    from msml.handin.names import ARTIFACTS_BRANCH
+
+    script = tmp_path / "commit_artifacts.sh"
+    script.write_text(template("commit_artifacts.sh.tmpl", template_values(SETTINGS, ROOT)))
+    remote = tmp_path / "remote.git"
+    git = lambda *a, cwd=remote: subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True)  # noqa: E731
+    git("init", "-q", "--bare", "-b", "main", str(remote), cwd=tmp_path)
+    main_before = git("rev-parse", "--verify", "-q", "main").stdout
+    for run in ("run-1", "run-2"):
+        source = tmp_path / run
+        (source / "artifacts" / "model").mkdir(parents=True)
+        (source / "run_info.json").write_text(json.dumps({"run": run}))
+        (source / "artifacts" / "model" / "MLmodel").write_text(f"flavors: {run}\n")
+        done = subprocess.run(
+            ["bash", str(script), str(source), str(remote), ARTIFACTS_BRANCH, run], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"committed artifacts/{run} to branch {ARTIFACTS_BRANCH}" in done.stdout
+    files = git("ls-tree", "-r", "--name-only", ARTIFACTS_BRANCH).stdout.split()
+    assert files == [
+        f"artifacts/{r}/{f}" for r in ("run-1", "run-2") for f in ("artifacts/model/MLmodel", "run_info.json")
+    ]
+    assert git("show", f"{ARTIFACTS_BRANCH}:artifacts/run-2/run_info.json").stdout == '{"run": "run-2"}'
+    assert git("rev-list", "--count", ARTIFACTS_BRANCH).stdout.strip() == "2"
+    assert git("log", "-1", "--format=%an", ARTIFACTS_BRANCH).stdout.strip() == "github-actions[bot]"
+    assert git("rev-parse", "--verify", "-q", "main").stdout == main_before  # nothing else of the repository moved
+    usage = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage:")
+    gone = subprocess.run(
+        ["bash", str(script), str(tmp_path / "run-1"), str(tmp_path / "no-such.git"), ARTIFACTS_BRANCH, "run-3"],
+        capture_output=True,
+        text=True,
+    )
+    assert gone.returncode == 1 and f"error: could not push artifacts/run-3 to branch {ARTIFACTS_BRANCH}" in gone.stderr
