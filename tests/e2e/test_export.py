@@ -749,6 +749,13 @@ def test_bad_names_are_refused_with_one_clear_line(tmp_path):
         with pytest.raises(ExportError, match=f"^{option} {re.escape(repr(value))} is not a valid name"):
             check_names(settings.with_overrides(**{field: value}))
     check_names(settings.with_overrides(student="Ani_2", github_user="ani-gh"))  # letters, digits, - and _ pass
+    out = tmp_path / "dist"
+    bad = run_msml("export", "--out", str(out), "--no-evidence", "--author", "Ani")
+    assert bad.returncode != 0 and bad.stderr.strip() == "error: --author 'Ani' is not 'Your Name <you@example.com>'"
+    nobody = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}  # a machine where git knows no one
+    anonymous = run_msml("export", "--out", str(out), "--no-evidence", env=nobody)
+    assert anonymous.returncode != 0 and "no git identity for the exported commits" in anonymous.stderr
+    assert "--author" in anonymous.stderr and not out.exists()
 
 
 def test_only_the_raw_file_and_the_listed_processed_outputs_are_copied(tmp_path):
