@@ -238,6 +238,12 @@ def test_links_and_names_come_from_config(exported):
     assert dagshub == f"https://dagshub.com/{DEFAULT_GITHUB_USER}/{SUB}\n"
     submit = (exported / "SUBMIT.md").read_text()
     assert f"export MLFLOW_TRACKING_URI=https://dagshub.com/{DEFAULT_GITHUB_USER}/{SUB}.mlflow" in submit
+    # one ordered path: accounts and tokens, secrets before the first push, pushes, green run, DagsHub, Grafana, zip
+    steps = re.findall(r"^## (\d)\. (.+)$", submit, flags=re.MULTILINE)
+    assert [n for n, _ in steps] == list("1234567"), steps
+    order = ["gh repo create", "gh secret set DOCKERHUB_TOKEN", "git push -u origin main", "gh run watch"]
+    order += ["python modelling_tuning.py", "msml evidence grafana", f"zip -r {SUB}.zip {SUB}"]
+    assert [submit.index(o) for o in order] == sorted(submit.index(o) for o in order)
     assert (
         exported / "Workflow-CI/MLProject/DockerHub.txt"
     ).read_text() == f"https://hub.docker.com/r/{DEFAULT_DOCKERHUB_USER}/adult-income-classifier\n"
@@ -315,6 +321,11 @@ def test_requirements_are_per_folder_and_pinned_from_the_lock(exported):
     assert not list(exported.rglob("*.whl")) and not list(exported.rglob("vendor"))
     conda = yaml.safe_load((exported / "Workflow-CI/MLProject/conda.yaml").read_text())
     assert conda["name"] == "Workflow-CI" and conda["dependencies"][0] == "python=3.11"
+    # one Python stated everywhere: the lock's (compiled for 3.11), the notebook's kernel, conda, the workflows
+    notebook = json.loads((exported / EKS / f"preprocessing/Eksperimen_{S}.ipynb").read_text())
+    assert notebook["metadata"]["language_info"]["version"].startswith("3.11.")
+    stated = re.findall(r'python-version: "([\d.]+)"', "".join(p.read_text() for p in exported.rglob("*.yml")))
+    assert stated and set(stated) == {"3.11"}
     assert conda["dependencies"][-1]["pip"] == [f"{n}=={v}" for n, v in pins["Workflow-CI"].items()]
     mlproject = yaml.safe_load((exported / "Workflow-CI/MLProject/MLproject").read_text())
     assert mlproject["entry_points"]["main"]["command"].startswith("python modelling.py ")
