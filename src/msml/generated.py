@@ -28,7 +28,7 @@ def every_file(settings, root: Path) -> dict[str, str]:
     """Every generated file of the repository, {path relative to `root`: text}: what `msml render` writes and
     `msml render --check` (in `make test-fast`) compares. A new generated file is added here, nowhere else."""
     from msml.docs import readme_files
-    from msml.handin.export import notebook_files
+    from msml.handin.course import notebook_files
     from msml.monitoring.render import render_files
     from msml.ops.project import project_files
 
