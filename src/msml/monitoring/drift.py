@@ -53,7 +53,7 @@ def build_reference(
     `rare_share`, of the rarer ones pooled (`OTHER`, with the list under "pooled") and of missing.
 
     Args:
-        train_clean: the train split in the contract's raw form (`load_clean_splits(...)[0]`).
+        train_clean: the train split in the contract's raw form (train_clean.csv, read as for training).
         contract: the dataset contract.
         bins: number of quantile bins for numeric features.
         rare_share: categories rarer than this share of the train split are pooled into one bin.
@@ -130,16 +130,16 @@ class _FeatureBins:
             return self.missing_bin
         if self.numeric:
             return bisect_left(self.edges, value)
-        # a category outside the reference (the gateway rejects those) counts as missing
+        # a category outside the reference (request validation refuses those) counts as missing
         return self.index.get(value, self.missing_bin)
 
 
 class SlidingPSI:
     """PSI per feature of the last `window` rows against a reference, updated incrementally.
 
-    `add(rows)` costs one bin lookup per feature per row; `values()` costs features × bins. Not
-    thread-safe: the gateway calls both from its event loop. Until the window holds `min_rows` rows
-    `values()` is empty: PSI on fewer rows measures sampling noise, so a window smaller than that is refused.
+    `add(rows)` costs one bin lookup per feature per row; `values()` costs features × bins. Not thread-safe:
+    call both from one thread or under one lock. Until the window holds `min_rows` rows `values()` is empty: PSI
+    on fewer rows measures sampling noise, so a window smaller than that is refused.
     """
 
     def __init__(
