@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from msml.config import PYTHON_VERSION
 from msml.errors import ExportError
 
 # mlflow's own requirements leave these open, and the newest breaks it: SQLAlchemy 2.1 removed what MLflow 2.19's
@@ -25,7 +26,7 @@ from msml.errors import ExportError
 MLFLOW_RUNTIME = ("sqlalchemy",)
 # One Python for everything the hand-in states (conda.yaml, workflows, READMEs): the lock's (`make lock`
 # compiles for 3.11) and the notebook's kernel.
-PYTHON = "3.11"
+PYTHON = PYTHON_VERSION  # one Python across the hand-in: the lock's
 
 
 def _normalise(name: str) -> str:

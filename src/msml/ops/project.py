@@ -15,13 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from msml.config import DEFAULT_SEED, Settings
+from msml.config import DEFAULT_SEED, PYTHON_VERSION, Settings
 
 PROJECT_DIR = "MLProject"
 MLPROJECT_FILE = "MLproject"
 CONDA_FILE = "conda.yaml"
 DOCKERHUB_FILE = "DockerHub.txt"  # the course's "Tautan ke Docker Hub"
-PYTHON_VERSION = "3.12.7"  # the course's recommended Python
 # Optuna trials of the CI retraining. Measured here (`make ci-local`, OMP_NUM_THREADS=1): the whole job is
 # 195 CPU-seconds on one core for 8 three-fold trials (max_iter <= 400; one fold fit ~1.2 CPU-s per 50
 # boosting iterations), refit, evaluation, model logging and registration; so even single-threaded the CI
@@ -134,7 +133,7 @@ def locked_requirements(root: Path) -> list[str]:
 
 
 def render_conda_env(root: Path, install_self: str | None = "-e ..", name: str = "msml") -> str:
-    """conda.yaml: Python 3.12.7 and pip, the locked direct dependencies, then msml itself.
+    """conda.yaml: the lock's Python (config.PYTHON_VERSION) and pip, the locked direct dependencies, then msml itself.
 
     `install_self` is the pip line that installs this package: `-e ..` (the repository that
     `mlflow run --env-manager conda` checks out; conda runs pip next to this file). None leaves it
