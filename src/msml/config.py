@@ -22,6 +22,12 @@ DEFAULT_DOCKERHUB_USER = "yudhaelfransyah"
 DEFAULT_TRIALS = 10
 # Tuning stops starting trials after this many seconds, so a busy machine still ends within ~3 minutes.
 DEFAULT_TIME_BUDGET = 150.0
+# Tuning workers on a shared study: a running trial's heartbeat, seconds. A missed beat is not a death: on a
+# loaded 2-core machine a thread can wait seconds for the GIL, so a trial is failed (and retried by another
+# worker) only after GRACE_BEATS beats in a row are missing. 10 s × 3 = 30 s lost per dead worker, against
+# ~18 CPU-s per trial (docs/SCALING.md); one UPDATE per beat per running trial.
+DEFAULT_HEARTBEAT_SECONDS = 10
+GRACE_BEATS = 3
 # The seed of everything seeded (split, CV folds, samplers, estimators) unless `--seed` says otherwise.
 # The Python everything is locked for (`make lock --python-version`) and tested on; conda.yaml files, workflows
 # and the hand-in state it (the course recommends 3.12.7: the lock, mlflow 2.19's pins, runs on 3.11.7 here).

@@ -1,14 +1,17 @@
 """Past the embedded defaults, for real: `msml tracking up` (mlflow server on a PostgreSQL cluster of
-its own, artifacts proxied), train + distributed tune + register + gate through HTTP only, and two
-tuning worker processes sharing one Optuna study in PostgreSQL."""
+its own, artifacts proxied), train + distributed tune + register + gate through HTTP only, two
+tuning worker processes sharing one Optuna study in PostgreSQL, and one of them SIGKILLed mid-trial."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -23,8 +26,8 @@ from sqlalchemy.pool import NullPool
 from msml.config import load_settings
 from msml.tracking.postgres import MLFLOW_DB, OPTUNA_DB, PostgresError, find_bin_dir
 from msml.tracking.registry import CHAMPION
-from msml.training.workers import TRIAL_NUMBER_TAG, TRIAL_RUN_ATTR, WORKER_PID_TAG
-from tests.conftest import run_msml
+from msml.training.workers import RETRY_OF_TAG, TRIAL_NUMBER_TAG, TRIAL_RUN_ATTR, WORKER_PID_TAG
+from tests.conftest import BIN, ROOT, run_msml
 
 pytestmark = pytest.mark.slow
 TRIALS, FOLDS, WORKERS = 4, 2, 2
@@ -210,3 +213,60 @@ def test_distributed_tuning_errors_are_clear(server, trained):
     joined = run_msml("tune", "--storage", server["optuna"], "--study", STUDY, "--join", env=env)
     # the study's budget is spent: a late worker joins, runs nothing, and leaves the refit to the creator
     assert joined.returncode == 0 and "joining study" in joined.stdout and "ran 0 trial(s)" in joined.stdout
+
+
+def test_a_worker_killed_mid_trial_is_failed_and_retried_by_the_other(server):
+    """Two workers, one SIGKILLed inside a trial: its heartbeat stops, the other worker fails the trial, marks its
+    MLflow run KILLED and runs the same parameters again, so the study still ends with N finished trials."""
+    study_name, n_trials = "scale-dead-worker", 3
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **server["env"]}
+    command = [str(BIN / "msml"), "tune", "--n-trials", str(n_trials), "--cv-folds", "3", "--storage"]
+    command += [server["optuna"], "--study", study_name, "--workers", "2", "--heartbeat", "1", "--no-register"]
+    # its own session: the creator and the two workers it spawns are one process group, stopped together below
+    creator = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    started = time.monotonic()
+    try:
+        victim = None
+        while victim is None and time.monotonic() - started < 180:
+            time.sleep(0.1)
+            try:
+                study = optuna.load_study(study_name=study_name, storage=server["optuna"])
+            except KeyError:
+                continue
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            # inside its nested run, i.e. in the objective: the folds still to fit take seconds
+            victim = next((t for t in running if TRIAL_RUN_ATTR in t.user_attrs), None)
+        assert victim is not None, "no trial started within 180 s"
+        os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+        killed_at = time.monotonic()
+        state = next(t for t in study.get_trials(deepcopy=False) if t.number == victim.number).state
+        assert state == TrialState.RUNNING, "the trial finished before the kill: the test proved nothing"
+        out, _ = creator.communicate(timeout=300)
+        ended = time.monotonic()
+    finally:
+        if creator.poll() is None:
+            os.killpg(creator.pid, signal.SIGKILL)
+            creator.wait()
+    print(f"dead-worker test: kill after {killed_at - started:.1f} s, study done {ended - killed_at:.1f} s later")
+    assert creator.returncode == 0, out
+    assert "was killed (SIGKILL); its trial is retried" in out, out
+
+    trials = optuna.load_study(study_name=study_name, storage=server["optuna"]).get_trials(deepcopy=False)
+    by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
+    assert len(by_state[TrialState.COMPLETE]) + len(by_state[TrialState.PRUNED]) == n_trials, trials
+    assert [t.number for t in by_state[TrialState.FAIL]] == [victim.number]
+    assert not by_state[TrialState.RUNNING] and not by_state[TrialState.WAITING]
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.params == victim.params and retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retry.user_attrs["worker_pid"] != victim.user_attrs["worker_pid"]  # the survivor ran it
+
+    client = MlflowClient(server["url"])
+    dead_run = client.get_run(victim.user_attrs[TRIAL_RUN_ATTR])
+    assert dead_run.info.status == "KILLED" and dead_run.data.tags["optuna.state"] == "failed: no heartbeat"
+    retry_run = client.get_run(retry.user_attrs[TRIAL_RUN_ATTR])
+    assert retry_run.info.status == "FINISHED" and retry_run.data.tags[RETRY_OF_TAG] == str(victim.number)
+    parent_id = dead_run.data.tags["mlflow.parentRunId"]
+    children = client.search_runs([dead_run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert len(children) == n_trials + 1 and not [c for c in children if c.info.status == "RUNNING"]

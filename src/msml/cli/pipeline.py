@@ -9,9 +9,11 @@ import typer
 
 from msml.cli.app import ContractOpt, ExperimentOpt, MaxInvalidOpt, OutOpt, RawOpt, RunInfoOpt, SeedOpt, _settings, app
 from msml.config import (
+    DEFAULT_HEARTBEAT_SECONDS,
     DEFAULT_TEST_SIZE,
     DEFAULT_TIME_BUDGET,
     DEFAULT_TRIALS,
+    GRACE_BEATS,
     Settings,
 )
 from msml.errors import TrackingError
@@ -102,6 +104,13 @@ def tune(
     study: str | None = typer.Option(None, "--study", help="Optuna study name; an existing one is joined."),
     workers: int = typer.Option(1, "--workers", min=1, help="Tuning worker processes (above 1: postgresql storage)."),
     join: bool = typer.Option(False, "--join", help="Only join --study (wait for its creator), never create it."),
+    heartbeat: int = typer.Option(
+        DEFAULT_HEARTBEAT_SECONDS,
+        "--heartbeat",
+        min=1,
+        help="Seconds between a running trial's heartbeats (postgresql storage; the creator's value holds for every "
+        f"worker): a trial silent for {GRACE_BEATS} beats is failed and retried by another worker.",
+    ),
 ) -> None:
     """Optuna search with manual logging (the course's modelling_tuning.py); registers and promotes."""
     from msml.training.tuning import tune as run
@@ -120,6 +129,7 @@ def tune(
         study_name=study,
         workers=workers,
         join=join,
+        heartbeat_seconds=heartbeat,
     )
     if summary is None:  # joined a study another `msml tune` created: that one refits and registers
         return

@@ -34,7 +34,14 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 
-from msml.config import DECISION_THRESHOLD, DEFAULT_SEED, DEFAULT_TIME_BUDGET, DEFAULT_TRIALS, Settings
+from msml.config import (
+    DECISION_THRESHOLD,
+    DEFAULT_HEARTBEAT_SECONDS,
+    DEFAULT_SEED,
+    DEFAULT_TIME_BUDGET,
+    DEFAULT_TRIALS,
+    Settings,
+)
 from msml.data.contract import Contract
 from msml.data.preprocessing import TRAIN_FILE, encode_target
 from msml.errors import PipelineError
@@ -257,6 +264,7 @@ def tune(
     study_name: str | None = None,
     workers: int = 1,
     join: bool = False,
+    heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS,
 ) -> RunSummary | None:
     """Search families and parameters, pick the best (or the mean of each family's best) by CV ROC-AUC,
     calibrate if that lowers CV log loss, refit on the whole train split, evaluate on test, log everything.
@@ -266,7 +274,9 @@ def tune(
     with `postgresql://…`, `workers` processes here and any `msml tune` started elsewhere with the same storage
     and `study_name` share its trials (msml.training.workers). When the study already exists this process joins it
     as a worker and returns None: the process that created it refits and logs the model. With `join` it never
-    creates the study: it waits for it (worker pods started beside the creator).
+    creates the study: it waits for it (worker pods started beside the creator). On a shared study every running
+    trial beats every `heartbeat_seconds` (the creator's value, for all workers): one whose worker died is failed,
+    its MLflow run marked KILLED, and its parameters retried by another worker.
     """
     if workers > 1 and not workers_mod.is_distributed(storage):
         raise workers_mod.TuningError(
@@ -322,23 +332,32 @@ def tune(
             }
         )
         spec = workers_mod.StudySpec(
-            parent.info.run_id, experiment_id, n_trials, cv_folds, seed, workers_mod.file_sha256(data.train_path)
+            parent.info.run_id,
+            experiment_id,
+            n_trials,
+            cv_folds,
+            seed,
+            workers_mod.file_sha256(data.train_path),
+            heartbeat_seconds,
         )
         spec.save(study)
+        study, beating = workers_mod.with_heartbeat(study, storage, spec, study.sampler, study.pruner, progress)
         log_training_dataset(data, contract)
+        run_here = lambda deadline=None: workers_mod.work(  # noqa: E731
+            study,
+            spec,
+            lambda trial: objective(trial, X, y, fold_indices, seed, out_of_fold),
+            storage,
+            progress,
+            deadline=deadline,
+            storage=beating,
+        )
         if workers == 1:
-            deadline = started + time_budget if time_budget else None
-            workers_mod.work(
-                study,
-                spec,
-                lambda trial: objective(trial, X, y, fold_indices, seed, out_of_fold),
-                storage,
-                progress,
-                deadline=deadline,
-            )
+            run_here(started + time_budget if time_budget else None)
         else:
             command = workers_mod.worker_command(storage, study_name, settings.processed_dir, contract.path)
             workers_mod.run_workers(workers, command, settings.tracking_uri, progress)
+            run_here()  # what the workers left: a retry queued after the last of them had gone (usually nothing)
         workers_mod.wait_for_trials(study, n_trials, progress, started_only=workers == 1)
         search_seconds = time.perf_counter() - started
 
@@ -405,13 +424,13 @@ def _join(settings: Settings, study: optuna.Study, storage: str, workers: int, p
         return
     mlflow.sklearn.autolog(disable=True)
     # each worker samples with its own random state: one seed in every worker would repeat the same trials
-    study.sampler = optuna.samplers.TPESampler(constant_liar=True)
-    study.pruner = make_pruner()
+    sampler = optuna.samplers.TPESampler(constant_liar=True)
+    study, beating = workers_mod.with_heartbeat(study, storage, spec, sampler, make_pruner(), progress)
     _, X, y, _, _ = search_data(load_data(settings), settings.contract)
     folds = StratifiedKFold(n_splits=spec.cv_folds, shuffle=True, random_state=spec.seed)
     fold_indices = list(folds.split(X, y))
     done = workers_mod.work(
-        study, spec, lambda trial: objective(trial, X, y, fold_indices, spec.seed), storage, progress
+        study, spec, lambda trial: objective(trial, X, y, fold_indices, spec.seed), storage, progress, storage=beating
     )
     progress(f"  worker {os.getpid()} ran {done} trial(s); the study's creator refits the best one")
 

@@ -7,6 +7,13 @@ claims trials until the study's budget is spent and logs each trial as a nested 
 parent, tagged with its PID and host. Claiming ("count the trials, create the next one") holds a
 PostgreSQL advisory lock, so however many workers run, the study gets exactly `n_trials` trials,
 numbered 0..n_trials-1 by the database, none twice. The creator refits the best trial once.
+
+A worker can die mid-trial (SIGKILL, a node lost, a pod evicted). Each running trial records Optuna's heartbeat
+in the database (`Heartbeat`); a trial silent for the grace period is failed by whichever process claims next
+(`optuna.storages.fail_stale_trials`), its MLflow run is marked KILLED, and Optuna's retry callback queues the
+same parameters as a new WAITING trial, which the next claim takes. The budget counts the retry in place of the
+failed trial, so the study still ends with `n_trials` finished trials; every worker stays until none is running,
+so a retry always finds one to run it.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,12 +36,15 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
+from msml.config import DEFAULT_HEARTBEAT_SECONDS, GRACE_BEATS
 from msml.errors import PipelineError
 
 WORKER_PID_TAG = "msml.worker_pid"
 WORKER_HOST_TAG = "msml.worker_host"
 TRIAL_NUMBER_TAG = "optuna.trial_number"
 TRIAL_RUN_ATTR = "mlflow_run_id"  # trial user attribute: the nested run that logged the trial
+RETRY_OF_TAG = "msml.retry_of"  # on a retried trial's run: the number of the trial whose worker died
+MAX_RETRIES = 3  # a trial whose workers keep dying (it kills them: memory) fails the study after this many
 
 
 class TuningError(PipelineError):
@@ -48,6 +61,7 @@ class StudySpec:
     cv_folds: int
     seed: int
     train_sha256: str  # workers on other machines must tune on the same training file
+    heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS  # the creator's choice; every worker beats the same
 
     def save(self, study: optuna.Study) -> None:
         for key, value in asdict(self).items():
@@ -73,15 +87,41 @@ def is_distributed(storage_url: str | None) -> bool:
     return bool(storage_url) and storage_url.startswith("postgresql")
 
 
-def open_storage(storage_url: str | None) -> optuna.storages.BaseStorage | None:
-    """Optuna's RDB storage for `storage_url` (None: in memory), with a clear error when unreachable."""
+def open_storage(
+    storage_url: str | None, heartbeat_seconds: int | None = None, on_stale=None
+) -> optuna.storages.RDBStorage | None:
+    """Optuna's RDB storage for `storage_url` (None: in memory), with a clear error when unreachable.
+
+    With `heartbeat_seconds`, running trials record a heartbeat and one silent for GRACE_BEATS beats is failed,
+    then `on_stale(study, frozen_trial)` runs (see `stale_trial_callback`).
+    """
     if not storage_url:
         return None
+    heartbeat = {}
+    if heartbeat_seconds:
+        heartbeat = {
+            "heartbeat_interval": heartbeat_seconds,
+            "grace_period": GRACE_BEATS * heartbeat_seconds,
+            "heartbeat_stale_trial_callback": on_stale,
+        }
     try:
-        return optuna.storages.RDBStorage(storage_url)
+        with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna since 2.9; we test it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(storage_url, **heartbeat)
     except Exception as exc:  # SQLAlchemy/driver errors differ by backend; all mean the same to the user
         message = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise TuningError(f"Optuna storage {_redact(storage_url)} cannot be used: {message}") from None
+
+
+def with_heartbeat(
+    study: optuna.Study, storage_url: str | None, spec: StudySpec, sampler, pruner, progress=print
+) -> tuple[optuna.Study, optuna.storages.RDBStorage | None]:
+    """The study again, through a storage that records heartbeats and fails (and retries) stale trials, and that
+    storage; on a single-process study (in memory, SQLite) the study as it is and None: no one else can die."""
+    if not is_distributed(storage_url):
+        return study, None
+    storage = open_storage(storage_url, spec.heartbeat_seconds, stale_trial_callback(spec, progress))
+    return optuna.load_study(study_name=study.study_name, storage=storage, sampler=sampler, pruner=pruner), storage
 
 
 def _redact(url: str) -> str:
@@ -147,25 +187,119 @@ def budget_lock(storage_url: str | None, study_name: str) -> Iterator[None]:
         engine.dispose()
 
 
-def claim_trial(study: optuna.Study, n_trials: int, lock) -> optuna.Trial | None:
-    """The study's next trial, or None when all `n_trials` exist (finished or running elsewhere)."""
+def beats(storage) -> bool:
+    """Does `storage` (the RDBStorage this process opened, or None) record heartbeats?"""
+    return storage is not None and storage.get_heartbeat_interval() is not None
+
+
+def retried_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """Numbers of the failed trials that a later trial retries (Optuna's retry history on the retry)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+
+
+def budget_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count against `n_trials`: a retried trial counts once, as its retry."""
+    retried = retried_numbers(trials)
+    return [t for t in trials if t.number not in retried]
+
+
+def claim_trial(study: optuna.Study, n_trials: int, lock, storage=None, new: bool = True) -> optuna.Trial | None:
+    """The study's next trial (a retry waiting first), or None when none waits and all `n_trials` exist
+    (finished or running elsewhere). `new=False`: only a waiting retry (a time budget has passed).
+
+    Under the lock, stale trials are failed first (a retry is queued in the same step), and the claimed trial
+    records its first heartbeat before the lock is released: a trial without one is never found stale.
+    """
     with lock():
-        if len(study.get_trials(deepcopy=False)) >= n_trials:
+        if beats(storage):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if not waiting and (not new or len(budget_trials(trials)) >= n_trials):
             return None
-        return study.ask()
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": `Heartbeat`
+            warnings.simplefilter("ignore", UserWarning)
+            trial = study.ask()
+        if beats(storage):
+            storage.record_heartbeat(trial._trial_id)
+        return trial
 
 
-def run_trial(trial: optuna.Trial, spec: StudySpec, objective: Callable[[optuna.Trial], float]) -> float:
-    """One trial as a nested run of the study's parent run, whichever process runs it."""
+class Heartbeat:
+    """Record a running trial's heartbeat every interval in a thread (what `Study.optimize` does for its own
+    trials; ask/tell, which the budget lock needs, leaves it to the caller)."""
+
+    def __init__(self, storage, trial: optuna.Trial) -> None:
+        self.interval = storage.get_heartbeat_interval() if beats(storage) else None
+        self.storage, self.trial_id = storage, trial._trial_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def stale_trial_callback(spec: StudySpec, progress=print):
+    """What happens to a trial whose worker stopped beating: Optuna's retry callback queues its parameters as
+    a new trial (up to MAX_RETRIES times), and its nested MLflow run, left RUNNING by the dead process, is
+    marked KILLED (found by the run id the trial recorded, else by its trial-number tag)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+
+    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        retry(study, trial)
+        client = mlflow.MlflowClient()
+        run_ids = [trial.user_attrs[TRIAL_RUN_ATTR]] if TRIAL_RUN_ATTR in trial.user_attrs else []
+        if not run_ids:  # died between opening its run and recording it
+            runs = client.search_runs(
+                [spec.experiment_id],
+                f"tags.mlflow.parentRunId = '{spec.parent_run_id}' and tags.`{TRIAL_NUMBER_TAG}` = '{trial.number}' "
+                "and attributes.status = 'RUNNING'",
+            )
+            run_ids = [r.info.run_id for r in runs]
+        for run_id in run_ids:
+            client.set_tag(run_id, "optuna.state", "failed: no heartbeat")
+            client.set_terminated(run_id, status="KILLED")
+        progress(
+            f"  trial {trial.number + 1}: worker {trial.user_attrs.get('worker_pid', '?')} stopped beating; "
+            f"trial failed, run {', '.join(run_ids) or '(none)'} KILLED, parameters queued again"
+        )
+
+    return on_stale
+
+
+def run_trial(trial: optuna.Trial, spec: StudySpec, objective: Callable[[optuna.Trial], float], storage=None) -> float:
+    """One trial as a nested run of the study's parent run, whichever process runs it, beating while it runs."""
     pid = os.getpid()
     tags = {WORKER_PID_TAG: str(pid), WORKER_HOST_TAG: socket.gethostname(), TRIAL_NUMBER_TAG: str(trial.number)}
-    with mlflow.start_run(
-        run_name=f"trial-{trial.number:03d}",
-        experiment_id=spec.experiment_id,
-        parent_run_id=spec.parent_run_id,
-        nested=True,
-        tags=tags,
-    ) as run:
+    if beats(storage):
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        if (retry_of := frozen.system_attrs.get("failed_trial")) is not None:
+            tags[RETRY_OF_TAG] = str(retry_of)
+    with (
+        Heartbeat(storage, trial),
+        mlflow.start_run(
+            run_name=f"trial-{trial.number:03d}",
+            experiment_id=spec.experiment_id,
+            parent_run_id=spec.parent_run_id,
+            nested=True,
+            tags=tags,
+        ) as run,
+    ):
         trial.set_user_attr(TRIAL_RUN_ATTR, run.info.run_id)
         trial.set_user_attr("worker_pid", pid)
         try:
@@ -177,6 +311,11 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, objective: Callable[[optuna.
             raise
 
 
+def unfinished(study: optuna.Study) -> list[int]:
+    """Numbers of the trials running (here or elsewhere) or waiting to be retried."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))]
+
+
 def work(
     study: optuna.Study,
     spec: StudySpec,
@@ -184,22 +323,35 @@ def work(
     storage_url: str | None,
     progress=print,
     deadline: float | None = None,
+    storage=None,
+    poll: float = 1.0,
 ) -> int:
     """Claim and run trials until the budget is spent (or `deadline`, a perf_counter time, has passed); returns
     how many this process ran.
 
-    A pruned trial is told PRUNED; a trial whose objective raises is told FAILED (not left RUNNING) and the error
-    propagates.
+    With a heartbeat (a shared study), a process whose claim finds nothing stays while other trials run: one of
+    them may die, and its retry needs someone to run it. A pruned trial is told PRUNED; a trial whose objective
+    raises is told FAILED (not left RUNNING) and the error propagates.
     """
     lock = lambda: budget_lock(storage_url, study.study_name)  # noqa: E731
     done = 0
-    while (deadline is None or time.perf_counter() < deadline) and (
-        trial := claim_trial(study, spec.n_trials, lock)
-    ) is not None:
+    announced = False
+    while True:
+        new = deadline is None or time.perf_counter() < deadline
+        trial = claim_trial(study, spec.n_trials, lock, storage, new=new)
+        if trial is None:
+            others = unfinished(study) if beats(storage) else []
+            if not others:
+                break
+            if not announced:
+                progress(f"  [pid {os.getpid()}] waiting for trials {others} (run elsewhere; retried here if lost)")
+                announced = True
+            time.sleep(poll)
+            continue
         started = time.perf_counter()
         where = f"trial {trial.number + 1}/{spec.n_trials}"
         try:
-            value = run_trial(trial, spec, objective)
+            value = run_trial(trial, spec, objective, storage)
         except optuna.TrialPruned as pruned:
             study.tell(trial, state=TrialState.PRUNED)
             progress(f"  {where}: {pruned} {time.perf_counter() - started:.1f}s [pid {os.getpid()}]")
@@ -253,7 +405,10 @@ def run_workers(n: int, command: list[str], tracking_uri: str, progress=print) -
         for p in procs:
             p.wait(timeout=30)
         raise
-    failed = [f"pid {p.pid} exited {code}" for p, code in zip(procs, codes, strict=False) if code != 0]
+    for p, code in zip(procs, codes, strict=False):
+        if code < 0:  # killed from outside: its trial is failed by the heartbeat and retried (`work`)
+            progress(f"  tuning worker pid {p.pid} was killed ({signal.Signals(-code).name}); its trial is retried")
+    failed = [f"pid {p.pid} exited {code}" for p, code in zip(procs, codes, strict=False) if code > 0]
     if failed:
         raise TuningError(f"tuning worker(s) failed: {', '.join(failed)} (their error is printed above)")
 
@@ -262,17 +417,19 @@ def wait_for_trials(
     study: optuna.Study, n_trials: int, progress=print, poll: float = 2.0, started_only: bool = False
 ) -> None:
     """Block until all `n_trials` trials are finished (workers on other machines may still run some); with
-    `started_only`, until the trials that exist are finished (one process that stopped at its time budget)."""
+    `started_only`, until the trials that exist are finished (one process that stopped at its time budget).
+    TuningError when a trial failed and was not retried."""
     announced = False
     while True:
         trials = study.get_trials(deepcopy=False)
         running = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-        if (started_only or len(trials) >= n_trials) and not running:
+        if (started_only or len(budget_trials(trials)) >= n_trials) and not running:
             break
         if not announced:
             progress(f"  waiting for trials {running} still running in other workers")
             announced = True
         time.sleep(poll)
-    failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+    trials = study.get_trials(deepcopy=False)
+    failed = [t.number for t in budget_trials(trials) if t.state == TrialState.FAIL]
     if failed:
         raise TuningError(f"study {study.study_name!r}: trial(s) {failed} failed; see the workers' output")
