@@ -1,4 +1,5 @@
-"""Render Prometheus, Alertmanager, Grafana and docker-compose files from `msml.monitoring.definitions`.
+"""Render Prometheus, Alertmanager, Grafana, docker-compose and Prometheus Operator (deploy/kubernetes) files from
+`msml.monitoring.definitions`.
 
 `render_files()` returns {relative path: text}; `write()` puts them under a root, `stale()` lists the
 committed files that differ from what the definitions render now. The same functions, given other
@@ -636,4 +637,18 @@ def render_files(model_image: str | None = None, processed_dir: Path | None = No
         "monitoring/grafana/provisioning/alerting/msml.yml": _yaml(grafana_alerting(compose.receiver_url)),
         f"monitoring/grafana/dashboards/{DASHBOARD_UID}.json": json.dumps(grafana_dashboard(), indent=2) + "\n",
         "docker-compose.yml": _yaml(compose_file(model_image)),
+        **operator_files(),
+    }
+
+
+def operator_files(timing: Timing = PRODUCTION) -> dict[str, str]:
+    """deploy/kubernetes/base's monitoring: a ServiceMonitor per scrape job and the rules as a PrometheusRule."""
+    from msml.monitoring import prometheus_operator as po
+
+    monitors = [po.service_monitor(job, timing.scrape_interval) for job in po.SCRAPED_APPS]
+    rules = po.prometheus_rule(recording_rules()["groups"] + alerting_rules(timing)["groups"])
+    return {
+        f"{po.BASE_DIR}/servicemonitors.yaml": HEADER
+        + yaml.safe_dump_all(monitors, sort_keys=False, default_flow_style=False, width=1000),
+        f"{po.BASE_DIR}/prometheusrule.yaml": _yaml(rules),
     }
