@@ -15,6 +15,10 @@ done
 # PostgreSQL (tracking server backend, Optuna's shared studies): Debian keeps initdb off PATH.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+# kubectl renders deploy/kubernetes/ (its built-in kustomize) in tests/integration/test_kubernetes.py. This machine
+# image ships it (1.32, kustomize v5.5); Debian bookworm's kubernetes-client is 1.20, whose kustomize v2.0.3 refuses
+# the kustomizations ("unknown field labels"), so it is not installed as a stand-in: say what is missing instead.
+command -v kubectl >/dev/null 2>&1 || echo "[system] warning: no kubectl (1.21 or newer): tests/integration/test_kubernetes.py fails without it; install it from the Kubernetes project's packages" >&2
 
 # Debian's prometheus / prometheus-alertmanager start their own services (ports 9090/9093, all interfaces).
 # They are not wanted: msml runs both as plain processes on loopback, and a system Prometheus on 9090

@@ -44,7 +44,7 @@ def rendered() -> dict[str, list[dict]]:
         result = subprocess.run(
             [kubectl, "kustomize", str(ROOT / "deploy" / "kubernetes" / name)], capture_output=True, text=True
         )
-        assert result.returncode == 0, f"kubectl kustomize {name}: {result.stderr}"
+        assert result.returncode == 0, f"kubectl kustomize {name} (kubectl 1.21 or newer): {result.stderr}"
         out[name] = [d for d in yaml.safe_load_all(result.stdout) if d]
     return out
 
