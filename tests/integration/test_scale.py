@@ -26,7 +26,7 @@ from sqlalchemy.pool import NullPool
 from msml.config import load_settings
 from msml.tracking.postgres import MLFLOW_DB, OPTUNA_DB, PostgresError, find_bin_dir
 from msml.tracking.registry import CHAMPION
-from msml.training.workers import RETRY_OF_TAG, TRIAL_NUMBER_TAG, TRIAL_RUN_ATTR, WORKER_PID_TAG
+from msml.training.workers import RETRY_OF_TAG, TRIAL_NUMBER_TAG, TRIAL_RUN_ATTR, WORKER_PID_TAG, TuningError
 from tests.conftest import BIN, ROOT, run_msml
 
 pytestmark = pytest.mark.slow
@@ -198,7 +198,8 @@ def test_two_workers_share_one_study_exactly_once(server, trained):
 def test_distributed_tuning_errors_are_clear(server, trained):
     env = server["env"]
     local = run_msml("tune", "--workers", "2", "--n-trials", "1", env=env)
-    assert local.returncode == 2 and "needs --storage postgresql://" in local.stderr, local.stderr
+    # a TuningError is a pipeline failure since the error family was unified (exit 8, msml.errors.PipelineError)
+    assert local.returncode == TuningError.exit_code and "needs --storage postgresql://" in local.stderr, local.stderr
     down = run_msml(
         "tune",
         "--storage",
@@ -209,7 +210,8 @@ def test_distributed_tuning_errors_are_clear(server, trained):
         "2",
         env=env,
     )
-    assert down.returncode == 2 and "cannot be used" in down.stderr and "Traceback" not in down.stderr, down.stderr
+    assert down.returncode == TuningError.exit_code and "cannot be used" in down.stderr, down.stderr
+    assert "Traceback" not in down.stderr, down.stderr
     joined = run_msml("tune", "--storage", server["optuna"], "--study", STUDY, "--join", env=env)
     # the study's budget is spent: a late worker joins, runs nothing, and leaves the refit to the creator
     assert joined.returncode == 0 and "joining study" in joined.stdout and "ran 0 trial(s)" in joined.stdout
@@ -236,13 +238,13 @@ def test_a_worker_killed_mid_trial_is_failed_and_retried_by_the_other(server):
             except KeyError:
                 continue
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            # inside its nested run, i.e. in the objective: the folds still to fit take seconds
-            victim = next((t for t in running if TRIAL_RUN_ATTR in t.user_attrs), None)
+            # inside the objective (its run opened, its parameters drawn): the folds still to fit take seconds
+            victim = next((t for t in running if TRIAL_RUN_ATTR in t.user_attrs and t.params), None)
         assert victim is not None, "no trial started within 180 s"
         os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
         killed_at = time.monotonic()
-        state = next(t for t in study.get_trials(deepcopy=False) if t.number == victim.number).state
-        assert state == TrialState.RUNNING, "the trial finished before the kill: the test proved nothing"
+        victim = next(t for t in study.get_trials(deepcopy=False) if t.number == victim.number)
+        assert victim.state == TrialState.RUNNING, "the trial finished before the kill: the test proved nothing"
         out, _ = creator.communicate(timeout=300)
         ended = time.monotonic()
     finally:

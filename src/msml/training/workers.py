@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from optuna.trial import TrialState
 
 from msml.config import DEFAULT_HEARTBEAT_SECONDS, GRACE_BEATS
 from msml.errors import PipelineError
+from msml.training.heartbeat import Heartbeat, beats, budget_trials, fail_stale
 
 WORKER_PID_TAG = "msml.worker_pid"
 WORKER_HOST_TAG = "msml.worker_host"
@@ -187,22 +187,6 @@ def budget_lock(storage_url: str | None, study_name: str) -> Iterator[None]:
         engine.dispose()
 
 
-def beats(storage) -> bool:
-    """Does `storage` (the RDBStorage this process opened, or None) record heartbeats?"""
-    return storage is not None and storage.get_heartbeat_interval() is not None
-
-
-def retried_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
-    """Numbers of the failed trials that a later trial retries (Optuna's retry history on the retry)."""
-    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-
-
-def budget_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """The trials that count against `n_trials`: a retried trial counts once, as its retry."""
-    retried = retried_numbers(trials)
-    return [t for t in trials if t.number not in retried]
-
-
 def claim_trial(study: optuna.Study, n_trials: int, lock, storage=None, new: bool = True) -> optuna.Trial | None:
     """The study's next trial (a retry waiting first), or None when none waits and all `n_trials` exist
     (finished or running elsewhere). `new=False`: only a waiting retry (a time budget has passed).
@@ -211,10 +195,7 @@ def claim_trial(study: optuna.Study, n_trials: int, lock, storage=None, new: boo
     records its first heartbeat before the lock is released: a trial without one is never found stale.
     """
     with lock():
-        if beats(storage):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+        fail_stale(study, storage)
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if not waiting and (not new or len(budget_trials(trials)) >= n_trials):
@@ -225,31 +206,6 @@ def claim_trial(study: optuna.Study, n_trials: int, lock, storage=None, new: boo
         if beats(storage):
             storage.record_heartbeat(trial._trial_id)
         return trial
-
-
-class Heartbeat:
-    """Record a running trial's heartbeat every interval in a thread (what `Study.optimize` does for its own
-    trials; ask/tell, which the budget lock needs, leaves it to the caller)."""
-
-    def __init__(self, storage, trial: optuna.Trial) -> None:
-        self.interval = storage.get_heartbeat_interval() if beats(storage) else None
-        self.storage, self.trial_id = storage, trial._trial_id
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True)
-
-    def _beat(self) -> None:
-        while not self.stop.wait(self.interval):
-            self.storage.record_heartbeat(self.trial_id)
-
-    def __enter__(self) -> Heartbeat:
-        if self.interval:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join()
 
 
 def stale_trial_callback(spec: StudySpec, progress=print):
@@ -353,13 +309,17 @@ def work(
         try:
             value = run_trial(trial, spec, objective, storage)
         except optuna.TrialPruned as pruned:
-            study.tell(trial, state=TrialState.PRUNED)
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             progress(f"  {where}: {pruned} {time.perf_counter() - started:.1f}s [pid {os.getpid()}]")
             continue
         except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
-        study.tell(trial, value)
+        # skip_if_finished: a trial this process ran while its beats could not reach the database for the whole
+        # grace period was failed meanwhile, and its retry counts instead
+        if study.tell(trial, value, skip_if_finished=True).state != TrialState.COMPLETE:
+            progress(f"  {where}: failed meanwhile (no heartbeat reached the database); its retry counts")
+            continue
         done += 1
         progress(
             f"  {where}: {trial.params.get('family', '')} cv roc_auc {value:.4f} "
