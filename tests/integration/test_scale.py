@@ -220,7 +220,7 @@ def test_distributed_tuning_errors_are_clear(server, trained):
 def test_a_worker_killed_mid_trial_is_failed_and_retried_by_the_other(server):
     """Two workers, one SIGKILLed inside a trial: its heartbeat stops, the other worker fails the trial, marks its
     MLflow run KILLED and runs the same parameters again, so the study still ends with N finished trials."""
-    study_name, n_trials = "scale-dead-worker", 3
+    study_name, n_trials = "scale-dead-worker", 2
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **server["env"]}
     command = [str(BIN / "msml"), "tune", "--n-trials", str(n_trials), "--cv-folds", "3", "--storage"]
     command += [server["optuna"], "--study", study_name, "--workers", "2", "--heartbeat", "1", "--no-register"]
