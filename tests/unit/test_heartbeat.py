@@ -34,7 +34,7 @@ def test_an_abandoned_trial_is_failed_and_its_parameters_claimed_again(tmp_path)
     x = abandoned.suggest_float("x", 0, 1)
     running = workers.claim_trial(study, 2, lock, storage)
     with Heartbeat(storage, running):  # this one keeps beating through the grace period
-        time.sleep(workers.GRACE_BEATS * 1 + 0.5)  # past the grace period (3 beats of 1 s)
+        time.sleep(workers.GRACE_BEATS * 1 + 1.5)  # past the grace period (3 beats of 1 s; SQLite keeps whole seconds)
         retry = workers.claim_trial(study, 2, lock, storage)
     assert stale == [abandoned.number]
     assert retry is not None and retry.params == {"x": x} and retry.suggest_float("x", 0, 1) == x
