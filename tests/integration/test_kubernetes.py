@@ -89,43 +89,53 @@ def test_the_schema_check_rejects_what_a_cluster_would(rendered):
 # The ServiceMonitor fields msml uses, as the Operator's CRD (monitoring.coreos.com/v1) types them; anything else
 # is refused, so a field the CRD does not have cannot slip in. (The CRD's own schema is not available offline.)
 _DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
-SERVICE_MONITOR = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "metadata": {"type": "object", "required": ["name"]},
-        "spec": {
-            "type": "object",
-            "required": ["selector", "endpoints"],
-            "additionalProperties": False,
-            "properties": {
-                "selector": {
+
+
+def _operator_resource(kind: str, spec: dict) -> dict:
+    """A JSON schema of a monitoring.coreos.com/v1 object of `kind` whose spec is `spec`; nothing else allowed."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": {"type": "object", "required": ["name"]},
+            "spec": spec,
+        },
+    }
+
+
+SERVICE_MONITOR = _operator_resource(
+    "ServiceMonitor",
+    {
+        "type": "object",
+        "required": ["selector", "endpoints"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
+            },
+            "endpoints": {
+                "type": "array",
+                "items": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
-                },
-                "endpoints": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string"},
-                            "interval": {"type": "string", "pattern": _DURATION},
-                            "relabelings": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "action": {"enum": ["replace", "keep", "drop", "labelmap", "labeldrop"]},
-                                        "targetLabel": {"type": "string"},
-                                        "replacement": {"type": "string"},
-                                    },
+                    "properties": {
+                        "port": {"type": "string"},
+                        "path": {"type": "string"},
+                        "interval": {"type": "string", "pattern": _DURATION},
+                        "relabelings": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "action": {"enum": ["replace", "keep", "drop", "labelmap", "labeldrop"]},
+                                    "targetLabel": {"type": "string"},
+                                    "replacement": {"type": "string"},
                                 },
                             },
                         },
@@ -134,23 +144,17 @@ SERVICE_MONITOR = {
             },
         },
     },
-}
-PROMETHEUS_RULE = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PrometheusRule"},
-        "metadata": {"type": "object", "required": ["name"]},
-        "spec": {  # the groups themselves are checked by promtool below
-            "type": "object",
-            "required": ["groups"],
-            "additionalProperties": False,
-            "properties": {"groups": {"type": "array", "minItems": 1}},
-        },
+)
+# the groups themselves are checked by promtool (test_the_prometheus_rule_holds_the_rules_and_…)
+PROMETHEUS_RULE = _operator_resource(
+    "PrometheusRule",
+    {
+        "type": "object",
+        "required": ["groups"],
+        "additionalProperties": False,
+        "properties": {"groups": {"type": "array", "minItems": 1}},
     },
-}
+)
 
 
 def test_service_monitors_scrape_the_services_as_the_rules_jobs(rendered):
@@ -168,6 +172,10 @@ def test_service_monitors_scrape_the_services_as_the_rules_jobs(rendered):
             assert len(selected) == 1, f"{name}: {monitor['metadata']['name']} selects {len(selected)} Services"
             port = monitor["spec"]["endpoints"][0]["port"]
             assert port in {p["name"] for p in selected[0]["spec"]["ports"]}, name
+    misspelt = yaml.safe_load(yaml.safe_dump(monitors[0]))
+    misspelt["spec"]["endpoints"][0]["intervall"] = "15s"  # the structure check refuses what the CRD would
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(misspelt, SERVICE_MONITOR)
 
 
 def test_the_prometheus_rule_holds_the_rules_and_passes_their_promtool_tests(rendered, tmp_path):
