@@ -238,7 +238,7 @@ def test_a_worker_killed_mid_trial_is_failed_and_retried_by_the_other(server):
             except KeyError:
                 continue
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            # inside the objective (its run opened, its parameters drawn): the folds still to fit take seconds
+            # inside the objective (its run opened, drawing its parameters): the folds still to fit take seconds
             victim = next((t for t in running if TRIAL_RUN_ATTR in t.user_attrs and t.params), None)
         assert victim is not None, "no trial started within 180 s"
         os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
@@ -261,7 +261,8 @@ def test_a_worker_killed_mid_trial_is_failed_and_retried_by_the_other(server):
     assert [t.number for t in by_state[TrialState.FAIL]] == [victim.number]
     assert not by_state[TrialState.RUNNING] and not by_state[TrialState.WAITING]
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
-    assert retry.params == victim.params and retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    # the parameters drawn before the kill are kept (the rest, when it died between two suggestions, drawn anew)
+    assert victim.params.items() <= retry.params.items() and retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert retry.user_attrs["worker_pid"] != victim.user_attrs["worker_pid"]  # the survivor ran it
 
     client = MlflowClient(server["url"])
