@@ -24,9 +24,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from msml.config import load_settings
+from msml.errors import DataError, TrackingError
 from msml.tracking.postgres import MLFLOW_DB, OPTUNA_DB, PostgresError, find_bin_dir
 from msml.tracking.registry import CHAMPION
-from msml.training.workers import RETRY_OF_TAG, TRIAL_NUMBER_TAG, TRIAL_RUN_ATTR, WORKER_PID_TAG, TuningError
+from msml.training.workers import RETRY_OF_TAG, TRIAL_NUMBER_TAG, TRIAL_RUN_ATTR, WORKER_PID_TAG
 from tests.conftest import BIN, ROOT, run_msml
 
 pytestmark = pytest.mark.slow
@@ -198,8 +199,8 @@ def test_two_workers_share_one_study_exactly_once(server, trained):
 def test_distributed_tuning_errors_are_clear(server, trained):
     env = server["env"]
     local = run_msml("tune", "--workers", "2", "--n-trials", "1", env=env)
-    # a TuningError is a pipeline failure since the error family was unified (exit 8, msml.errors.PipelineError)
-    assert local.returncode == TuningError.exit_code and "needs --storage postgresql://" in local.stderr, local.stderr
+    # a usage mistake is bad input (2); an unreachable study database is a tracking-setup failure (3)
+    assert local.returncode == DataError.exit_code and "needs --storage postgresql://" in local.stderr, local.stderr
     down = run_msml(
         "tune",
         "--storage",
@@ -210,7 +211,7 @@ def test_distributed_tuning_errors_are_clear(server, trained):
         "2",
         env=env,
     )
-    assert down.returncode == TuningError.exit_code and "cannot be used" in down.stderr, down.stderr
+    assert down.returncode == TrackingError.exit_code and "cannot be used" in down.stderr, down.stderr
     assert "Traceback" not in down.stderr, down.stderr
     joined = run_msml("tune", "--storage", server["optuna"], "--study", STUDY, "--join", env=env)
     # the study's budget is spent: a late worker joins, runs nothing, and leaves the refit to the creator

@@ -44,7 +44,7 @@ from msml.config import (
 )
 from msml.data.contract import Contract
 from msml.data.preprocessing import TRAIN_FILE, encode_target
-from msml.errors import PipelineError
+from msml.errors import DataError, PipelineError
 from msml.tracking.client import check_server, setup_tracking
 from msml.training import workers as workers_mod
 from msml.training.evaluation import (
@@ -279,7 +279,7 @@ def tune(
     its MLflow run marked KILLED, and its parameters retried by another worker.
     """
     if workers > 1 and not workers_mod.is_distributed(storage):
-        raise workers_mod.TuningError(
+        raise DataError(  # a usage mistake, not a failed pipeline step
             "--workers above 1 needs --storage postgresql://…: an in-memory or SQLite study serves one process"
         )
     optuna.logging.set_verbosity(optuna.logging.WARNING)

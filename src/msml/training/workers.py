@@ -36,7 +36,7 @@ import optuna
 from optuna.trial import TrialState
 
 from msml.config import DEFAULT_HEARTBEAT_SECONDS, GRACE_BEATS
-from msml.errors import PipelineError
+from msml.errors import DataError, PipelineError, TrackingError
 from msml.training.heartbeat import Heartbeat, beats, budget_trials, fail_stale
 
 WORKER_PID_TAG = "msml.worker_pid"
@@ -73,7 +73,7 @@ class StudySpec:
         try:
             return cls(**{f.name: attrs[f"msml.{f.name}"] for f in fields(cls)})
         except KeyError:
-            raise TuningError(
+            raise DataError(  # the user named a study that is not ours: bad input
                 f"study {study.study_name!r} was not created by `msml tune` (no msml.* attributes); "
                 "choose another --study name"
             ) from None
@@ -110,7 +110,8 @@ def open_storage(
             return optuna.storages.RDBStorage(storage_url, **heartbeat)
     except Exception as exc:  # SQLAlchemy/driver errors differ by backend; all mean the same to the user
         message = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise TuningError(f"Optuna storage {_redact(storage_url)} cannot be used: {message}") from None
+        # the study's database is the tracking setup's PostgreSQL (`msml tracking up`): unusable like a tracking server
+        raise TrackingError(f"Optuna storage {_redact(storage_url)} cannot be used: {message}") from None
 
 
 def with_heartbeat(
