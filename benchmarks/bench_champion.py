@@ -17,6 +17,8 @@
    server. One table, and the goals of issue 27 checked:
      0 model_down at every closed-loop concurrency; c=1 gateway p50 ≤ 6 ms; at c=32 and 64 the gateway ≥ 2×
      MLServer's throughput with p99 ≤ ¼ of MLServer's; the champion's 1-row call ≤ 2 ms and 128-row ≤ 5 ms.
+Measured on the shared 2-core machine (load average 14-17): the whole run 11 min once prepared (--quick ~5),
+plus ~5 min the first time for MLServer's virtualenv.
 """
 
 from __future__ import annotations
