@@ -43,6 +43,7 @@ MLSERVER = ("mlserver==1.7.1", "mlserver-mlflow==1.7.1")
 MLSERVER_MODEL = "champion"
 COST_ROWS = (1, 16, 128, 1024)
 CONCURRENCY = (1, 32, 64, 256)
+DEADLINE = 2.0  # the gateways' --model-timeout, as bench_gateway runs them
 
 
 # ---- 1. the models ---------------------------------------------------------------------------------------------
@@ -280,7 +281,15 @@ def main() -> int:
             print(f"starting the model server and gateway of the {name} ({uri})", flush=True)
             server.start(wait=180)
             proc, url = start_gateway(
-                server.url, tracking_uri, work / f"gateway-{name}.log", "--model-uri", uri, "--probe-interval", "0.5"
+                server.url,
+                tracking_uri,
+                work / f"gateway-{name}.log",
+                "--model-uri",
+                uri,
+                "--probe-interval",
+                "0.5",
+                "--model-timeout",
+                str(DEADLINE),
             )
             gateways.append(proc)
             targets[f"gateway · {name}"] = url
