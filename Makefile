@@ -67,6 +67,7 @@ ci-local: venv
 bench: venv
 	$(BIN)/python benchmarks/bench_preprocess.py
 	$(BIN)/python benchmarks/bench_gateway.py
+	$(BIN)/python benchmarks/bench_champion.py
 
 clean:
 	rm -rf $(VENV) .run mlflow.db mlartifacts dist

@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT))
 
 
 async def _worker(
-    targets: list[tuple[str, int]],
-    bodies: list[bytes],
+    targets: list[tuple[str, int, str]],
+    bodies: list[list[bytes]],
     offset: int,
     deadline: float,
     warmup_until: float,
@@ -62,18 +62,25 @@ async def _worker(
     errors: list[dict[str, int]],
     busy: list[float],
 ) -> None:
-    """Requests one after another until `deadline`, taking the targets in turn, each on its own kept-alive
-    connection; target k's latencies, errors and seconds spent go to latencies[k], errors[k], busy[k]."""
+    """Requests one after another until `deadline`, taking the targets (host, port, path) in turn, each on its own
+    kept-alive connection with its own bodies[k]; target k's latencies, errors (by kind) and seconds spent go to
+    latencies[k], errors[k], busy[k]."""
     conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = [None] * len(targets)
     i = offset
     while time.perf_counter() < deadline:
         k = (i - offset) % len(targets)
-        host, port = targets[k]
-        body = bodies[i % len(bodies)]
+        host, port, path = targets[k]
+        body = bodies[k][i % len(bodies[k])]
         i += 1
         request = (
-            b"POST /invocations HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            b"POST "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: "
+            + host.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
         )
         start = time.perf_counter()
         try:
@@ -81,7 +88,7 @@ async def _worker(
                 conns[k] = await asyncio.open_connection(host, port)
             reader, writer = conns[k]
             writer.write(request)
-            status, close, _ = await _answer(reader)
+            status, close, content = await _answer(reader)
         except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
             errors[k][type(exc).__name__] = errors[k].get(type(exc).__name__, 0) + 1
             if conns[k] is not None:
@@ -94,7 +101,8 @@ async def _worker(
             latencies[k].append(end - start)
             busy[k] += end - start
             if status != 200:
-                errors[k][str(status)] = errors[k].get(str(status), 0) + 1
+                kind = _kind(status, content)
+                errors[k][kind] = errors[k].get(kind, 0) + 1
         if close:
             writer.close()
             conns[k] = None
@@ -132,7 +140,11 @@ _REFUSED_BY = {
 
 def _kind(status: int, content: bytes) -> str:
     """'503 queue_full (loop lag)': an answer's status, kind and, for a refusal, the limit that refused it."""
-    answer = json.loads(content)
+    try:
+        answer = json.loads(content)
+        answer = answer if isinstance(answer, dict) else {}
+    except ValueError:  # a peer's answer that is not the gateway's JSON
+        answer = {}
     kind = f"{status} {answer.get('kind', '')}".strip()
     limit = next((name for words, name in _REFUSED_BY.items() if words in answer.get("error", "")), None)
     return f"{kind} ({limit})" if limit else kind
@@ -188,7 +200,11 @@ class _OpenLoop:
         u = urlparse(url)
         self.host, self.port = u.hostname, u.port
         self.head = (
-            b"POST /invocations HTTP/1.1\r\nHost: " + self.host.encode() + b"\r\nContent-Type: application/json\r\n"
+            b"POST "
+            + (u.path or "/invocations").encode()
+            + b" HTTP/1.1\r\nHost: "
+            + self.host.encode()
+            + b"\r\nContent-Type: application/json\r\n"
         )
         self.idle: list[_Connection] = []
         self.latencies: dict[str, list[float]] = {}
@@ -286,7 +302,12 @@ async def _open_loop(url: str, rate: float, seconds: float, bodies: list[bytes])
 
 
 async def _client(
-    urls: list[str], concurrency: int, seconds: float, bodies: list[bytes], warmup: float, slice_seconds: float = 0.5
+    urls: list[str],
+    concurrency: int,
+    seconds: float,
+    bodies: list[list[bytes]],
+    warmup: float,
+    slice_seconds: float = 0.5,
 ) -> list[dict]:
     """Drive the targets alike (`seconds` in all for each), so a busy neighbour on the machine hits both the
     same; returns one result per target. At concurrency 1 one client takes the targets in turn request by
@@ -294,14 +315,14 @@ async def _client(
     slices the p50 difference moved 0.4-3.7 ms between rounds of the same code, against 1.1-1.4 ms paired);
     above 1 the targets take turns in `slice_seconds` slices, each with all `concurrency` clients."""
     results = []
-    targets = [(u.hostname, u.port) for u in map(urlparse, urls)]
+    targets = [(u.hostname, u.port, u.path or "/invocations") for u in map(urlparse, urls)]
     latencies: list[list[float]] = [[] for _ in urls]
     errors: list[dict[str, int]] = [{} for _ in urls]
     measured = [0.0 for _ in urls]
-    for target in targets:  # warm-up, not measured
+    for target, target_bodies in zip(targets, bodies, strict=True):  # warm-up, not measured
         end = time.perf_counter() + warmup
         await asyncio.gather(
-            *(_worker([target], bodies, j * 97, end, end, [[]], [{}], [0.0]) for j in range(concurrency))
+            *(_worker([target], [target_bodies], j * 97, end, end, [[]], [{}], [0.0]) for j in range(concurrency))
         )
     if concurrency == 1:
         start = time.perf_counter()
@@ -316,7 +337,7 @@ async def _client(
                 *(
                     _worker(
                         [targets[k]],
-                        bodies,
+                        [bodies[k]],
                         (n * concurrency + j) * 97,
                         deadline,
                         start,
@@ -357,7 +378,9 @@ def client_main(argv: list[str]) -> None:
         argv[3],
         float(argv[4]),
     )
-    bodies = [line.encode() for line in Path(bodies_file).read_text().splitlines() if line]
+    # one bodies file for every target, or one per target (a peer speaking another protocol)
+    bodies = [[line.encode() for line in Path(f).read_text().splitlines() if line] for f in bodies_file.split(",")]
+    bodies = bodies * len(urls) if len(bodies) == 1 else bodies
     try:
         import uvloop
 
@@ -365,14 +388,17 @@ def client_main(argv: list[str]) -> None:
     except ImportError:
         pass
     if concurrency.startswith("rate="):
-        print(json.dumps(asyncio.run(_open_loop(urls[0], float(concurrency[5:]), seconds, bodies))))
+        print(json.dumps(asyncio.run(_open_loop(urls[0], float(concurrency[5:]), seconds, bodies[0]))))
     else:
         print(json.dumps(asyncio.run(_client(urls, int(concurrency), seconds, bodies, warmup))))
 
 
 def run_client(
-    urls: list[str], concurrency: int | str, seconds: float, bodies_file: Path, warmup: float = 1.0
+    urls: list[str], concurrency: int | str, seconds: float, bodies_file: Path | list[Path], warmup: float = 1.0
 ) -> list[dict] | dict:
+    """The client in its own process: each URL (its path the endpoint, /invocations when none) takes the bodies in
+    `bodies_file`, or in its own file when a list (one per URL) is given."""
+    files = bodies_file if isinstance(bodies_file, list) else [bodies_file]
     out = subprocess.run(
         [
             sys.executable,
@@ -381,7 +407,7 @@ def run_client(
             ",".join(urls),
             str(concurrency),
             str(seconds),
-            str(bodies_file),
+            ",".join(map(str, files)),
             str(warmup),
         ],
         capture_output=True,

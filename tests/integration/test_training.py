@@ -119,6 +119,38 @@ def test_tuning_logs_the_family_choice(home):
     assert {"cv_brier", "cv_ece", "test_brier", "test_ece", "cv_log_loss_calibration_none"} <= set(parent.data.metrics)
 
 
+def test_tuned_model_is_compiled_and_served_with_the_pipelines_predictions(home, contract, processed, tmp_path):
+    """The tuned model's python_function flavor runs the compiled model (msml.training.fastmodel), its sklearn
+    flavor the pipeline: on the whole test split `mlflow.pyfunc.load_model` gives the pipeline's probabilities
+    (within 1e-6, no predicted class differs), and `mlflow models serve` (real server, real HTTP) answers the
+    same for rows with and without missing values. The baseline stays the sklearn model."""
+    import httpx
+
+    from msml.serving.model_server import ModelServer
+    from msml.training.fastmodel import RUNTIME_MODULE, RUNTIME_TAG
+
+    assert mlflow.get_run(home["tuned"]["run_id"]).data.tags[RUNTIME_TAG] == "compiled"
+    assert mlflow.get_run(home["baseline"]["run_id"]).data.tags[RUNTIME_TAG] == "sklearn"
+    uri = home["tuned"]["model_uri"]
+    fast = mlflow.pyfunc.load_model(uri)
+    assert fast.metadata.flavors["python_function"]["loader_module"] == RUNTIME_MODULE
+    assert fast.metadata.get_input_schema().input_names() == contract.features
+    pipeline = mlflow.sklearn.load_model(uri)
+    _, test = load_clean_splits(processed, contract)
+    rows = test[contract.features]
+    quick, slow = np.asarray(fast.predict(rows)), pipeline.predict_proba(rows)
+    flips = int(((quick[:, 1] >= 0.5) != (slow[:, 1] >= 0.5)).sum())
+    assert np.abs(quick - slow).max() <= 1e-6 and flips == 0, (np.abs(quick - slow).max(), flips)
+
+    sample = pd.concat([rows[rows.isna().any(axis=1)].head(40), rows.head(40)])
+    body = sample.astype(object).where(sample.notna(), None).to_dict(orient="split", index=False)
+    with ModelServer(uri, home["uri"], free_port(), tmp_path / "model-server.log") as server:
+        answer = httpx.post(f"{server.url}/invocations", json={"dataframe_split": body}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    served = np.asarray(answer.json()["predictions"])
+    np.testing.assert_allclose(served, quick[[rows.index.get_loc(i) for i in sample.index]], rtol=0, atol=1e-12)
+
+
 def test_tuning_logs_artifacts_autolog_does_not_make(home, contract):
     run_id = home["tuned"]["run_id"]
     local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(home["root"] / "dl")))

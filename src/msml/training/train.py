@@ -94,22 +94,28 @@ def log_training_dataset(data: TrainingData, contract: Contract) -> None:
 
 def log_model(estimator, data: TrainingData, contract: Contract, transformer: Pipeline | None = None) -> str:
     """Log transformer (the processed dir's unless another fitted one is given) + estimator as one sklearn
-    Pipeline, plus the drift reference. Returns the model URI."""
+    Pipeline, plus the drift reference. Returns the model URI.
+
+    A pipeline the fast runtime can evaluate (msml.training.fastmodel: the tuned tree models) is logged with
+    its sklearn flavor and a python_function flavor that runs the compiled model, once its probabilities on
+    the whole test split are checked against the pipeline's; any other is logged as the sklearn model. The
+    run's `msml.model_runtime` tag says which."""
     from msml.monitoring.drift import build_reference
+    from msml.training import fastmodel
 
     pipeline = Pipeline([("transform", data.transformer if transformer is None else transformer), ("model", estimator)])
     example = data.test_clean[contract.features].head(INPUT_EXAMPLE_ROWS)
     # The signature comes from the contract, so MLflow's hint about inferring integer columns
     # from the example does not apply.
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-    info = mlflow.sklearn.log_model(
-        pipeline,
-        MODEL_ARTIFACT,
-        signature=model_signature(contract),
-        input_example=example,
-        # the scoring server answers probabilities, which the gateway and monitoring need
-        pyfunc_predict_fn="predict_proba",
-    )
+    # the scoring server answers probabilities, which the gateway and monitoring need
+    options = {"signature": model_signature(contract), "input_example": example, "pyfunc_predict_fn": "predict_proba"}
+    compiled = fastmodel.compile_checked(pipeline, data.test_clean[contract.features])
+    if compiled is None:
+        info = mlflow.sklearn.log_model(pipeline, MODEL_ARTIFACT, **options)
+    else:
+        info = mlflow.models.Model.log(MODEL_ARTIFACT, fastmodel.Flavor(compiled), sk_model=pipeline, **options)
+    mlflow.set_tag(fastmodel.RUNTIME_TAG, "compiled" if compiled else "sklearn")
     mlflow.log_dict(build_reference(data.train_clean, contract), DRIFT_REFERENCE_ARTIFACT)
     return info.model_uri
 
