@@ -211,3 +211,50 @@ def test_stop_fails_what_is_still_queued():
                 await future
 
     run(main())
+
+
+def test_the_in_flight_limit_can_shrink_and_grow():
+    """`resize` (the gateway follows the replicas up): fewer slots take none from calls in flight, so a smaller
+    limit holds once they end; more slots start waiting batches at once."""
+
+    class Counting(Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.now = self.most = 0
+
+        async def __call__(self, rows):
+            self.now += 1
+            self.most = max(self.most, self.now)
+            try:
+                return await super().__call__(rows)
+            finally:
+                self.now -= 1
+
+    async def main():
+        model = Counting()
+        model.gate.clear()
+        b = MicroBatcher(model, max_batch_rows=1, max_wait=0, max_concurrent=3)
+        await b.start()
+        futures = [b.submit([[i]]) for i in range(12)]
+        await asyncio.sleep(0.02)
+        three = model.now  # 3 slots (all submitted before any call started: no extra call yet)
+        b.resize(1)
+        model.gate.set()
+        await asyncio.sleep(0)
+        model.gate.clear()  # the calls in flight end; from now on one slot (and the extra call) at most
+        model.most = model.now
+        await asyncio.sleep(0.02)
+        one = model.most
+        b.resize(2)
+        await asyncio.sleep(0.02)
+        two = model.now
+        model.gate.set()
+        results = await asyncio.gather(*futures)
+        await b.stop()
+        return three, one, two, results
+
+    three, one, two, results = run(main())
+    assert (three, one, two) == (3, 2, 3)  # then one slot and the extra call; then two and the extra
+    assert results == [[i * 10] for i in range(12)]
+    with pytest.raises(ValueError):
+        MicroBatcher(Model()).resize(0)

@@ -18,7 +18,8 @@ CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r
 
 
 class Scripted:
-    """Serves each connection with `answer(request_head) -> bytes | None` (None: close without answering)."""
+    """Serves each connection with `answer(request_head) -> bytes | None` (None: close without answering; a float:
+    stall that many seconds, then close; (seconds, bytes): answer after that many seconds)."""
 
     def __init__(self, answer, close_after: bool = False, host: str = "127.0.0.1") -> None:
         self.answer, self.close_after, self.host = answer, close_after, host
@@ -46,6 +47,9 @@ class Scripted:
                 if isinstance(out, float):  # seconds to stall
                     await asyncio.sleep(out)
                     break
+                if isinstance(out, tuple):  # a late answer
+                    await asyncio.sleep(out[0])
+                    out = out[1]
                 writer.write(out)
                 await writer.drain()
                 if self.close_after:

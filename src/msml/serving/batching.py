@@ -15,6 +15,9 @@ call (measured at c=32: 444 req/s). It waits `max_wait` × the share of those ro
 batch that is nearly whole (an open loop near capacity) goes at once rather than leave the model
 server idle.
 
+Resizable: `resize` changes how many calls may be in flight (the gateway follows the healthy replicas); a
+smaller limit takes no slot from a call already made, it only waits for calls to end.
+
 Bounded (as MLServer's adaptive batcher bounds its queue and BentoML's dispatcher refuses work it
 cannot finish within its latency target): `submit` raises `QueueFull` at once when the queue holds
 `max_queued_rows` rows or when its oldest item has waited longer than `max_queue_delay` — the queue
@@ -32,6 +35,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Rows = list[list[Any]]
+
+
+class _Slots:
+    """A semaphore whose size can change: `used` calls hold a slot, new ones wait while `used >= limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self) -> None:
+        while self.used >= self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += 1
+
+    def release(self) -> None:
+        self.used -= 1
+        self._freed.set()
+
+    def resize(self, limit: int) -> None:
+        self.limit = limit
+        self._freed.set()
 
 
 class QueueFull(Exception):
@@ -68,7 +94,6 @@ class MicroBatcher:
         self.call = call
         self.max_batch_rows = max_batch_rows
         self.max_wait = max_wait
-        self.max_concurrent = max_concurrent
         self.max_queued_rows = max_queued_rows
         self.max_queue_delay = max_queue_delay
         self.on_batch = on_batch
@@ -78,10 +103,21 @@ class MicroBatcher:
         self._last_rows = 0  # rows in the batch sent last
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self._slots = _Slots(max_concurrent)
         self._consumer: asyncio.Task | None = None
         self._calls: dict[asyncio.Task, list[_Item]] = {}  # model calls in flight and their batches
         self._extra = False  # the one call beyond the slots is in flight (`_pipeline`)
+
+    @property
+    def max_concurrent(self) -> int:
+        """Model calls at a time (the slots), not counting the one for a whole batch beyond them."""
+        return self._slots.limit
+
+    def resize(self, max_concurrent: int) -> None:
+        """Allow `max_concurrent` calls at a time from now on (≥ 1); calls in flight finish as they are."""
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be ≥ 1, got {max_concurrent}")
+        self._slots.resize(max_concurrent)
 
     @property
     def max_calls(self) -> int:
@@ -228,7 +264,7 @@ class MicroBatcher:
         to it, started before the ended call's callers are answered; else back to the consumer (`_run`), which
         waits for stragglers. Under load each hop through the event loop waits behind a turn of handlers (tens of
         ms at capacity), and the model server idles meanwhile."""
-        if self.queued_rows >= min(self._last_rows, self.max_batch_rows):
+        if self._slots.used <= self._slots.limit and self.queued_rows >= min(self._last_rows, self.max_batch_rows):
             batch: list[_Item] = []
             if n := self._take(batch, 0):
                 self._last_rows = n

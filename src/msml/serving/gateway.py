@@ -100,12 +100,13 @@ class Gateway:
             probe_interval=c.probe_interval,
             max_idle=c.max_concurrent_batches + 2,
             max_batch_rows=c.max_batch_rows,
+            on_health=self._healthy,
         )
         self.batcher = MicroBatcher(
             self.upstream.score,
             max_batch_rows=c.max_batch_rows,
             max_wait=c.max_wait_ms / 1000,
-            max_concurrent=c.max_concurrent_batches * len(c.model_urls),  # each replica has its own workers
+            max_concurrent=c.max_concurrent_batches,  # per replica up: `_healthy` (none is known up yet)
             max_queued_rows=c.max_queued_rows,
             max_queue_delay=c.max_queue_delay_ms / 1000,
             on_batch=m.batch_rows.observe,
@@ -114,8 +115,7 @@ class Gateway:
         # in hand while shedding: two whole batches of 1-row requests for each call that can be in flight (one
         # being scored, one ready to go); 1.5 batches starved the model (12,000 req/s offered: 3,935 and 4,236
         # good/s, against 4,626 and 5,107 with 2)
-        in_hand = 2 * c.max_batch_rows * self.batcher.max_calls
-        self.pressure = Pressure(c.max_loop_lag_ms / 1000, c.max_accept_queue, listener, max_in_hand=in_hand)
+        self.pressure = Pressure(c.max_loop_lag_ms / 1000, c.max_accept_queue, listener, max_in_hand=self._in_hand())
         m.in_flight.set_function(lambda: self.pressure.in_hand)  # read at scrape time: nothing per request
         self.feedback = FeedbackBook(
             self.contract,
@@ -135,6 +135,15 @@ class Gateway:
         self._labels = [self.contract.negative, self.contract.positive]
         self._request_children: dict[tuple[str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
+
+    def _in_hand(self) -> int:
+        return 2 * self.config.max_batch_rows * self.batcher.max_calls
+
+    def _healthy(self, replicas_up: int) -> None:
+        """The model calls in flight follow the replicas that are up (each has its own workers): calls meant for
+        a replica that is down would queue on the others. One slot at least: the call let through while none is."""
+        self.batcher.resize(self.config.max_concurrent_batches * max(1, replicas_up))
+        self.pressure.max_in_hand = self._in_hand()
 
     def _rejected(self, reason: str):
         child = self._rejected_children.get(reason)
@@ -209,7 +218,7 @@ class Gateway:
             rows = self.validator.validate(extract_rows(payload, self.features, c.max_rows_per_request))
             batcher.arriving -= 1
             queued = True
-            self.upstream.require_up()  # fails fast while no model server is known up
+            self.upstream.require_up(batcher.queued_rows)  # fails fast while no model server is up
             features = self.features
             try:  # submit checks the bounds again: the oldest item may have passed the delay limit since
                 future = batcher.submit([[r[f] for f in features] for r in rows])
