@@ -223,6 +223,86 @@ def test_too_many_rows_is_413(client, test_rows):
     assert resp.status_code == 413 and "1001 rows" in resp.json()["error"]
 
 
+# ---- MLflow's own clients: the bodies they write, NaN included, read as `mlflow models serve` reads them ------------
+
+
+@pytest.fixture(scope="module")
+def frames(processed, contract):
+    """20 of the test split's rows with every value, and 20 with a missing value (NaN), as DataFrames."""
+    _, test = load_clean_splits(processed, contract)
+    features = test[contract.features]
+    gaps = features.isna().any(axis=1)
+    return features[~gaps].head(20), features[gaps].head(20)
+
+
+def scores(url: str, body: bytes) -> list[float]:
+    """The positive-class probabilities `url` answers for `body` (the model server's or the gateway's)."""
+    resp = httpx.post(f"{url}/invocations", content=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return [p[1] if isinstance(p, list) else p for p in resp.json()["predictions"]]
+
+
+def test_mlflow_scoring_server_client_with_missing_values_gets_the_model_servers_predictions(
+    gateway, model_server, frames
+):
+    """`ScoringServerClient.invoke(DataFrame)` writes a missing value as the bare NaN literal (`json.dumps`)."""
+    from urllib.parse import urlparse
+
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+    from mlflow.utils.proto_json_utils import dump_input_data
+
+    _, missing = frames
+    assert "NaN" in dump_input_data(missing)  # what goes over the wire
+
+    def invoke(url: str) -> list[float]:
+        u = urlparse(url)
+        answer = ScoringServerClient(u.hostname, u.port).invoke(missing)
+        return [p[1] if isinstance(p, list) else p for p in answer["predictions"]]
+
+    assert invoke(gateway) == pytest.approx(invoke(model_server.url), abs=1e-9)
+
+
+def test_requests_json_and_pandas_to_json_get_the_model_servers_predictions(gateway, model_server, frames):
+    """`requests` with `json=` of a DataFrame's split and records (it refuses NaN itself, allow_nan=False: missing
+    values go as None), and pandas `to_json` (NaN written as null), as split and as records."""
+    import requests
+
+    full, missing = frames
+    for frame in (full, missing.astype(object).where(missing.notna(), None)):
+        split, records = frame.to_dict(orient="split"), frame.to_dict(orient="records")
+        for body in ({"dataframe_split": split}, {"dataframe_records": records}):
+            sent = requests.Request("POST", "http://x/invocations", json=body).prepare().body  # exactly its bytes
+            via = requests.post(f"{gateway}/invocations", json=body, timeout=30)
+            assert via.status_code == 200, via.text
+            assert via.json()["predictions"] == pytest.approx(scores(model_server.url, sent), abs=1e-9)
+    for frame in (full, missing):
+        for key, orient in (("dataframe_split", "split"), ("dataframe_records", "records")):
+            body = f'{{"{key}": {frame.to_json(orient=orient)}}}'.encode()
+            assert scores(gateway, body) == pytest.approx(scores(model_server.url, body), abs=1e-9)
+
+
+def test_nan_where_the_contract_needs_a_value_is_a_422_naming_the_field_and_infinity_is_refused(client, test_rows):
+    import json
+
+    rows = [dict(r) for r in test_rows[0][:3]]
+    rows[1]["age"] = float("nan")
+    resp = client.post(
+        "/invocations", content=json.dumps({"dataframe_records": rows}), headers={"Content-Type": "application/json"}
+    )
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error_count"] == 1
+    assert {k: resp.json()["details"][0][k] for k in ("row", "field", "reason")} == {
+        "row": 1,
+        "field": "age",
+        "reason": "missing",
+    }
+    for literal in ("Infinity", "-Infinity"):
+        body = json.dumps({"dataframe_records": rows}).replace("NaN", literal)
+        resp = client.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 400 and f"{literal} is not a number" in resp.json()["error"], resp.text
+        assert resp.json()["details"][0]["reason"] == "malformed_json"
+
+
 # ---- batching ------------------------------------------------------------------------------------------
 
 

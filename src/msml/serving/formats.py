@@ -7,6 +7,7 @@ here (that is `validation`), only shaped; every message echoes client text throu
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -55,10 +56,40 @@ async def read_json(request: Request, limit: int) -> Any:
     body = b"".join(chunks)
     if not body:
         raise body_error(400, "malformed_json", "empty body: send a JSON object")
+    return parse_json(body)
+
+
+def parse_json(body: bytes) -> Any:
+    """`body` as JSON, with MLflow's one extension: the bare `NaN` that `json.dumps` of a DataFrame writes (MLflow's
+    own `ScoringServerClient` sends it, `mlflow models serve` reads it) is a missing value, None; the contract then
+    decides (missing where the column is nullable, a 422 naming the field where not). `Infinity` is refused.
+
+    orjson first (strict JSON, 2-3× faster), and only a body it refuses that holds `NaN` is parsed again by the
+    standard library's parser, which reads the literal. Measured (2 cores shared, load average 9-10, two runs),
+    a dataframe_split body as `json.dumps` writes it: 1 row orjson 3.5-4.2 µs, stdlib 13.7-13.9 µs, with a NaN
+    (both passes) 33-37 µs; 128 rows 185-195, 402-444 and 449-483 µs."""
     try:
         return loads(body)
     except DecodeError as exc:
-        raise body_error(400, "malformed_json", f"body is not valid JSON: {short(str(exc), 200)}") from None
+        error = exc
+    if b"NaN" in body or b"Infinity" in body:  # the literals the standard library reads: NaN taken, Infinity named
+        try:
+            return json.loads(body, parse_constant=_nan_is_missing)
+        except _NotANumber as exc:
+            raise body_error(400, "malformed_json", str(exc)) from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            pass  # report orjson's error: the body is not JSON either way
+    raise body_error(400, "malformed_json", f"body is not valid JSON: {short(str(error), 200)}") from None
+
+
+class _NotANumber(ValueError):
+    pass
+
+
+def _nan_is_missing(literal: str) -> None:
+    if literal == "NaN":
+        return None
+    raise _NotANumber(f"body is not valid JSON: {literal} is not a number the gateway accepts (send a finite value)")
 
 
 def extract_rows(payload: Any, features: list[str], max_rows: int) -> list[Any]:
