@@ -299,7 +299,7 @@ PANELS: tuple[Panel, ...] = (
         (Query(f"min({MODEL_UP}{{{JOB}}})", "up"),),
         "short",
         kind="stat",
-        description="1 when a model server (any replica) answered the gateway's last /ping.",
+        description="1 while a model server (any replica) answers the gateway (down: refused, or silent for 2 s).",
     ),
     Panel(
         "replicas_up",
@@ -307,7 +307,7 @@ PANELS: tuple[Panel, ...] = (
         (Query(f"sum({MODEL_REPLICA_UP}{{{JOB}}})", "replicas up"),),
         "short",
         kind="stat",
-        description="Replicas answering the gateway's /ping; a replica that fails is out until it answers again.",
+        description="Replicas up (answering the gateway); a replica that is down is out until it answers again.",
     ),
     Panel(
         "model_info",

@@ -119,10 +119,15 @@ class GatewayMetrics:
         self.drift_window_rows.set(float("nan"))  # until the gateway has a drift window (track_drift_window)
         # 1 while any replica is up: "the stack can score", what ModelServerDown and the dashboards read
         self.model_up = Gauge(
-            MODEL_UP, "1 when a model server (any replica) answered its last /ping, else 0.", registry=r
+            MODEL_UP,
+            "1 while a model server (any replica) is up (not refusing connections, not silent for 2 s), else 0.",
+            registry=r,
         )
         self.model_replica_up = Gauge(
-            MODEL_REPLICA_UP, "1 when this model-server replica answered its last /ping, else 0.", [REPLICA], registry=r
+            MODEL_REPLICA_UP,
+            "1 while this model-server replica is up (not refusing connections, not silent for 2 s), else 0.",
+            [REPLICA],
+            registry=r,
         )
         self.model_replica_calls = Counter(
             _strip_total(MODEL_REPLICA_CALLS),

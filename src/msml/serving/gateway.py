@@ -439,7 +439,7 @@ def create_app(
     @app.get(
         "/health",
         summary="Gateway and model-server health",
-        responses={503: {"description": "The model server is not answering /ping."}},
+        responses={503: {"description": "No model server is up (refusing connections, or silent for 2 s)."}},
     )
     async def health() -> Response:
         info, up = gateway.model_info, gateway.upstream.up
