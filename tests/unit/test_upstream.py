@@ -60,11 +60,15 @@ def test_down_replicas_are_skipped_and_all_down_is_a_503_with_retry_after_but_fo
     u = upstream(up=(False, True, False))
     assert {sent(u) for _ in range(4)} == {"2"}
     u._set_up(u.replicas[1], False)
-    # none up: a trial call is due (half-open), to the replica tried least recently; admitted only with an empty queue
+    # none up: a trial call is due (half-open), to the replica tried least recently; one request is let in for it,
+    # with an empty queue only
     assert u.pick() is u.replicas[0]
-    u.require_up(queued_rows=0)
     with pytest.raises(ModelServerError):
         u.require_up(queued_rows=1)
+    u.require_up(queued_rows=0)
+    with pytest.raises(ModelServerError):
+        u.require_up(queued_rows=0)  # the next no sooner than TRIAL_INTERVAL later
+    assert u.pick() is u.replicas[0]  # the request let in is sent
     u._trial, u.replicas[0].last_trial = u.replicas[0], time.monotonic()  # as `_call` records a trial
     for ask in (u.pick, u.require_up):  # one trial at a time: everything else is refused at once
         with pytest.raises(ModelServerError) as err:

@@ -114,6 +114,7 @@ class Upstream:
         self._sent = itertools.count(1)
         self._tokens = itertools.count(1)
         self._trial: Replica | None = None  # the call let through while no replica is up, while it runs
+        self._admitted = -math.inf  # when a request was last let in to be that call
         self._probe: asyncio.Task | None = None
         self._probe_now = asyncio.Event()
 
@@ -143,8 +144,9 @@ class Upstream:
 
     def require_up(self, queued_rows: int = 0) -> None:
         """503 at once while no replica is up (the gateway asks before queueing a request) — unless a trial call
-        is due and nothing is queued: then this request may be it (half-open)."""
-        if not self.up and not (queued_rows == 0 and self._trial_due()):
+        is due and nothing is queued: then this one request may be it (half-open), and the next is let in no
+        sooner than TRIAL_INTERVAL later (else every request read while its batch is collected would join it)."""
+        if not self.up and not (queued_rows == 0 and self._trial_due(admitting=True)):
             raise self._down_error()
 
     def _down_error(self) -> ModelServerError:
@@ -152,8 +154,15 @@ class Upstream:
             503, "model_down", f"model server at {self.url} is down (not answering); retry shortly", retry_after=1
         )
 
-    def _trial_due(self) -> bool:
-        return self._trial is None and time.monotonic() - max(r.last_trial for r in self.replicas) >= TRIAL_INTERVAL
+    def _trial_due(self, admitting: bool = False) -> bool:
+        now = time.monotonic()
+        if self._trial is not None or now - max(r.last_trial for r in self.replicas) < TRIAL_INTERVAL:
+            return False
+        if admitting:
+            if now - self._admitted < TRIAL_INTERVAL:
+                return False
+            self._admitted = now
+        return True
 
     def pick(self, exclude: Replica | None = None) -> Replica:
         """The healthy replica with the fewest calls in flight (ties: least recently sent); while none is up, the
