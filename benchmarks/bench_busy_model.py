@@ -58,7 +58,16 @@ def client_main(argv: list[str]) -> None:
         t0 = time.perf_counter()
         await asyncio.gather(
             *(
-                _worker([(u.hostname, u.port)], bodies, j * 97, t0 + seconds, t0, [latencies], [errors], [0.0])
+                _worker(
+                    [(u.hostname, u.port, "/invocations")],
+                    [bodies],
+                    j * 97,
+                    t0 + seconds,
+                    t0,
+                    [latencies],
+                    [errors],
+                    [0.0],
+                )
                 for j in range(c)
             )
         )
