@@ -388,7 +388,7 @@ def test_exporter_feedback_scores_like_the_gateways(exporter):
     classes = [1, 0, 1, 1, 0]
     their_ids = book.remember(classes)
     our_ids = [f"{i:032x}" for i in range(len(classes))]
-    ours.predicted.update(zip(our_ids, classes, strict=False))
+    ours.predicted.update(zip(our_ids, classes, strict=True))
     truths = [contract.positive, contract.negative, contract.negative, 1, 1]
     theirs = book.record({"feedback": [{"id": i, "label": t} for i, t in zip(their_ids, truths, strict=True)]})
     ours_body = {"feedback": [{"id": i, "label": t} for i, t in zip(our_ids, truths, strict=True)]}
