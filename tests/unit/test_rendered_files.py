@@ -1,5 +1,6 @@
-"""Rendered course files: the notebook's parameter cell is the contract's and is current, a contract change flows
-into it, and every Python file the templates render passes the repository's ruff rules."""
+"""Rendered course files (their currency: tests/unit/test_generated.py): the notebook's parameter cell is the
+contract's, a contract change flows into it and into nothing else of the notebook, and every Python file the
+templates render passes the repository's ruff rules."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 from msml.config import load_settings
 from msml.data.contract import Contract
 from msml.errors import ExportError
-from msml.generated import stale
 from msml.handin.course import course_files
 from msml.handin.notebook import PARAMETERS_TAG, notebook_path, render_files, with_parameters
 from tests.conftest import ROOT
@@ -26,11 +26,6 @@ def parameters(notebook_text: str) -> dict:
     namespace: dict = {}
     exec("".join(cell["source"]), namespace)
     return namespace
-
-
-def test_rendered_notebook_files_are_current():
-    out_of_date = stale(ROOT, render_files(SETTINGS))
-    assert not out_of_date, f"{out_of_date} are stale: run `python -m msml.handin.notebook`"
 
 
 def test_the_notebooks_parameters_are_the_contracts():

@@ -8,17 +8,17 @@ narrative read these, so a contract change flows into the notebook by re-renderi
 prints are computed when it runs, never typed. The literals are the ones `automate_<student>.py` carries
 (`msml.handin.course.course_values`), so the notebook and its script cannot disagree on the contract.
 
-`render_files(settings)` returns {path relative to the root: text} for the notebook and for the automation script
-its last section runs (`notebooks/automate_<student>.py`); `msml.generated.write` / `stale` write or check them.
-`python -m msml.handin.notebook [--check]` does the same from a shell.
+`render_files(settings, root)` returns {path relative to the root: text} for the notebook and for the automation
+script its last section runs (`notebooks/automate_<student>.py`); `msml render [--check]` writes or checks them
+with every other generated file (`msml.generated.every_file`).
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from pathlib import Path
 
-from msml.config import DEFAULT_SEED, Settings, load_settings
+from msml.config import DEFAULT_SEED, DEFAULT_TEST_SIZE, Settings
 from msml.errors import ExportError
 
 PARAMETERS_TAG = "parameters"
@@ -31,7 +31,6 @@ def notebook_path(settings: Settings) -> str:
 
 def parameter_source(settings: Settings) -> str:
     """The source of the notebook's parameter cell (repository paths: `msml export` rewrites them for its layout)."""
-    from msml.data.preprocessing import DEFAULT_TEST_SIZE
     from msml.handin.course import course_values
 
     values = course_values(settings, settings.root)
@@ -71,35 +70,15 @@ def with_parameters(text: str, source: str, where: str = "notebook") -> str:
     return json.dumps(notebook, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 
 
-def render_files(settings: Settings) -> dict[str, str]:
-    """{path relative to settings.root: text}: the notebook with its parameter cell rendered, and the automation
-    script it runs."""
+def render_files(settings: Settings, root: Path | None = None) -> dict[str, str]:
+    """{path relative to `root` (default: the settings' root): text}: the notebook with its parameter cell rendered,
+    and the automation script it runs."""
     from msml.handin.course import notebook_files
 
+    root = Path(root or settings.root)
     rel = notebook_path(settings)
-    path = settings.root / rel
+    path = root / rel
     if not path.is_file():
         raise ExportError(f"the course notebook is missing: {path}")
     rendered = with_parameters(path.read_text(), parameter_source(settings), where=str(path))
-    return {rel: rendered, **notebook_files(settings, settings.root)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Write the rendered files under the settings' root; with --check write nothing and exit 1 when one is stale."""
-    from msml.generated import stale, write
-
-    argv = sys.argv[1:] if argv is None else argv
-    settings = load_settings()
-    files = render_files(settings)
-    if "--check" not in argv:
-        for path in write(settings.root, files):
-            print(f"wrote {path}")
-        return 0
-    out_of_date = stale(settings.root, files)
-    for rel in out_of_date:
-        print(f"stale: {rel} (run `python -m msml.handin.notebook`)")
-    return 1 if out_of_date else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {rel: rendered, **notebook_files(settings, root)}
