@@ -37,8 +37,7 @@ def valid_rows(contract: Contract, n: int = 200, seed: int = 0) -> pd.DataFrame:
     """`n` rows that satisfy every rule of `contract`, as `Contract.read_csv` returns raw rows (text values,
     missing as NaN), index 0..n-1. Numbers are drawn (seeded) within each column's range, both bounds included
     in the first rows; categories and labels cycle so every one occurs once `n` is large enough; each nullable
-    column is missing in one row of seven after
-    its categories' first cycle."""
+    column is missing in one row of seven after its categories' first cycle."""
     rng = np.random.default_rng(seed)
     data: dict[str, list] = {}
     for k, column in enumerate(contract.columns):
