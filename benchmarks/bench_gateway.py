@@ -834,7 +834,7 @@ def main() -> int:
         results: dict[tuple[str, int], dict] = {}
         for c in args.concurrency:
             measured = run_client(list(targets.values()), c, args.duration, bodies_file)
-            for name, r in zip(targets, measured, strict=False):
+            for name, r in zip(targets, measured, strict=True):
                 results[(name, c)] = r
                 print(
                     f"  {name:8s} c={c:<3d} {r['throughput']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
@@ -848,7 +848,7 @@ def main() -> int:
             answer = client.post("/invocations", json={"rows": rows[:100]}).json()
             client.post(
                 "/feedback",
-                json={"feedback": [{"id": i, "label": t} for i, t in zip(answer["ids"], truths[:100], strict=False)]},
+                json={"feedback": [{"id": i, "label": t} for i, t in zip(answer["ids"], truths[:100], strict=True)]},
             )
             families = {name for name, _ in parse_metrics(client.get("/metrics").text)}
         scrape = scrape_times(gateway_url)

@@ -1,8 +1,9 @@
-"""Shared fixtures: the real contract, the real raw file, one preprocessing run and one registered champion per
-session."""
+"""Shared fixtures: the real contract, the real raw file and its committed preprocessing report, rows built from the
+contract (tests/rows.py), one preprocessing run and one registered champion per session."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,22 @@ def contract() -> Contract:
 @pytest.fixture(scope="session")
 def raw_path() -> Path:
     return RAW
+
+
+@pytest.fixture(scope="session")
+def committed_report(contract) -> dict:
+    """report.json of the committed processed data (`msml preprocess`): the counts that follow from the data."""
+    from msml.data.preprocessing import REPORT_FILE
+
+    return json.loads((ROOT / "data" / f"{contract.name}_preprocessing" / REPORT_FILE).read_text())
+
+
+@pytest.fixture
+def valid_rows(contract):
+    """200 rows that satisfy every rule of the contract, as the raw loader returns them (tests/rows.py)."""
+    from tests.rows import valid_rows
+
+    return valid_rows(contract)
 
 
 @pytest.fixture(scope="session")

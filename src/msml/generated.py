@@ -1,4 +1,5 @@
-"""Files generated from Python definitions (monitoring/, MLProject/, the notebook's automation, README facts):
+"""Files generated from Python definitions (monitoring/, MLProject/, the notebook's parameters and automation,
+README facts):
 write them, or find the stale ones. `every_file` is the one list of them."""
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def every_file(settings, root: Path) -> dict[str, str]:
     """Every generated file of the repository, {path relative to `root`: text}: what `msml render` writes and
     `msml render --check` (in `make test-fast`) compares. A new generated file is added here, nowhere else."""
     from msml.docs import readme_files
-    from msml.handin.course import notebook_files
+    from msml.handin.notebook import render_files as notebook_files
     from msml.monitoring.render import render_files
     from msml.ops.project import project_files
 

@@ -10,25 +10,30 @@ from msml.data.contract import Contract
 from msml.data.preprocessing import TRAIN_FILE
 from tests.data import test_processed_data as processed
 from tests.data import test_raw_data as raw
+from tests.rows import rule_breaks
 
-COLUMN = {c.name: c for c in Contract.load().columns}
-
-
-@pytest.mark.parametrize(
-    "test, column, value",
-    [
-        (raw.test_numeric_column_has_its_type_and_range, "age", "150"),
-        (raw.test_numeric_column_has_its_type_and_range, "fnlwgt", "abc"),
-        (raw.test_categorical_column_has_only_allowed_values, "sex", "Unknown"),
-        (raw.test_missing_values_only_where_the_contract_allows, "education", None),
-    ],
-    ids=["age-range", "fnlwgt-type", "sex-value", "education-missing"],
+CONTRACT = Contract.load()
+COLUMN = {c.name: c for c in CONTRACT.columns}
+# the expectation that guards each kind of contract rule (tests/rows.py names a RuleBreak "<column>-<rule>")
+GUARD = {
+    "type": raw.test_numeric_column_has_its_type_and_range,
+    "min": raw.test_numeric_column_has_its_type_and_range,
+    "max": raw.test_numeric_column_has_its_type_and_range,
+    "values": raw.test_categorical_column_has_only_allowed_values,
+    "missing": raw.test_missing_values_only_where_the_contract_allows,
+}
+# the first break of each kind of rule, built from the contract
+FIRST_OF_EACH = list(
+    {b.rule.rsplit("-", 1)[1]: b for b in reversed(rule_breaks(CONTRACT)) if b.column in COLUMN}.values()
 )
-def test_raw_expectation_fails_on_a_bad_value(raw_frame, report, test, column, value):
+
+
+@pytest.mark.parametrize("case", FIRST_OF_EACH, ids=lambda b: b.rule)
+def test_raw_expectation_fails_on_a_bad_value(raw_frame, report, case):
     broken = raw_frame.copy()
-    broken.loc[5, column] = value
+    broken.loc[5, case.column] = case.value
     with pytest.raises(AssertionError):
-        test(broken, {**report, "rows_quarantined": 0}, COLUMN[column])
+        GUARD[case.rule.rsplit("-", 1)[1]](broken, {**report, "rows_quarantined": 0}, COLUMN[case.column])
 
 
 def test_target_expectation_fails_on_an_unknown_label(raw_frame, report, contract):

@@ -321,12 +321,12 @@ def test_batching_gives_each_concurrent_caller_its_own_predictions(gateway, clie
             return chunks, resps
 
     chunks, resps = asyncio.run(burst())
-    for i, (chunk, resp) in enumerate(zip(chunks, resps, strict=False)):
+    for i, (chunk, resp) in enumerate(zip(chunks, resps, strict=True)):
         assert resp.status_code == 200
         expected = [single[i + k] if i + k < 60 else None for k in range(len(chunk))]
         got = resp.json()["predictions"]
         assert len(got) == len(chunk)
-        for e, g in zip(expected, got, strict=False):
+        for e, g in zip(expected, got, strict=True):
             if e is not None:
                 assert g == pytest.approx(e, abs=1e-9)
     after = metrics_of(client)
@@ -370,8 +370,8 @@ def test_feedback_accuracy_matches_hand_computation(client, contract, test_rows)
     rows, truths = test_rows[0][5000:5300], test_rows[1][5000:5300]
     answer = predict(client, {"rows": rows}).json()
     predicted = [contract.positive if p >= 0.5 else contract.negative for p in answer["predictions"]]
-    hand = sum(p == t for p, t in zip(predicted, truths, strict=False)) / len(truths)
-    items = [{"id": i, "label": t} for i, t in zip(answer["ids"], truths, strict=False)]
+    hand = sum(p == t for p, t in zip(predicted, truths, strict=True)) / len(truths)
+    items = [{"id": i, "label": t} for i, t in zip(answer["ids"], truths, strict=True)]
     first = client.post("/feedback", json={"feedback": items[:100]})
     second = client.post("/feedback", json={"feedback": [*items[100:], {"id": "no-such-id", "label": 1}]})
     assert first.status_code == second.status_code == 200

@@ -55,7 +55,7 @@ def lost_keys(original, round_tripped, path="") -> list[str]:
             return [f"{path}: list changed"]
         return [
             p
-            for i, (a, b) in enumerate(zip(original, round_tripped, strict=False))
+            for i, (a, b) in enumerate(zip(original, round_tripped, strict=True))
             for p in lost_keys(a, b, f"{path}[{i}]")
         ]
     return [] if original == round_tripped else [f"{path}: {original!r} became {round_tripped!r}"]

@@ -252,7 +252,7 @@ def test_grafana_provisioning_files_have_the_shape_grafana_11_reads():
     assert alerting["apiVersion"] == 1
     rules = alerting["groups"][0]["rules"]
     assert len(rules) >= 3 and len(rules) == len(definitions.ALERTS)
-    for rule, a in zip(rules, definitions.ALERTS, strict=False):
+    for rule, a in zip(rules, definitions.ALERTS, strict=True):
         assert rule["title"] == a.name and rule["condition"] == "C" and len(rule["uid"]) <= 40
         query = rule["data"][0]
         assert query["datasourceUid"] == render.DATASOURCE_UID and query["model"]["expr"] == a.grafana_query

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
 
 from msml.data.preprocessing import (
+    QUARANTINE_FILE,
     REPORT_FILE,
     TRANSFORMER_FILE,
     load_clean_splits,
@@ -17,21 +20,32 @@ from msml.data.preprocessing import (
     preprocess,
 )
 from tests.conftest import RAW, run_msml
+from tests.rows import broken, rule_breaks, write_raw_csv
 
 
-def test_report_counts(processed):
+def test_report_counts(processed, contract, raw_path, committed_report):
+    """Every count is checked against the data itself (the raw file's lines, the written splits and quarantine),
+    and equals the committed report's: `msml preprocess` is reproducible and the committed data is current."""
     report = json.loads((processed / REPORT_FILE).read_text())
-    assert report["rows_in"] == 48842
-    assert report["rows_quarantined"] == 0
-    assert report["duplicates_removed"] == 52
-    assert report["rows_out"] == 48790 == report["train_rows"] + report["test_rows"]
-    assert report["test_rows"] == 9758
-    assert report["missing_values"] == {"workclass": 2795, "occupation": 2805, "native-country": 856}
+    train, test = load_clean_splits(processed, contract)
+    quarantined = pd.read_csv(processed / QUARANTINE_FILE, dtype=str, keep_default_na=False)
+    assert report["rows_in"] == sum(1 for line in raw_path.read_text().splitlines()[1:] if line.strip())
+    assert report["rows_quarantined"] == len(quarantined)
+    assert report["rows_in"] - report["rows_quarantined"] - report["duplicates_removed"] == report["rows_out"]
+    assert (report["train_rows"], report["test_rows"]) == (len(train), len(test))
+    assert report["rows_out"] == len(train) + len(test)
+    assert report["test_rows"] == math.ceil(report["rows_out"] * report["test_size"])  # scikit-learn rounds up
+    both = pd.concat([train, test])[contract.features]
+    assert report["missing_values"] == {c: int(n) for c, n in both.isna().sum().items() if n}
+    counted = ("rows_in", "rows_quarantined", "duplicates_removed", "rows_out", "train_rows", "test_rows")
+    assert {k: report[k] for k in counted} == {k: committed_report[k] for k in counted}
+    assert report["missing_values"] == committed_report["missing_values"]
 
 
 def test_split_is_stratified(processed, contract):
     splits = load_training_data(processed, contract)
-    assert splits.X_train.shape == (39032, len(splits.X_test.columns))
+    report = json.loads((processed / REPORT_FILE).read_text())
+    assert splits.X_train.shape == (report["train_rows"], len(splits.X_test.columns))
     assert abs(splits.y_train.mean() - splits.y_test.mean()) < 0.001
     assert not splits.X_train.isna().any().any()
 
@@ -71,10 +85,11 @@ def test_transformer_accepts_json_style_missing_values(processed, contract):
     np.testing.assert_array_equal(transformer.transform(with_none), transformer.transform(with_nan))
 
 
-def test_cli_preprocess_writes_outputs(tmp_path):
+def test_cli_preprocess_writes_outputs(tmp_path, committed_report):
     result = run_msml("preprocess", "--out", str(tmp_path / "out"), "--seed", "7")
     assert result.returncode == 0, result.stderr
-    assert '"rows_out": 48790' in result.stdout and "processed dataset written to" in result.stdout
+    rows_out = committed_report["rows_out"]  # the seed moves rows between the splits, not in or out
+    assert f'"rows_out": {rows_out}' in result.stdout and "processed dataset written to" in result.stdout
     assert (tmp_path / "out" / REPORT_FILE).is_file()
 
 
@@ -101,15 +116,10 @@ def test_cli_refuses_bad_files_with_a_specific_message(tmp_path, content, messag
         assert "Traceback" not in result.stderr
 
 
-def test_cli_fails_above_invalid_threshold(tmp_path):
-    lines = RAW.read_text().splitlines()[:101]
-    for i in range(1, 11):  # 10 % of the rows get an impossible age
-        fields = lines[i].split(",")
-        fields[0] = "999"
-        lines[i] = ",".join(fields)
-    bad = tmp_path / "dirty.csv"
-    bad.write_text("\n".join(lines) + "\n")
-    result = run_msml("validate", "--raw", str(bad))
+def test_cli_fails_above_invalid_threshold(tmp_path, contract, valid_rows):
+    above_max = next(b for b in rule_breaks(contract) if b.rule.endswith("-max"))
+    bad = write_raw_csv(broken(valid_rows.head(100), list(range(1, 11)), above_max), tmp_path / "dirty.csv", contract)
+    result = run_msml("validate", "--raw", str(bad))  # 10 % of the rows break one range
     assert result.returncode == 2 and "10 of 100 rows (10.0%) are invalid" in result.stderr
     ok = run_msml("validate", "--raw", str(bad), "--max-invalid-share", "0.2")
-    assert ok.returncode == 0 and "10 quarantined" in ok.stdout and "age: out of range (max 100)" in ok.stdout
+    assert ok.returncode == 0 and "10 quarantined" in ok.stdout and above_max.reason in ok.stdout

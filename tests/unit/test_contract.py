@@ -1,63 +1,65 @@
-"""The data contract: the real file passes with exact counts; each kind of bad row is quarantined."""
+"""The data contract: the real file reads and validates as its report says; each rule of the contract quarantines
+the row that breaks it (rows built from the contract: tests/rows.py)."""
 
 from __future__ import annotations
 
-import pandas as pd
+import csv
+
 import pydantic
 import pytest
 
 from msml.data.contract import Contract, DataError
+from tests.rows import broken, rule_breaks
+
+CONTRACT = Contract.load()
 
 
-def test_real_file_passes_with_expected_counts(contract, raw_path):
+def test_real_file_reads_and_validates_as_the_report_records(contract, raw_path, committed_report):
+    """Counted independently with the csv module: every data line is a row, every marker or empty cell a missing
+    value; validation quarantines and finds duplicates as the committed report.json says."""
+    with raw_path.open(newline="") as f:
+        header, *lines = [[v.strip() for v in line] for line in csv.reader(f) if line]
+    missing = {"", *contract.missing_markers}
     df = contract.read_csv(raw_path)
-    assert df.shape == (48842, 15)
-    # the "?" markers became missing values: 6,465 cells over 3,620 rows, in three columns
-    assert int(df.isna().sum().sum()) == 6465
-    assert int(df.isna().any(axis=1).sum()) == 3620
-    assert df.columns[df.isna().any()].tolist() == ["workclass", "occupation", "native-country"]
+    assert df.shape == (len(lines), len(header)) == (committed_report["rows_in"], len(contract.features) + 1)
+    assert int(df.isna().sum().sum()) == sum(v in missing for line in lines for v in line)
+    assert int(df.isna().any(axis=1).sum()) == sum(any(v in missing for v in line) for line in lines)
     result = contract.validate(df)
-    assert len(result.valid) == 48842 and result.quarantine.empty
-    assert int(result.valid.duplicated().sum()) == 52
+    assert len(result.valid) + len(result.quarantine) == len(df)
+    assert len(result.quarantine) == committed_report["rows_quarantined"]
+    assert int(result.valid.duplicated().sum()) == committed_report["duplicates_removed"]
 
 
-def _bad(df: pd.DataFrame, row: int, column: str, value) -> pd.DataFrame:
-    df.loc[row, column] = value
-    return df
+def test_rows_built_from_the_contract_are_valid(contract, valid_rows):
+    result = contract.validate(valid_rows, max_invalid_share=0.0)
+    assert result.quarantine.empty and len(result.valid) == len(valid_rows)
+    for column in contract.columns:  # every allowed category occurs, and a nullable column is sometimes missing
+        assert set(column.values) <= set(valid_rows[column.name].dropna()), column.name
+        assert valid_rows[column.name].isna().any() == column.nullable, column.name
 
 
-@pytest.mark.parametrize(
-    ("column", "value", "reason"),
-    [
-        ("age", "forty", "age: wrong type"),
-        ("age", "150", "age: out of range (max 100)"),
-        ("hours-per-week", "0", "hours-per-week: out of range (min 1)"),
-        ("sex", "Unknown", "sex: unknown category"),
-        ("education", None, "education: missing value"),
-        ("age", None, "age: missing value"),
-        ("class", "maybe", "class: unknown label"),
-    ],
-)
-def test_each_kind_of_bad_row_is_quarantined_with_its_reason(contract, raw_path, column, value, reason):
-    df = contract.read_csv(raw_path).head(200).copy()
-    df = _bad(df, 7, column, value)
-    result = contract.validate(df, max_invalid_share=1.0)
+@pytest.mark.parametrize("case", rule_breaks(CONTRACT), ids=lambda case: case.rule)
+def test_each_rule_of_the_contract_quarantines_the_row_that_breaks_it(contract, valid_rows, case):
+    result = contract.validate(broken(valid_rows, 7, case), max_invalid_share=1.0)
     assert result.quarantine.index.tolist() == [7]
-    assert result.quarantine.loc[7, "reason"].startswith(reason)
-    assert len(result.valid) == 199  # nothing else dropped
+    assert result.quarantine.loc[7, "reason"].startswith(case.reason), result.quarantine.loc[7, "reason"]
+    assert len(result.valid) == len(valid_rows) - 1  # nothing else dropped
 
 
-def test_several_faults_in_one_column_are_all_reported(contract, raw_path):
-    df = contract.read_csv(raw_path).head(50).copy()
-    df.loc[1, "age"] = "abc"  # a coercion failure hides value checks ...
-    df.loc[2, "age"] = "500"  # ... so this one is found on the second pass
-    result = contract.validate(df, max_invalid_share=1.0)
+def test_several_faults_in_one_column_are_all_reported(contract, valid_rows):
+    column = next(c.name for c in contract.columns if c.is_numeric and c.max is not None)
+    wrong_type, above_max = (
+        next(b for b in rule_breaks(contract) if b.rule == f"{column}-{r}") for r in ("type", "max")
+    )
+    df = broken(broken(valid_rows, 1, wrong_type), 2, above_max)  # a coercion failure hides value checks ...
+    result = contract.validate(df, max_invalid_share=1.0)  # ... so the second is found on a second pass
     assert result.quarantine.index.tolist() == [1, 2]
+    assert result.quarantine.loc[2, "reason"].startswith(above_max.reason)
 
 
-def test_invalid_share_above_threshold_fails(contract, raw_path):
-    df = contract.read_csv(raw_path).head(100).copy()
-    df.loc[:9, "sex"] = "X"  # 10 % invalid
+def test_invalid_share_above_threshold_fails(contract, valid_rows):
+    unknown = next(b for b in rule_breaks(contract) if b.rule.endswith("-values"))
+    df = broken(valid_rows.head(100), list(range(10)), unknown)  # 10 % invalid
     with pytest.raises(DataError, match=r"10 of 100 rows \(10.0%\) are invalid, above the allowed 5.0%"):
         contract.validate(df)
     assert len(contract.validate(df, max_invalid_share=0.10).quarantine) == 10

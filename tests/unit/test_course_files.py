@@ -7,13 +7,16 @@ import ast
 import json
 import re
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from msml.config import load_settings
-from msml.handin.course import EXPORTER_METRICS, course_files, notebook_files
+from msml.handin.course import EXPORTER_METRICS, course_files
 from msml.handin.names import EXPORTER, INFERENCE
 from tests.conftest import ROOT
 from tests.helpers import dataset_digests
+from tests.rows import rule_breaks, valid_rows, write_raw_csv
 
 SETTINGS = load_settings(root=ROOT)
 STUDENT = SETTINGS.student
@@ -192,29 +195,15 @@ def test_contract_constants_follow_the_contract(files):
         assert spec.get("min") == col.min and spec.get("max") == col.max and spec.get("nullable", False) == col.nullable
 
 
-def test_committed_notebook_automation_is_current():
-    for rel, text in notebook_files(SETTINGS, ROOT).items():
-        path = ROOT / rel
-        assert path.is_file() and path.read_text() == text, (
-            f'{rel} is stale: python -c "from msml.config import load_settings; from msml.handin.course import '
-            f"notebook_files; from msml.generated import write; s = load_settings(); write(s.root, "
-            f'notebook_files(s, s.root))"'
-        )
-
-
-DIRTY_EDITS = [  # (row, column index, raw value): every kind of bad value the contract rejects
-    (3, 0, "abc"),
-    (5, 0, "150"),
-    (7, 1, " Foo"),
-    (9, 14, " maybe"),
-    (11, 3, ""),
-    (13, 2, " 12.5"),
-    (15, 0, "16"),
-    (17, 12, " 0"),
-    (19, 3, " ?"),
-    (21, 0, "-3"),
-    (23, 0, "1e3"),
-]
+def dirty_edits(contract) -> list[tuple[str, str | None]]:
+    """(column, raw text) of every rule the contract declares broken once (tests/rows.py), plus the text forms the
+    two validators parse differently (pandera coercion vs the script's patterns): a decimal and an exponent in an
+    integer column, an empty cell and a padded marker in a column that may not be missing, a padded unknown value."""
+    integer = next(c.name for c in contract.columns if c.type == "int")
+    required = next(c.name for c in contract.columns if not c.is_numeric and not c.nullable)
+    marker = contract.missing_markers[0] if contract.missing_markers else ""
+    quirks = [(integer, " 12.5"), (integer, "1e3"), (required, ""), (required, f" {marker}"), (required, " Foo")]
+    return [(b.column, b.value) for b in rule_breaks(contract)] + quirks
 
 
 def _load_automate(files, tmp_path):
@@ -228,21 +217,20 @@ def _load_automate(files, tmp_path):
     return module, path
 
 
-def test_automate_equals_msml_preprocess_on_dirty_rows(files, tmp_path, raw_path):
-    """Parity beyond the clean data: quarantined rows and their reasons are byte-identical too."""
-
+def test_automate_equals_msml_preprocess_on_dirty_rows(files, tmp_path):
+    """Parity beyond the clean data: quarantined rows and their reasons are byte-identical too. The rows are built
+    from the contract (valid, with missing markers), three of them duplicated, then one edit per row breaks it."""
     from msml.data.preprocessing import preprocess
 
-    lines = raw_path.read_text().splitlines()
-    rows = lines[1:2001]
-    for i, col, value in DIRTY_EDITS:
-        parts = rows[i].split(",")
-        parts[col] = value
-        rows[i] = ",".join(parts)
-    raw = tmp_path / "dirty.csv"
-    raw.write_text("\n".join([lines[0], *rows]) + "\n")
-    report, _ = preprocess(raw, tmp_path / "package", SETTINGS.contract)
-    assert report["rows_quarantined"] == len(DIRTY_EDITS)
+    contract = SETTINGS.contract
+    rows = valid_rows(contract, n=2000)
+    edits = dirty_edits(contract)
+    for k, (column, value) in enumerate(edits):
+        rows.loc[2 * k + 1, column] = np.nan if value is None else value
+    rows = pd.concat([rows, rows.iloc[-3:]], ignore_index=True)  # exact duplicates, dropped by both
+    raw = write_raw_csv(rows, tmp_path / "dirty.csv", contract)
+    report, _ = preprocess(raw, tmp_path / "package", contract)
+    assert (report["rows_quarantined"], report["duplicates_removed"]) == (len(edits), 3)
     automate, _ = _load_automate(files, tmp_path)
     automate.preprocess(raw, tmp_path / "script")
     assert dataset_digests(tmp_path / "script") == dataset_digests(tmp_path / "package")
@@ -400,7 +388,7 @@ def test_exporter_feedback_scores_like_the_gateways(exporter):
     classes = [1, 0, 1, 1, 0]
     their_ids = book.remember(classes)
     our_ids = [f"{i:032x}" for i in range(len(classes))]
-    ours.predicted.update(zip(our_ids, classes, strict=False))
+    ours.predicted.update(zip(our_ids, classes, strict=True))
     truths = [contract.positive, contract.negative, contract.negative, 1, 1]
     theirs = book.record({"feedback": [{"id": i, "label": t} for i, t in zip(their_ids, truths, strict=True)]})
     ours_body = {"feedback": [{"id": i, "label": t} for i, t in zip(our_ids, truths, strict=True)]}

@@ -9,8 +9,8 @@ from msml.cli.app import CheckOpt, RootOpt, _render, _settings, app
 
 @app.command()
 def render(root: Path | None = RootOpt, check: bool = CheckOpt) -> None:
-    """Regenerate monitoring/, MLProject/, notebooks/automate_*.py and the READMEs' derived facts (--check: exit 1
-    when one is stale)."""
+    """Regenerate monitoring/, MLProject/, the notebook's parameter cell, notebooks/automate_*.py and the READMEs'
+    derived facts (--check: exit 1 when one is stale)."""
     from msml.generated import every_file
 
     settings = _settings(None)

@@ -74,8 +74,8 @@ def template_values(settings: Settings, root: Path) -> dict[str, object]:
 
 def _literal(value: object) -> str:
     """Python source for a constant written into a course file (readable, one item per line when long)."""
-    if not isinstance(value, dict):
-        return pprint.pformat(value, width=110, sort_dicts=False, compact=True)
+    if not isinstance(value, dict):  # 100: room for the `NAME = ` before it within 120 columns
+        return pprint.pformat(value, width=100, sort_dicts=False, compact=True)
     lines = ["{"]
     for key, item in value.items():
         head = f"    {key!r}: "
@@ -109,8 +109,7 @@ def metric_definitions(measured: tuple[str, ...]) -> str:
             args.append(repr(list(metric._labelnames)))
         if kind == "Histogram":
             args.append(f"buckets={tuple(b for b in metric._upper_bounds if b != float('inf'))!r}")
-        head = f"{attr.upper()} = {kind}("
-        lines.append(head + f",\n{' ' * len(head)}".join([*args, "registry=REGISTRY"]) + ")")
+        lines.append(f"{attr.upper()} = {kind}(\n    " + ",\n    ".join([*args, "registry=REGISTRY"]) + ",\n)")
     return "\n".join(lines)
 
 

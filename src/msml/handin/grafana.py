@@ -275,7 +275,7 @@ def capture(grafana_url: str, panels_dir: Path, alerting_dir: Path, notification
     written = []
     texts = notifications_by_alert(notifications, grafana=True)
     with Browser(timeout=90) as browser:
-        for panel, name in zip(PANELS, numbered(grafana_panel_stems()), strict=False):
+        for panel, name in zip(PANELS, numbered(grafana_panel_stems()), strict=True):
             url = f"{grafana_url}/d-solo/{DASHBOARD_UID}?orgId=1&panelId={ids[panel.key]}&from=now-30m&to=now"
             written.append(browser.capture(url, panels_dir / name, PANEL_READY, f"Grafana panel {panel.key}"))
         names = iter(numbered(grafana_alert_stems(list(ALERT_KEYS))))

@@ -94,7 +94,7 @@ def build_reference(
 def psi(expected: Iterable[float], actual: Iterable[float], epsilon: float = EPSILON) -> float:
     """Population stability index between two distributions given as shares over the same bins."""
     total = 0.0
-    for e, a in zip(expected, actual, strict=False):
+    for e, a in zip(expected, actual, strict=True):
         e = max(e, epsilon)
         a = max(a, epsilon)
         total += (a - e) * math.log(a / e)
@@ -171,11 +171,11 @@ class SlidingPSI:
         features, counts, window = self.features, self.counts, self.window
         for row in rows:
             bins = tuple(f.bin(row.get(f.name)) for f in features)
-            for c, b in zip(counts, bins, strict=False):
+            for c, b in zip(counts, bins, strict=True):
                 c[b] += 1
             self.rows.append(bins)
             if len(self.rows) > window:
-                for c, b in zip(counts, self.rows.popleft(), strict=False):
+                for c, b in zip(counts, self.rows.popleft(), strict=True):
                     c[b] -= 1
 
     def values(self) -> dict[str, float]:
@@ -185,5 +185,5 @@ class SlidingPSI:
             return {}
         return {
             f.name: psi(f.expected, (c / n for c in counts), self.epsilon)
-            for f, counts in zip(self.features, self.counts, strict=False)
+            for f, counts in zip(self.features, self.counts, strict=True)
         }

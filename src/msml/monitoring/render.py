@@ -9,6 +9,7 @@ targets and a fast `Timing`, produce the configs the tests and `msml monitoring 
 from __future__ import annotations
 
 import json
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -301,7 +302,7 @@ def _panel_builder(panel: Panel, panel_id: int):
         builder = timeseries.Panel().height(8).span(12).fill_opacity(10)
     builder = builder.id(panel_id).title(panel.title).description(panel.description).unit(panel.unit)
     builder = builder.datasource(datasource)
-    for ref, query in zip("ABCDEFGH", panel.queries, strict=False):
+    for ref, query in zip(string.ascii_uppercase[: len(panel.queries)], panel.queries, strict=True):
         target = prometheus.Dataquery().expr(query.expr).legend_format(query.legend).ref_id(ref)
         if panel.kind == "heatmap":
             target = target.format(PromQueryFormat.HEATMAP)

@@ -252,9 +252,9 @@ async def run_load(
         report.statuses[status] = report.statuses.get(status, 0) + 1
         if status == 200:
             report.ok += 1
-            if feedback:
-                answer = resp.json()
-                for pid, truth, predicted in zip(answer.get("ids", ()), labels, answer.get("labels", ()), strict=False):
+            answer = resp.json() if feedback else {}
+            if "ids" in answer:  # a target other than the gateway answers no ids: nothing to send back then
+                for pid, truth, predicted in zip(answer["ids"], labels, answer["labels"], strict=True):
                     if truth is WRONG:
                         other = [label for label in contract.labels if label != str(predicted)]
                         pending_feedback.append(({"id": pid, "label": other[0]}, True))

@@ -45,7 +45,7 @@ class FeedbackBook:
         step = 2 * ID_BYTES
         ids = [raw[k : k + step] for k in range(0, len(raw), step)]
         predictions = self._predictions
-        for pid, cls in zip(ids, classes, strict=False):
+        for pid, cls in zip(ids, classes, strict=True):
             predictions[pid] = cls
         while len(predictions) > self.max_tracked:
             predictions.popitem(last=False)

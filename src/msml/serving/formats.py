@@ -39,13 +39,15 @@ async def read_json(request: Request, limit: int) -> Any:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise body_error(413, "too_large", f"body of {declared} bytes is over the limit of {limit} bytes", **_CLOSE)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    async for chunk in stream:
         size += len(chunk)
         if size > limit:
             # read (and drop) up to one more limit's worth so a client still sending is not reset before it
-            # can read the 413; beyond that the connection is closed under it
+            # can read the 413; beyond that the connection is closed under it. The same stream: a new
+            # request.stream() raises RuntimeError (a 500) when the chunk over the limit was the body's last.
             try:
-                async for more in request.stream():
+                async for more in stream:
                     size += len(more)
                     if size > 2 * limit:
                         break
@@ -124,7 +126,7 @@ def extract_rows(payload: Any, features: list[str], max_rows: int) -> list[Any]:
             raise body_error(400, "unknown_format", "dataframe_split columns must be distinct strings")
         width = len(columns)
         rows = [
-            dict(zip(columns, r, strict=False)) if isinstance(r, list) and len(r) == width else BadRow(r, width)
+            dict(zip(columns, r, strict=True)) if isinstance(r, list) and len(r) == width else BadRow(r, width)
             for r in data["data"]
         ]
     elif key in ("instances", "inputs") and isinstance(data, dict):
@@ -142,7 +144,7 @@ def extract_rows(payload: Any, features: list[str], max_rows: int) -> list[Any]:
         n = len(features)
         lists = key in ("instances", "inputs")
         rows = [
-            dict(zip(features, r, strict=False)) if lists and isinstance(r, list) and len(r) == n else r for r in data
+            dict(zip(features, r, strict=True)) if lists and isinstance(r, list) and len(r) == n else r for r in data
         ]
     else:
         raise body_error(400, "unknown_format", f"{key} must be a list of rows")

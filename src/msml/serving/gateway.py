@@ -273,7 +273,7 @@ class Gateway:
         """Update the prediction metrics and remember each prediction for /feedback; build the answer."""
         m, threshold = self.metrics, self.config.threshold
         classes = [1 if p >= threshold else 0 for p in probabilities]
-        for row, p, cls in zip(rows, probabilities, classes, strict=False):
+        for row, p, cls in zip(rows, probabilities, classes, strict=True):  # counts checked upstream
             self._by_label[cls].inc()
             m.probability.observe(p)
             for f, child in self._missing.items():

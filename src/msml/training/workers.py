@@ -366,10 +366,10 @@ def run_workers(n: int, command: list[str], tracking_uri: str, progress=print) -
         for p in procs:
             p.wait(timeout=30)
         raise
-    for p, code in zip(procs, codes, strict=False):
+    for p, code in zip(procs, codes, strict=True):
         if code < 0:  # killed from outside: its trial is failed by the heartbeat and retried (`work`)
             progress(f"  tuning worker pid {p.pid} was killed ({signal.Signals(-code).name}); its trial is retried")
-    failed = [f"pid {p.pid} exited {code}" for p, code in zip(procs, codes, strict=False) if code > 0]
+    failed = [f"pid {p.pid} exited {code}" for p, code in zip(procs, codes, strict=True) if code > 0]
     if failed:
         raise TuningError(f"tuning worker(s) failed: {', '.join(failed)} (their error is printed above)")
 
