@@ -2,7 +2,7 @@
 
 Every default lives here; `MSML_*` environment variables override them (and the standard
 `MLFLOW_TRACKING_URI` / `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD` switch tracking
-to any MLflow server, DagsHub included).
+to any MLflow server, DagsHub included; `MSML_LOOP_STORE` moves the loop's store to any PostgreSQL).
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ DEFAULT_TEST_SIZE = 0.2  # share of rows held out as the test split (stratified)
 # P(positive) at or above this is the positive class: evaluation, the gateway's predicted class, the model card.
 DECISION_THRESHOLD = 0.5
 LOOPBACK = "127.0.0.1"
+# The closed loop's store (msml.loop.store): an SQLAlchemy URL; default an SQLite file in the run folder.
+LOOP_STORE_ENV = "MSML_LOOP_STORE"
+LOOP_DB_FILE = "loop.db"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Settings:
     student: str
     github_user: str
     dockerhub_user: str
+    loop_store_url: str | None = None  # MSML_LOOP_STORE; None: the SQLite file in the run folder
 
     @property
     def dataset(self) -> str:
@@ -89,6 +93,16 @@ class Settings:
     def run_dir(self) -> Path:
         """Pid files and logs of the servers `make demo` starts."""
         return self.root / ".run"
+
+    @property
+    def loop_store(self) -> str:
+        """The loop store's SQLAlchemy URL: MSML_LOOP_STORE, else `sqlite:///<run folder>/loop.db`."""
+        return self.loop_store_url or f"sqlite:///{self.run_dir / LOOP_DB_FILE}"
+
+    @property
+    def feedback_dir(self) -> Path:
+        """Where `msml collect` writes its versioned snapshots: data/<dataset>_feedback/<version>/."""
+        return self.root / "data" / f"{self.dataset}_feedback"
 
     def with_overrides(self, **changes) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -112,4 +126,5 @@ def load_settings(root: str | Path | None = None, contract_path: str | Path | No
         student=env.get("MSML_STUDENT") or DEFAULT_STUDENT,
         github_user=env.get("MSML_GITHUB_USER") or DEFAULT_GITHUB_USER,
         dockerhub_user=env.get("MSML_DOCKERHUB_USER") or DEFAULT_DOCKERHUB_USER,
+        loop_store_url=env.get(LOOP_STORE_ENV) or None,
     )
