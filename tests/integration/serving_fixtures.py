@@ -75,7 +75,8 @@ def start_gateway(
 ):
     """The real `msml gateway` in its own process group; returns (Popen, base URL) once /ping answers.
 
-    `env`: extra environment variables (e.g. MSML_FEEDBACK_TOKEN)."""
+    `env`: extra environment variables (e.g. MSML_FEEDBACK_TOKEN). The loop store is an SQLite file beside `log`
+    unless `env` names one (MSML_LOOP_STORE), never the repository's run folder."""
     import os
     import sys
 
@@ -88,6 +89,7 @@ def start_gateway(
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",
+        "MSML_LOOP_STORE": f"sqlite:///{Path(log).parent / 'loop.db'}",
         **(env or {}),
     }
     cmd = [str(bin_dir / "msml"), "gateway", "--port", str(port), "--model-url", model_url, *extra]

@@ -110,6 +110,15 @@ def gateway(
         help="Registry URI for model info and drift reference (default: models:/<model name>@champion; '' for none).",
     ),
     drift_reference: Path | None = typer.Option(None, "--drift-reference", help="Reference JSON file instead."),
+    loop_store: str | None = typer.Option(
+        None,
+        "--loop-store",
+        help="Where served rows and /feedback labels are kept (SQLAlchemy URL; default: MSML_LOOP_STORE, "
+        "else sqlite:///.run/loop.db). --no-prediction-log: neither is kept.",
+    ),
+    prediction_log: bool = typer.Option(
+        True, "--prediction-log/--no-prediction-log", help="Log every served row and keep labels in the loop store."
+    ),
     tuning: dict | None = None,  # the options built from GatewayConfig's fields (with_gateway_options)
 ) -> None:
     """The validating, micro-batching gateway with /metrics (the course's prometheus_exporter; foreground)."""
@@ -129,6 +138,7 @@ def gateway(
         drift_reference=drift_reference,
         **tuning,
         feedback_token=os.environ.get("MSML_FEEDBACK_TOKEN") or None,  # a secret: from the environment only
+        loop_store=(loop_store or settings.loop_store) if prediction_log else None,
     )
     typer.echo(
         f"gateway on http://{host}:{port} → {', '.join(urls)} (/invocations, /feedback, /metrics, /health, /docs)"

@@ -9,6 +9,8 @@ lists of features the rest of the system uses. No dataset column name is written
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -126,6 +128,19 @@ class Contract:
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of what the contract means (columns, types, values, ranges, target, missing markers), not of
+        its file's spelling: the prediction log records it with each row, so rows served under another contract
+        are told apart."""
+        meaning = {
+            "name": self.name,
+            "target": [self.target, list(self.labels), self.positive],
+            "missing_markers": list(self.missing_markers),
+            "columns": [[c.name, c.type, c.nullable, list(c.values), c.min, c.max] for c in self.columns],
+        }
+        return hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()
 
     # ---- pandera schemas --------------------------------------------------------------------
     def _pandera_column(self, col: Column) -> pa.Column:

@@ -43,6 +43,11 @@ MODEL_INFO = f"{PREFIX}_model"  # Info metric: exposed as msml_model_info
 FEEDBACK = f"{PREFIX}_feedback_total"
 LIVE_ACCURACY = f"{PREFIX}_live_accuracy_ratio"  # a 0-1 ratio: Prometheus names say the unit
 REJECTED = f"{PREFIX}_requests_rejected_total"
+# The prediction log and labels (msml.loop): rows committed to the loop store, rows not logged, rows waiting
+PREDICTION_LOG_ROWS = f"{PREFIX}_prediction_log_rows_total"
+PREDICTION_LOG_DROPPED = f"{PREFIX}_prediction_log_dropped_total"
+PREDICTION_LOG_PENDING = f"{PREFIX}_prediction_log_pending_rows"
+LABEL_DELAY = f"{PREFIX}_label_delay_seconds"
 # From prometheus_client's own process collector (read from /proc, no psutil in the scrape path)
 PROCESS_CPU = "process_cpu_seconds_total"
 PROCESS_MEMORY = "process_resident_memory_bytes"
@@ -50,6 +55,8 @@ PROCESS_MEMORY = "process_resident_memory_bytes"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PROBABILITY_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+# label delay: ground truth arrives from seconds (a demo, a click) to weeks (a loan repaid) after the prediction
+LABEL_DELAY_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400, 30 * 86400)
 PREDICTED_CLASS = "predicted_class"  # label of PREDICTIONS: `{predicted_class=">50K"}` reads as what it is
 
 
@@ -152,6 +159,26 @@ class GatewayMetrics:
             "model_down, deadline, client_gone (also counted as status 499), withdrawn "
             "(dropped from the queue before the model call).",
             ["reason"],
+            registry=r,
+        )
+
+        self.prediction_log_rows = Counter(
+            _strip_total(PREDICTION_LOG_ROWS),
+            "Served rows written to the loop store (counted once their transaction committed).",
+            registry=r,
+        )
+        self.prediction_log_dropped = Counter(
+            _strip_total(PREDICTION_LOG_DROPPED),
+            "Served rows not written to the loop store (its buffer was full: the store slow or down).",
+            registry=r,
+        )
+        self.prediction_log_pending = Gauge(
+            PREDICTION_LOG_PENDING, "Served rows waiting to be written to the loop store.", registry=r
+        )
+        self.label_delay = Histogram(
+            LABEL_DELAY,
+            "Seconds from a prediction to its ground truth (labels stored, first per prediction).",
+            buckets=LABEL_DELAY_BUCKETS,
             registry=r,
         )
 

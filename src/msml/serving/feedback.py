@@ -3,20 +3,28 @@
 Each scored row gets an id of 128 random bits (unguessable, unlike a counter), remembered with its
 predicted class until feedback consumes it (once) or it ages out of the `max_tracked` most recent.
 `/feedback` takes at most `max_items` labels per request and, when a token is configured
-(`MSML_FEEDBACK_TOKEN`), only with `Authorization: Bearer <token>`.
+(`MSML_FEEDBACK_TOKEN`), only with `Authorization: Bearer <token>`. With the loop store (msml.loop.store) the
+labels are kept there, first write wins, and an id made before a restart is found in the prediction log.
+Live accuracy is the share of correct predictions among the last `window` labels written (each prediction
+counted once, whichever gateway process receives its label).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import os
+import time
 from collections import OrderedDict, deque
 from typing import Any
 
 from msml.data.contract import Contract
+from msml.loop.store import Label, LoopStore
 from msml.monitoring.metrics import GatewayMetrics
-from msml.serving.errors import BODY, ClientError, body_error, short
+from msml.serving.errors import BODY, ClientError, Overloaded, body_error, short
 
+log = logging.getLogger("msml.gateway")
 ID_BYTES = 16  # 128 bits
 MAX_UNKNOWN_LISTED = 20  # unknown ids echoed back per answer (the count is always given)
 
@@ -30,23 +38,26 @@ class FeedbackBook:
         max_tracked: int = 100_000,
         max_items: int = 1000,
         token: str | None = None,
+        store: LoopStore | None = None,
     ) -> None:
         self.contract = contract
         self.metrics = metrics
         self.max_tracked = max_tracked
         self.max_items = max_items
         self.token = token.encode() if token else None
-        self._predictions: OrderedDict[str, int] = OrderedDict()  # id → predicted class (0/1)
+        self.store = store  # where labels are kept (and predictions looked up); None: in memory only
+        # id → (predicted class 0/1, prediction time), until its label comes or it ages out
+        self._predictions: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._outcomes: deque[int] = deque(maxlen=window)
 
-    def remember(self, classes: list[int]) -> list[str]:
-        """New ids for these predicted classes (one urandom call for the whole batch)."""
+    def remember(self, classes: list[int], now: float) -> list[str]:
+        """New ids for these predicted classes, made at `now` (one urandom call for the whole batch)."""
         raw = os.urandom(ID_BYTES * len(classes)).hex()
         step = 2 * ID_BYTES
         ids = [raw[k : k + step] for k in range(0, len(raw), step)]
         predictions = self._predictions
         for pid, cls in zip(ids, classes, strict=False):
-            predictions[pid] = cls
+            predictions[pid] = (cls, now)
         while len(predictions) > self.max_tracked:
             predictions.popitem(last=False)
         return ids
@@ -62,24 +73,59 @@ class FeedbackBook:
                 "feedback needs 'Authorization: Bearer <token>' (the gateway's MSML_FEEDBACK_TOKEN)",
             )
 
-    def record(self, payload: Any) -> dict[str, Any]:
-        """Score feedback `{"feedback": [{"id": ..., "label": ...}, ...]}` against the remembered predictions."""
+    async def record(self, payload: Any) -> dict[str, Any]:
+        """Score feedback `{"feedback": [{"id": ..., "label": ...}, ...]}` against the predictions made.
+
+        With a store, each label is written there first (the first label per id wins; a later one is a
+        `duplicate`), and an id this process does not remember (made before a restart, or by another gateway) is
+        looked up in the store's prediction log. Only labels this call wrote count towards live accuracy. A
+        store that cannot be reached is a 503 with Retry-After and changes nothing (the caller retries)."""
         items = self._parse(payload)
-        correct = incorrect = 0
-        unknown = []
+        now = time.time()
+        memory = self._predictions
+        # id → (predicted class, prediction time); an id repeated in one request counts once (the first label)
+        known: dict[str, tuple[int, float]] = {}
+        truths: dict[str, int] = {}
         for pid, truth in items:
-            predicted = self._predictions.pop(pid, None)
-            if predicted is None:
-                unknown.append(pid)
-                continue
-            ok = int(predicted == truth)
+            if pid not in truths:
+                truths[pid] = truth
+                if pid in memory:
+                    known[pid] = memory[pid]
+        if self.store is None:
+            written = set(known)
+        else:
+            try:
+                written, from_store = await asyncio.to_thread(self._store_labels, truths, known, now)
+            except Exception as exc:
+                log.warning("feedback: the loop store refused %d labels (%s)", len(truths), exc)
+                raise Overloaded(
+                    "label_store_down", "the label store cannot be written right now; retry shortly", retry_after=5
+                ) from None
+            known |= from_store
+        correct = incorrect = 0
+        delays = []
+        for pid in written:
+            predicted, made = known[pid]
+            ok = int(predicted == truths[pid])
             correct += ok
             incorrect += 1 - ok
             self._outcomes.append(ok)
+            delays.append(now - made)
+        for pid in known:
+            memory.pop(pid, None)
+        unknown = [pid for pid, _ in items if pid not in known]
+        duplicates = len(items) - len(written) - len(unknown)
         m = self.metrics
-        for outcome, n in (("correct", correct), ("incorrect", incorrect), ("unknown_id", len(unknown))):
+        for outcome, n in (
+            ("correct", correct),
+            ("incorrect", incorrect),
+            ("unknown_id", len(unknown)),
+            ("duplicate", duplicates),
+        ):
             if n:
                 m.feedback.labels(outcome=outcome).inc(n)
+        for delay in delays:
+            m.label_delay.observe(max(delay, 0.0))
         accuracy = sum(self._outcomes) / len(self._outcomes) if self._outcomes else None
         if accuracy is not None:
             m.live_accuracy.set(accuracy)
@@ -87,9 +133,25 @@ class FeedbackBook:
             "accepted": correct + incorrect,
             "unknown_ids": [short(u) for u in unknown[:MAX_UNKNOWN_LISTED]],
             "unknown_count": len(unknown),
+            "duplicate_count": duplicates,
             "live_accuracy": accuracy,
             "window": len(self._outcomes),
         }
+
+    def _store_labels(
+        self, truths: dict[str, int], known: dict[str, tuple[int, float]], now: float
+    ) -> tuple[set[str], dict[str, tuple[int, float]]]:
+        """(ids whose label this call wrote, the predictions found in the store for ids not in memory). Runs in a
+        worker thread. A label is written only for a prediction this gateway made (in memory or in the log)."""
+        found = {
+            pid: (p.predicted, p.time)
+            for pid, p in self.store.predictions([pid for pid in truths if pid not in known]).items()
+        }
+        positive, negative = self.contract.positive, self.contract.negative
+        written = self.store.record_labels(
+            [Label(pid, positive if truths[pid] else negative, now) for pid in (*known, *found)]
+        )
+        return written, found
 
     def _parse(self, payload: Any) -> list[tuple[str, int]]:
         shape = "feedback must be {'feedback': [{'id': ..., 'label': ...}, ...]}"

@@ -13,6 +13,7 @@ This module wires the parts and translates HTTP; each part has its own module:
   feedback    prediction ids, /feedback  errors      error types → bounded JSON answers
   openapi     schemas of the two POSTs   admission   backlog signals (accept queue, loop lag), shedding
   protocol    refusals below ASGI        msml.tracking.registry.resolve_model  model info + drift reference
+  msml.loop.prediction_log  every served row to the loop store, written by a thread (labels: feedback)
 
 Each request has a deadline (`request_timeout`): it is answered by then (504 at the latest), work
 whose client left is withdrawn before it reaches the model and counted as status 499, a full queue,
@@ -38,6 +39,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
 from msml.config import DEFAULT_PORTS, LOOPBACK
+from msml.loop.prediction_log import PredictionLog
+from msml.loop.store import LoopStore
 from msml.monitoring.drift import SlidingPSI
 from msml.monitoring.metrics import DRIFT_PSI, GatewayMetrics
 from msml.ops.processes import check_port
@@ -117,6 +120,18 @@ class Gateway:
         # good/s, against 4,626 and 5,107 with 2)
         self.pressure = Pressure(c.max_loop_lag_ms / 1000, c.max_accept_queue, listener, max_in_hand=self._in_hand())
         m.in_flight.set_function(lambda: self.pressure.in_hand)  # read at scrape time: nothing per request
+        # the loop store: opened lazily (a database that is down costs logged rows, never the gateway's start)
+        self.store = LoopStore(c.loop_store) if c.loop_store else None
+        self.prediction_log = None
+        if self.store is not None:
+            self.prediction_log = PredictionLog(
+                self.store,
+                self.contract.fingerprint,
+                m.prediction_log_rows,
+                m.prediction_log_dropped,
+                max_buffered_rows=c.prediction_log_rows,
+            )
+            m.prediction_log_pending.set_function(lambda: self.prediction_log.pending)
         self.feedback = FeedbackBook(
             self.contract,
             m,
@@ -124,6 +139,7 @@ class Gateway:
             max_tracked=c.max_tracked_predictions,
             max_items=c.max_feedback_items,
             token=c.feedback_token,
+            store=self.store,
         )
         self.model_info = None
         self.drift: SlidingPSI | None = None
@@ -153,6 +169,8 @@ class Gateway:
 
     async def start(self) -> None:
         await self._load_model_facts()
+        if self.prediction_log is not None:
+            self.prediction_log.start()
         await self.batcher.start()
         self.pressure.start()
         await self.upstream.start()
@@ -168,6 +186,9 @@ class Gateway:
         await self.pressure.stop()
         await self.upstream.stop()
         await self.batcher.stop()
+        if self.prediction_log is not None:  # after the batcher: the last answers' rows are in the buffer
+            await asyncio.to_thread(self.prediction_log.stop)
+            self.store.close()
 
     async def _load_model_facts(self) -> None:
         from msml.tracking.registry import resolve_model
@@ -282,11 +303,11 @@ class Gateway:
         m.rows_scored.inc(len(rows))
         if self.drift is not None:
             self.drift.add(rows)
-        return {
-            "predictions": probabilities,
-            "labels": [self._labels[k] for k in classes],
-            "ids": self.feedback.remember(classes),
-        }
+        now = time.time()
+        ids = self.feedback.remember(classes, now)
+        if self.prediction_log is not None:  # a reference on a buffer: the writer thread encodes and writes
+            self.prediction_log.append(ids, rows, probabilities, classes, self.model_info, now)
+        return {"predictions": probabilities, "labels": [self._labels[k] for k in classes], "ids": ids}
 
     # ---- metrics --------------------------------------------------------------------------------------
     def count(self, exc: GatewayError) -> None:
@@ -428,7 +449,7 @@ def create_app(
     async def feedback(request: Request) -> Response:
         try:
             gateway.feedback.authorise(request.headers.get("authorization"))
-            return json_response(gateway.feedback.record(await read_json(request, config.max_body_bytes)))
+            return json_response(await gateway.feedback.record(await read_json(request, config.max_body_bytes)))
         except GatewayError as exc:
             return error_response(exc)
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from msml.config import DECISION_THRESHOLD, DEFAULT_PORTS, local_url
 from msml.data.contract import Contract
+from msml.loop.prediction_log import DEFAULT_MAX_BUFFERED_ROWS
 from msml.monitoring.drift import DEFAULT_WINDOW
 from msml.monitoring.drift import MIN_ROWS as DRIFT_MIN_ROWS
 
@@ -99,6 +100,10 @@ class GatewayConfig:
     feedback_window: int = 1000
     max_tracked_predictions: int = 100_000
     feedback_token: str | None = None  # when set, /feedback needs `Authorization: Bearer <token>`
+    # the loop store (msml.loop.store) URL: every served row is logged there and /feedback's labels kept there;
+    # None: neither (predictions and labels live only in memory)
+    loop_store: str | None = None
+    prediction_log_rows: int = DEFAULT_MAX_BUFFERED_ROWS  # rows buffered for the store before rows are dropped
     threshold: float = DECISION_THRESHOLD
 
 
