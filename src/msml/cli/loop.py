@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from msml.cli.app import ContractOpt, _settings, app
+from msml.cli.app import ContractOpt, MaxInvalidOpt, _settings, app
 
 loop_app = typer.Typer(no_args_is_help=True, help="The closed loop: its store, state and decisions.")
 app.add_typer(loop_app, name="loop")
@@ -23,6 +23,7 @@ def collect(
     horizon: float = typer.Option(
         None, "--horizon", min=0, help="Seconds a prediction must be old to be collected (its labels' delay)."
     ),
+    max_invalid_share: float = MaxInvalidOpt,
 ) -> None:
     """Join served predictions with their labels into a versioned, validated snapshot in the raw file's format."""
     from msml.loop.collect import DEFAULT_HORIZON
@@ -34,7 +35,11 @@ def collect(
         out or settings.feedback_dir,
         settings.contract,
         horizon=DEFAULT_HORIZON if horizon is None else horizon,
+        max_invalid_share=max_invalid_share,
     )
+    if snapshot is None:
+        typer.echo("nothing to collect: no labelled prediction older than the horizon since the last snapshot")
+        return
     typer.echo(json.dumps({"snapshot": str(snapshot.path), **snapshot.manifest}, indent=2))
 
 
