@@ -45,9 +45,15 @@ def preprocess(
         DEFAULT_TEST_SIZE, "--test-size", min=0.05, max=0.5, help="Share of rows held out as the test split."
     ),
     max_invalid_share: float = MaxInvalidOpt,
+    feedback: bool = typer.Option(
+        True,
+        "--feedback/--no-feedback",
+        help="Add the `msml collect` snapshots (data/<dataset>_feedback/) to train, their newest rows held out.",
+    ),
 ) -> None:
     """Load → validate → clean → split → fit the transformer on train → write the processed dataset."""
     from msml.data.preprocessing import preprocess as run
+    from msml.loop.collect import snapshots
 
     settings = _settings(contract)
     out = out or settings.processed_dir
@@ -58,6 +64,7 @@ def preprocess(
         seed=seed,
         test_size=test_size,
         max_invalid_share=max_invalid_share,
+        feedback=[s.path for s in snapshots(settings.feedback_dir)] if feedback else (),
     )
     summary = {k: v for k, v in report.items() if k not in ("features_in", "features_out")}
     summary["features_out"] = len(report["features_out"])

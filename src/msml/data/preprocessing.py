@@ -2,6 +2,11 @@
 
 Each step is a small function taking its inputs as arguments, so the notebook, the CLI, the
 course's `automate_<name>.py` and the tests all call the same code.
+
+With feedback snapshots (`msml collect`: served rows with their ground truth, in the raw file's format) the raw
+file is split exactly as without them, so the test split stays the same rows; the snapshots' rows, oldest first,
+minus any that repeat a raw row, go to train, except the newest `test_size` share of them, held out as the
+out-of-time window (`out_of_time_clean.csv`) on which a candidate and the champion are compared.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ OUTPUT_FILES = (
     REPORT_FILE,
     QUARANTINE_FILE,
 )
+# Written only when feedback snapshots are given: the newest feedback rows, in raw form (not in train).
+OUT_OF_TIME_FILE = "out_of_time_clean.csv"
 # file → sha256 of every other file: written last, checked by every reader (a half-written or
 # edited dataset is refused, not trained on)
 MANIFEST_FILE = "manifest.json"
@@ -228,9 +235,8 @@ def _replace_dir(new: Path, out: Path) -> None:
 
 def _refuse_foreign_files(out: Path) -> None:
     """The folder is replaced as a whole: refuse one that holds files preprocessing did not write."""
-    foreign = (
-        sorted(p.name for p in out.iterdir() if p.name not in (*OUTPUT_FILES, MANIFEST_FILE)) if out.is_dir() else []
-    )
+    ours = (*OUTPUT_FILES, OUT_OF_TIME_FILE, MANIFEST_FILE)
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
     if foreign:
         raise DataError(
             f"{out} holds files `msml preprocess` did not write ({', '.join(foreign[:5])}); "
@@ -250,6 +256,71 @@ def _recover(out: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+@dataclass
+class Feedback:
+    """Feedback rows split for training: `train` (to add to the train split), `out_of_time` (the newest, held out),
+    their quarantined rows, the snapshots read, and the rows dropped as repeats of raw (or earlier feedback) rows."""
+
+    train: pd.DataFrame
+    out_of_time: pd.DataFrame
+    quarantine: pd.DataFrame
+    snapshots: list[dict]
+    duplicates: int
+
+
+def load_feedback(
+    snapshots: list[Path],
+    raw_rows: pd.DataFrame,
+    contract: Contract,
+    holdout_share: float = DEFAULT_TEST_SIZE,
+    max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE,
+) -> Feedback:
+    """Read and validate the snapshots (oldest first), drop rows that repeat a raw row (`raw_rows`: the cleaned raw
+    file, train and test: a repeat of a test row must not reach training) or an earlier feedback row, and hold the
+    newest `holdout_share` (at least one row) out as the out-of-time window."""
+    frames, quarantines, used = [], [], []
+    for path in snapshots:
+        path = Path(path)
+        result = contract.validate(contract.read_csv(path), max_invalid_share=max_invalid_share)
+        frames.append(result.valid)
+        quarantines.append(result.quarantine)
+        used.append(
+            {
+                "version": path.parent.name,
+                "file": str(path),
+                "sha256": file_sha256(path),
+                "rows": len(result.valid),
+                "rows_quarantined": len(result.quarantine),
+            }
+        )
+    feedback = pd.concat(frames, ignore_index=True)
+    repeats = pd.concat([raw_rows, feedback], ignore_index=True).duplicated(keep="first").to_numpy()[len(raw_rows) :]
+    kept = feedback[~repeats].reset_index(drop=True)
+    held = int(np.ceil(len(kept) * holdout_share)) if len(kept) else 0
+    return Feedback(
+        train=kept.iloc[: len(kept) - held].reset_index(drop=True),
+        out_of_time=kept.iloc[len(kept) - held :].reset_index(drop=True),
+        quarantine=pd.concat(quarantines, ignore_index=True),
+        snapshots=used,
+        duplicates=int(repeats.sum()),
+    )
+
+
+def load_out_of_time(processed_dir: str | Path, contract: Contract) -> pd.DataFrame | None:
+    """The out-of-time window in the contract's raw form (None when the dataset was built without feedback)."""
+    processed_dir = Path(processed_dir)
+    if not (processed_dir / OUT_OF_TIME_FILE).is_file():
+        return None
+    verify_manifest(processed_dir, (OUT_OF_TIME_FILE,))
+    df = pd.read_csv(
+        processed_dir / OUT_OF_TIME_FILE,
+        dtype={c: str for c in contract.categorical_features},
+        keep_default_na=False,
+        na_values=[""],
+    )
+    return contract.raw_schema.validate(df)[[*contract.features, contract.target]]
+
+
 def preprocess(
     raw: str | Path,
     out: str | Path,
@@ -257,8 +328,9 @@ def preprocess(
     seed: int = DEFAULT_SEED,
     test_size: float = DEFAULT_TEST_SIZE,
     max_invalid_share: float = DEFAULT_MAX_INVALID_SHARE,
+    feedback: list[Path] | tuple[Path, ...] = (),
 ) -> tuple[dict, dict[str, float]]:
-    """Run every step and write the processed directory.
+    """Run every step and write the processed directory; `feedback`: snapshot CSVs (`msml collect`), oldest first.
 
     Returns the report (also written as report.json) and the seconds each step took.
     Same input and seed give byte-identical files. Everything is written into a temporary folder next
@@ -274,6 +346,12 @@ def preprocess(
         cleaned, duplicates = clean(result.valid)
     with _timed(timings, "split"):
         train, test = stratified_split(cleaned, contract, test_size=test_size, seed=seed)
+    fb = None
+    if feedback:
+        with _timed(timings, "feedback"):
+            fb = load_feedback(list(feedback), cleaned, contract, test_size, max_invalid_share)
+            train = pd.concat([train, fb.train], ignore_index=True)
+    quarantine = result.quarantine if fb is None else pd.concat([result.quarantine, fb.quarantine], ignore_index=True)
     with _timed(timings, "fit_transform"):
         transformer = build_transformer(contract).fit(train[contract.features])
         train_ready = transform(transformer, train, contract)
@@ -289,7 +367,9 @@ def preprocess(
         _write_csv(test_ready, tmp / TEST_FILE)
         _write_csv(train, tmp / TRAIN_CLEAN_FILE)
         _write_csv(test, tmp / TEST_CLEAN_FILE)
-        _write_csv(result.quarantine, tmp / QUARANTINE_FILE)
+        _write_csv(quarantine, tmp / QUARANTINE_FILE)
+        if fb is not None:
+            _write_csv(fb.out_of_time, tmp / OUT_OF_TIME_FILE)
         joblib.dump(transformer, tmp / TRANSFORMER_FILE)
         report = {
             "contract": contract.name,
@@ -311,6 +391,17 @@ def preprocess(
             "features_in": contract.features,
             "features_out": [c for c in train_ready.columns if c != contract.target],
         }
+        if fb is not None:  # only then: a dataset built from the raw file alone reports exactly what it did
+            report["feedback"] = {
+                "snapshots": fb.snapshots,
+                "rows_quarantined": len(fb.quarantine),
+                "duplicates_removed": fb.duplicates,
+                "train_rows": len(fb.train),
+                "out_of_time_rows": len(fb.out_of_time),
+                "out_of_time_class_balance": {
+                    label: int(n) for label, n in fb.out_of_time[contract.target].value_counts().sort_index().items()
+                },
+            }
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         write_manifest(tmp)
         _replace_dir(tmp, out)

@@ -351,9 +351,16 @@ class Flavor:
         from mlflow import pyfunc
 
         path = Path(path)
-        # LightGBM runs every compiled model, whatever its members: the environment must have it
-        extra = [f"lightgbm=={lightgbm.__version__}"]
-        mlflow.sklearn.save_model(path=str(path), mlflow_model=mlflow_model, extra_pip_requirements=extra, **kwargs)
+        # LightGBM runs every compiled model, whatever its members: the environment must have it (added to the
+        # requirements given, train.model_requirements, or to those MLflow infers when none are given)
+        lightgbm_pin = f"lightgbm=={lightgbm.__version__}"
+        given = kwargs.pop("pip_requirements", None)
+        requirements = (
+            {"extra_pip_requirements": [lightgbm_pin]}
+            if given is None
+            else {"pip_requirements": [*given, lightgbm_pin]}
+        )
+        mlflow.sklearn.save_model(path=str(path), mlflow_model=mlflow_model, **requirements, **kwargs)
         write_spec(path / SPEC_DIR, *self.compiled)
         (path / "code").mkdir(exist_ok=True)
         shutil.copyfile(runtime.__file__, path / "code" / f"{RUNTIME_MODULE}.py")
