@@ -32,6 +32,8 @@ DEFAULT_BATCH_ROWS = 1000
 DEFAULT_MAX_BUFFERED_ROWS = 60_000
 FLUSH_INTERVAL = 0.25  # seconds between the writer's looks at a buffer holding less than a batch
 RETRY_BACKOFF = (0.25, 0.5, 1.0, 2.0, 5.0)  # seconds before retrying a refused batch (the last repeats)
+# One write attempt's longest wait: SQLite's busy timeout (2 s), PostgreSQL's connect and statement timeouts (5 s).
+ATTEMPT_GRACE = 10.0
 
 
 class PredictionLog:
@@ -60,7 +62,7 @@ class PredictionLog:
         self._done = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._abandoned = False
+        self._deadline = float("inf")  # set by `stop`: the writer gives up on a refusing store after it
         self.failing_since: float | None = None  # when the store began refusing writes (None: it is writing)
 
     @property
@@ -93,21 +95,24 @@ class PredictionLog:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Write what is buffered (for at most `timeout` seconds), then stop the writer; what the store did not
-        take by then is counted as dropped."""
+        """Write what is buffered, trying for `timeout` seconds; the writer counts what the store did not take by
+        then as dropped. Waits for the attempt in flight (bounded by the store's timeouts), so a row is either
+        counted logged or dropped, never both."""
         if self._thread is None:
             return
+        self._deadline = time.monotonic() + timeout
         self._stopping.set()
-        self._thread.join(timeout)
+        self._thread.join(timeout + ATTEMPT_GRACE)
         if self._thread.is_alive():
-            self._abandoned = True  # the writer, should it finish later, counts nothing more
-            log.warning("prediction log: the store did not take %d buffered rows before shutdown", self.pending)
+            log.error("prediction log: the store hangs; %d rows neither logged nor counted as dropped", self.pending)
         self._thread = None
-        rest = self.pending
-        if rest > 0:
-            self._dropped.inc(rest)
-            self._done += rest
-            self._buffer.clear()
+
+    def _drop(self, held: list[Prediction]) -> None:
+        rest = len(held)
+        while self._buffer:
+            rest += len(self._buffer.popleft()[1])
+        self._dropped.inc(rest)
+        self._done += rest
 
     def _take(self) -> list[Prediction]:
         """Up to about `batch_rows` rows off the buffer (whole requests), as store records."""
@@ -142,12 +147,15 @@ class PredictionLog:
                 if self.failing_since is None:
                     self.failing_since = time.time()
                     log.warning("prediction log: the store refused %d rows (%s); retrying", len(held), exc)
-                if stopping.is_set() and failures > len(RETRY_BACKOFF):
-                    return  # shutting down and the store stays down: `stop` counts the rest as dropped
-                stopping.wait(RETRY_BACKOFF[min(failures, len(RETRY_BACKOFF)) - 1])
+                backoff = RETRY_BACKOFF[min(failures, len(RETRY_BACKOFF)) - 1]
+                if not stopping.is_set():
+                    stopping.wait(backoff)  # wakes early when `stop` is called
+                elif time.monotonic() < self._deadline:
+                    time.sleep(min(backoff, self._deadline - time.monotonic()))
+                else:  # shutting down and the store still refuses: what it did not take is dropped
+                    self._drop(held)
+                    return
                 continue
-            if self._abandoned:
-                return
             if self.failing_since is not None:
                 log.warning("prediction log: the store took rows again after %.1f s", time.time() - self.failing_since)
             failures, self.failing_since = 0, None

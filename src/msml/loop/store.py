@@ -142,8 +142,12 @@ class LoopStore:
             self.engine = sa.create_engine(url, connect_args={"timeout": 2.0})
             sa.event.listen(self.engine, "connect", _on_connect_sqlite)
         elif self.dialect == "postgresql":
+            # both timeouts bound one write attempt, so the gateway's writer never hangs on a stalled server
+            timeout = max(1, int(connect_timeout))
             self.engine = sa.create_engine(
-                url, pool_pre_ping=True, connect_args={"connect_timeout": max(1, int(connect_timeout))}
+                url,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": timeout, "options": f"-c statement_timeout={timeout * 1000}"},
             )
         else:
             raise StoreError(f"loop store must be SQLite or PostgreSQL, got {self.dialect!r} in {url!r}")
@@ -271,6 +275,21 @@ class LoopStore:
         )
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def recent_outcomes(self, positive: str, limit: int) -> list[int]:
+        """1 (correct) or 0 for the `limit` most recently labelled predictions, oldest first: the live-accuracy
+        window a restarted gateway starts from."""
+        self.ensure_schema()
+        p, lab = predictions_table, labels_table
+        query = (
+            sa.select(p.c.predicted, lab.c.label)
+            .join(lab, lab.c.request_id == p.c.request_id)
+            .order_by(lab.c.time.desc(), lab.c.request_id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [int(predicted == int(label == positive)) for predicted, label in reversed(rows)]
 
     def counts(self) -> Counts:
         self.ensure_schema()

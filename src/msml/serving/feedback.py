@@ -62,6 +62,15 @@ class FeedbackBook:
             predictions.popitem(last=False)
         return ids
 
+    def resume(self) -> None:
+        """Start the live-accuracy window from the store's most recent labels (a restart keeps the evidence)."""
+        if self.store is None:
+            return
+        outcomes = self.store.recent_outcomes(self.contract.positive, self._outcomes.maxlen or 0)
+        self._outcomes.extend(outcomes)
+        if self._outcomes:
+            self.metrics.live_accuracy.set(sum(self._outcomes) / len(self._outcomes))
+
     def authorise(self, authorization: str | None) -> None:
         if self.token is None:
             return

@@ -171,6 +171,10 @@ class Gateway:
         await self._load_model_facts()
         if self.prediction_log is not None:
             self.prediction_log.start()
+            try:
+                await asyncio.to_thread(self.feedback.resume)
+            except Exception as exc:  # the store is down: serve anyway, the window starts empty
+                log.warning("loop store %r: live accuracy starts without its recent labels (%s)", self.store, exc)
         await self.batcher.start()
         self.pressure.start()
         await self.upstream.start()

@@ -103,7 +103,12 @@ class GatewayConfig:
     # the loop store (msml.loop.store) URL: every served row is logged there and /feedback's labels kept there;
     # None: neither (predictions and labels live only in memory)
     loop_store: str | None = None
-    prediction_log_rows: int = DEFAULT_MAX_BUFFERED_ROWS  # rows buffered for the store before rows are dropped
+    prediction_log_rows: int = option(
+        DEFAULT_MAX_BUFFERED_ROWS,
+        "--prediction-log-rows",
+        "Served rows held for a slow or absent store; beyond them rows are counted as dropped, not logged.",
+        min=1,
+    )
     threshold: float = DECISION_THRESHOLD
 
 
