@@ -110,7 +110,8 @@ def test_writer_logs_every_appended_row_and_flushes_on_stop(store):
     assert logged._value.get() == 90 and dropped._value.get() == 0 and log.pending == 0
     rows = store.predictions([f"r{i}" for i in range(90)])
     assert len(rows) == 90
-    assert {(p.model_name, p.model_version, p.predicted, p.probability) for p in rows.values()} == {("adult", "3", 1, 0.75)}
+    facts = {(p.model_name, p.model_version, p.predicted, p.probability) for p in rows.values()}
+    assert facts == {("adult", "3", 1, 0.75)}
 
 
 def test_a_locked_store_costs_dropped_rows_never_half_a_batch(store, tmp_path):
