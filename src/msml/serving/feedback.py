@@ -89,7 +89,7 @@ class FeedbackBook:
         `duplicate`), and an id this process does not remember (made before a restart, or by another gateway) is
         looked up in the store's prediction log. Only labels this call wrote count towards live accuracy. A
         store that cannot be reached is a 503 with Retry-After and changes nothing (the caller retries)."""
-        items = self._parse(payload)
+        items = self.parse(payload)
         now = time.time()
         memory = self._predictions
         # id → (predicted class, prediction time); an id repeated in one request counts once (the first label)
@@ -162,7 +162,8 @@ class FeedbackBook:
         )
         return written, found
 
-    def _parse(self, payload: Any) -> list[tuple[str, int]]:
+    def parse(self, payload: Any) -> list[tuple[str, int]]:
+        """The (id, 0/1 truth) items of a feedback body; a ClientError (413/422) naming each bad item."""
         shape = "feedback must be {'feedback': [{'id': ..., 'label': ...}, ...]}"
         if (
             not isinstance(payload, dict)
