@@ -108,8 +108,9 @@ def test_rows_logged_equal_rows_answered_under_concurrent_load(model_server, reg
 
 def test_a_locked_store_costs_counted_drops_never_an_answer(model_server, registered_model, rows, tmp_path):
     """Another connection holds the store's write lock: every request is still answered 200; the first 13
-    requests' 39 rows wait in the 40-row buffer, the rest are dropped whole and counted; when the lock goes the
-    waiting rows are written, and each request's rows are in the store entirely or not at all."""
+    requests' 39 rows wait in the 40-row buffer, the rest are dropped whole and counted; a label is refused (503)
+    rather than lost; when the lock goes the waiting rows are written, and each request's rows are in the store
+    entirely or not at all."""
     url_store = f"sqlite:///{tmp_path / 'loop.db'}"
     open_store(url_store).close()  # the tables exist; now lock them
     blocker = sqlite3.connect(tmp_path / "loop.db", isolation_level=None)
@@ -124,8 +125,15 @@ def test_a_locked_store_costs_counted_drops_never_an_answer(model_server, regist
                 requests_ids.append(resp.json()["ids"])
         assert metric(url, M.PREDICTION_LOG_DROPPED) == 90 - 39
         assert metric(url, M.PREDICTION_LOG_PENDING) == 39 and metric(url, M.PREDICTION_LOG_ROWS) == 0
+        # a label cannot be kept while the store is locked: 503 with Retry-After, nothing counted; it is
+        # accepted once the store takes writes again
+        label = {"feedback": [{"id": requests_ids[0][0], "label": rows[1][0]}]}
+        refused = httpx.post(f"{url}/feedback", json=label, timeout=30)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        assert refused.json()["kind"] == "label_store_down"
         blocker.execute("ROLLBACK")
         assert wait_until(lambda: metric(url, M.PREDICTION_LOG_ROWS) == 39)
+        assert httpx.post(f"{url}/feedback", json=label, timeout=30).json()["accepted"] == 1
     finally:
         blocker.close()
         stop_process(proc)

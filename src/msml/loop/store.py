@@ -247,6 +247,16 @@ class LoopStore:
             rows = conn.execute(sa.select(t).where(t.c.request_id.in_(ids))).mappings().all()
         return {r["request_id"]: _prediction(r) for r in rows}
 
+    def labelled(self, request_ids: Iterable[str]) -> set[str]:
+        """The ids among `request_ids` that have a label."""
+        ids = list(request_ids)
+        if not ids:
+            return set()
+        self.ensure_schema()
+        t = labels_table
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(t.c.request_id).where(t.c.request_id.in_(ids))).scalars())
+
     def labelled_predictions(self, before: float, since: float | None = None) -> list[tuple[Prediction, Label]]:
         """Predictions made before `before` (and at or after `since`) that have a label, oldest first (ties by id,
         so the order is the same on every call)."""

@@ -100,11 +100,12 @@ class FeedbackBook:
                 truths[pid] = truth
                 if pid in memory:
                     known[pid] = memory[pid]
+        labelled: set[str] = set()  # ids not in memory nor (yet) in the log whose label the store already has
         if self.store is None:
             written = set(known)
         else:
             try:
-                written, from_store = await asyncio.to_thread(self._store_labels, truths, known, now)
+                written, from_store, labelled = await asyncio.to_thread(self._store_labels, truths, known, now)
             except Exception as exc:
                 log.warning("feedback: the loop store refused %d labels (%s)", len(truths), exc)
                 raise Overloaded(
@@ -122,7 +123,7 @@ class FeedbackBook:
             delays.append(now - made)
         for pid in known:
             memory.pop(pid, None)
-        unknown = [pid for pid, _ in items if pid not in known]
+        unknown = [pid for pid, _ in items if pid not in known and pid not in labelled]
         duplicates = len(items) - len(written) - len(unknown)
         m = self.metrics
         for outcome, n in (
@@ -149,18 +150,18 @@ class FeedbackBook:
 
     def _store_labels(
         self, truths: dict[str, int], known: dict[str, tuple[int, float]], now: float
-    ) -> tuple[set[str], dict[str, tuple[int, float]]]:
-        """(ids whose label this call wrote, the predictions found in the store for ids not in memory). Runs in a
-        worker thread. A label is written only for a prediction this gateway made (in memory or in the log)."""
-        found = {
-            pid: (p.predicted, p.time)
-            for pid, p in self.store.predictions([pid for pid in truths if pid not in known]).items()
-        }
+    ) -> tuple[set[str], dict[str, tuple[int, float]], set[str]]:
+        """(ids whose label this call wrote, the predictions found in the store for ids not in memory, ids found in
+        neither whose label the store has: a repeat while the prediction still waits in the log's buffer). Runs in
+        a worker thread. A label is written only for a prediction this gateway made (in memory or in the log)."""
+        elsewhere = [pid for pid in truths if pid not in known]
+        found = {pid: (p.predicted, p.time) for pid, p in self.store.predictions(elsewhere).items()}
+        labelled = self.store.labelled([pid for pid in elsewhere if pid not in found])
         positive, negative = self.contract.positive, self.contract.negative
         written = self.store.record_labels(
             [Label(pid, positive if truths[pid] else negative, now) for pid in (*known, *found)]
         )
-        return written, found
+        return written, found, labelled
 
     def parse(self, payload: Any) -> list[tuple[str, int]]:
         """The (id, 0/1 truth) items of a feedback body; a ClientError (413/422) naming each bad item."""
