@@ -17,7 +17,9 @@ from msml.monitoring.metrics import (
     DRIFT_PSI,
     DRIFT_WINDOW_ROWS,
     FEATURE_MISSING,
+    FEEDBACK,
     IN_FLIGHT,
+    LABEL_DELAY,
     LIVE_ACCURACY,
     MODEL_INFO,
     MODEL_REPLICA_CALLS,
@@ -25,6 +27,8 @@ from msml.monitoring.metrics import (
     MODEL_REQUEST_SECONDS,
     MODEL_UP,
     PREDICTED_CLASS,
+    PREDICTION_LOG_DROPPED,
+    PREDICTION_LOG_ROWS,
     PREDICTIONS,
     PROBABILITY,
     PROCESS_CPU,
@@ -292,6 +296,42 @@ PANELS: tuple[Panel, ...] = (
         description="Request rows rejected by the contract, per second.",
         row="data",
     ),
+    # row "loop": the prediction log and the ground truth that comes back (msml.loop)
+    Panel(
+        "prediction_log",
+        "Prediction log: rows logged / dropped",
+        (
+            Query(f"sum(rate({PREDICTION_LOG_ROWS}{{{JOB}}}[{RATE_INTERVAL}]))", "logged"),
+            Query(f"sum(rate({PREDICTION_LOG_DROPPED}{{{JOB}}}[{RATE_INTERVAL}]))", "dropped"),
+        ),
+        "short",
+        description="Served rows per second written to the loop store, and rows not logged (store slow or down).",
+        row="loop",
+    ),
+    Panel(
+        "labels",
+        "Labels received by outcome",
+        (Query(f"sum by (outcome) (rate({FEEDBACK}{{{JOB}}}[{RATE_INTERVAL}]))", "{{outcome}}"),),
+        "short",
+        description="Ground-truth labels per second at /feedback: correct and incorrect predictions, repeated "
+        "labels (duplicate) and ids the gateway never issued (unknown_id).",
+        row="loop",
+    ),
+    Panel(
+        "label_delay",
+        "Label delay p50 / p95",
+        (
+            Query(
+                f"histogram_quantile(0.5, sum by (le) (rate({LABEL_DELAY}_bucket{{{JOB}}}[{RATE_INTERVAL}])))", "p50"
+            ),
+            Query(
+                f"histogram_quantile(0.95, sum by (le) (rate({LABEL_DELAY}_bucket{{{JOB}}}[{RATE_INTERVAL}])))", "p95"
+            ),
+        ),
+        "s",
+        description="Time from a prediction to its ground truth (first label per prediction).",
+        row="loop",
+    ),
     # stats above the rows
     Panel(
         "model_up",
@@ -318,7 +358,7 @@ PANELS: tuple[Panel, ...] = (
         description="Name, version and alias of the model the gateway serves.",
     ),
 )
-ROWS = ("traffic", "model", "data")
+ROWS = ("traffic", "model", "data", "loop")
 
 
 @dataclass(frozen=True)
