@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 
 from msml.config import load_settings
 from msml.errors import DataError, TrackingError
-from msml.tracking.postgres import MLFLOW_DB, OPTUNA_DB, PostgresError, find_bin_dir
+from msml.tracking.postgres import LOOP_DB, MLFLOW_DB, OPTUNA_DB, PostgresError, find_bin_dir
 from msml.tracking.registry import CHAMPION
 from msml.training.workers import RETRY_OF_TAG, TRIAL_NUMBER_TAG, TRIAL_RUN_ATTR, WORKER_PID_TAG
 from tests.conftest import BIN, ROOT, run_msml
@@ -77,7 +77,9 @@ def server(small_processed):
     assert up.returncode == 0, up.stdout + up.stderr
     url = f"http://127.0.0.1:{port}"
     optuna_uri = f"postgresql://postgres@127.0.0.1:{pg_port}/{OPTUNA_DB}"
+    loop_uri = f"postgresql://postgres@127.0.0.1:{pg_port}/{LOOP_DB}"
     assert f"MLFLOW_TRACKING_URI={url}" in up.stdout and optuna_uri in up.stdout
+    assert f"MSML_LOOP_STORE={loop_uri}" in up.stdout
     client_home = root / "client"  # the clients' own home: nothing may be written there
     client_home.mkdir()
     env = {"MSML_HOME": str(client_home), "MSML_PROCESSED": str(small_processed), "MLFLOW_TRACKING_URI": url}
@@ -86,6 +88,7 @@ def server(small_processed):
         "env": env,
         "client_home": client_home,
         "optuna": optuna_uri,
+        "loop": loop_uri,
         "mlflow_db": f"postgresql://postgres@127.0.0.1:{pg_port}/{MLFLOW_DB}",
         "artifacts": root / "server" / ".run" / "tracking" / "artifacts",
         "pg_port": pg_port,
@@ -274,3 +277,38 @@ def test_a_worker_killed_mid_trial_is_failed_and_retried_by_the_other(server):
     parent_id = dead_run.data.tags["mlflow.parentRunId"]
     children = client.search_runs([dead_run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     assert len(children) == n_trials + 1 and not [c for c in children if c.info.status == "RUNNING"]
+
+
+def test_the_loop_store_on_the_tracking_servers_postgresql(server, contract, tmp_path):
+    """The loop store in the cluster's `loop` database: the gateway's writer thread logs, labels keep the first
+    write, and `collect` joins them into the same snapshot the SQLite store gives."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    from msml.loop.collect import collect
+    from msml.loop.prediction_log import PredictionLog
+    from msml.loop.store import Label, open_store
+    from msml.serving.validation import RowValidator
+    from tests.conftest import RAW
+
+    raw = contract.read_csv(RAW).head(30)
+    records = raw[contract.features].astype(object).where(raw[contract.features].notna(), None).to_dict("records")
+    rows = RowValidator(contract).validate(records)
+    ids = [f"pg{i:02d}" for i in range(len(rows))]
+    snapshots = {}
+    for name, url in (("postgresql", server["loop"]), ("sqlite", f"sqlite:///{tmp_path / 'loop.db'}")):
+        store = open_store(url)
+        registry = CollectorRegistry()
+        logged, dropped = Counter("logged", "", registry=registry), Counter("dropped", "", registry=registry)
+        log = PredictionLog(store, contract.fingerprint, logged, dropped, flush_interval=0.01)
+        log.start()
+        for k in range(0, len(rows), 7):  # requests of up to 7 rows, all at one time
+            n = len(ids[k : k + 7])
+            log.append(ids[k : k + 7], rows[k : k + 7], [0.5] * n, [0] * n, None, 1000.0)
+        log.stop()
+        assert (logged._value.get(), dropped._value.get()) == (len(rows), 0)
+        assert store.record_labels([Label(i, t, 1001.0) for i, t in zip(ids, raw[contract.target], strict=True)])
+        assert store.record_labels([Label(ids[0], "<=50K", 1002.0)]) == set()  # the first write wins
+        store.close()
+        snapshots[name] = collect(url, tmp_path / name, contract, horizon=0.0, now=2000.0)
+    assert snapshots["postgresql"].manifest["rows"] == len(rows)
+    assert snapshots["postgresql"].sha256 == snapshots["sqlite"].sha256

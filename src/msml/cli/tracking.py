@@ -35,6 +35,8 @@ def tracking_up(
     typer.echo(f"  export MLFLOW_TRACKING_URI={started.url}")
     if started.optuna_storage:
         typer.echo(f"  distributed tuning: msml tune --storage {started.optuna_storage} --study NAME --workers 2")
+    if started.loop_store:
+        typer.echo(f"  export MSML_LOOP_STORE={started.loop_store}  # the gateway's prediction log and labels")
 
 
 @tracking_app.command("down")

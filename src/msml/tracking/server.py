@@ -63,6 +63,7 @@ class Started:
     backend_store_uri: str
     optuna_storage: str | None
     pid: int
+    loop_store: str | None = None  # the loop store's database in the same cluster (MSML_LOOP_STORE)
 
 
 def up(
@@ -78,11 +79,12 @@ def up(
     running = processes.read_pid(layout.pidfile)
     if running is not None:
         raise PortBusyError(f"the tracking server is already running (pid {running}); `msml tracking down` first")
-    optuna_storage = None
+    optuna_storage = loop_store = None
     if backend_store_uri is None:
         cluster = postgres.start_cluster(layout.postgres_dir, postgres_port)
         layout.postgres_port_file.write_text(f"{postgres_port}\n")
         backend_store_uri, optuna_storage = cluster.uri(postgres.MLFLOW_DB), cluster.uri(postgres.OPTUNA_DB)
+        loop_store = cluster.uri(postgres.LOOP_DB)
     url = f"http://{host}:{port}"
     try:
         layout.artifacts.mkdir(parents=True, exist_ok=True)
@@ -100,7 +102,7 @@ def up(
     except BaseException:
         down(run_dir)  # what this call started, nothing else: a running server was refused above
         raise
-    return Started(url, backend_store_uri, optuna_storage, pid)
+    return Started(url, backend_store_uri, optuna_storage, pid, loop_store)
 
 
 def down(run_dir: Path) -> list[str]:
