@@ -46,13 +46,18 @@ def store_url(tmp_path_factory, contract):
     return url
 
 
-def test_preprocess_with_a_snapshot_keeps_the_test_split_and_holds_out_the_newest(
-    store_url, processed, contract, tmp_path
-):
-    snap = collect(store_url, tmp_path / "feedback", contract, horizon=0.0, now=5000.0)
+@pytest.fixture(scope="module")
+def with_feedback(store_url, contract, tmp_path_factory):
+    """The store's snapshot, and the raw file preprocessed with it: (snapshot, processed folder, report)."""
+    root = tmp_path_factory.mktemp("with-feedback")
+    snap = collect(store_url, root / "feedback", contract, horizon=0.0, now=5000.0)
+    report, _ = preprocess(RAW, root / "processed", contract, seed=42, feedback=[snap.path])
+    return snap, root / "processed", report
+
+
+def test_preprocess_with_a_snapshot_keeps_the_test_split_and_holds_out_the_newest(with_feedback, processed, contract):
+    snap, out, report = with_feedback
     assert snap.manifest["rows"] == REPEATS + NEW_ROWS
-    out = tmp_path / "processed"
-    report, _ = preprocess(RAW, out, contract, seed=42, feedback=[snap.path])
     fb = report["feedback"]
     held = NEW_ROWS // 5  # the test share (0.2) of the feedback rows kept, newest
     assert (fb["duplicates_removed"], fb["train_rows"], fb["out_of_time_rows"]) == (REPEATS, NEW_ROWS - held, held)
@@ -71,6 +76,32 @@ def test_preprocess_with_a_snapshot_keeps_the_test_split_and_holds_out_the_newes
     assert not train["hours-per-week"].tail(held).equals(newest["hours-per-week"])
     assert load_out_of_time(processed, contract) is None  # built without feedback: no window
     assert not (processed / OUT_OF_TIME_FILE).exists()
+
+
+def test_training_logs_the_snapshot_as_a_feedback_dataset_input(with_feedback, contract, tmp_path):
+    import mlflow
+
+    from msml.config import load_settings
+    from msml.training.train import load_data, log_training_dataset
+
+    snap, out, _ = with_feedback
+    settings = load_settings().with_overrides(processed_dir=out)
+    data = load_data(settings)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run() as run:
+            log_training_dataset(data, contract)
+        logged = mlflow.get_run(run.info.run_id)
+    finally:
+        mlflow.set_tracking_uri(None)
+    inputs = {i.tags[0].value: i.dataset for i in logged.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "feedback"}
+    feedback = inputs["feedback"]
+    assert feedback.name == f"{contract.name}_feedback/{snap.version}" and snap.sha256.startswith(feedback.digest)
+    assert json.loads(feedback.source)["uri"] == str(snap.path)
+    assert [c["name"] for c in json.loads(feedback.schema)["mlflow_colspec"]] == [*contract.features, contract.target]
+    assert logged.data.tags["msml.feedback.sha256"] == snap.sha256
+    assert json.loads((out / "manifest.json").read_text())["train.csv.gz"].startswith(inputs["training"].digest)
 
 
 def test_collect_and_status_commands(store_url, tmp_path, contract):
