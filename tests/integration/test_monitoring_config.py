@@ -226,7 +226,7 @@ def test_grafana_dashboard_has_every_panel_with_its_query():
     by_title = {p["title"]: p for p in dash["panels"] if p["type"] != "row"}
     assert len(by_title) == len(definitions.PANELS) >= 10
     rows = [p["title"].lower() for p in dash["panels"] if p["type"] == "row"]
-    assert rows == list(definitions.ROWS) == ["traffic", "model", "data"]
+    assert rows == list(definitions.ROWS) == ["traffic", "model", "data", "loop"]
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     assert variables["job"]["type"] == "query" and variables["job"]["datasource"]["uid"] == "${datasource}"
