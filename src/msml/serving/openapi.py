@@ -78,6 +78,9 @@ def openapi_extra(contract: Contract, max_rows: int, max_items: int) -> tuple[di
             },
         },
         "responses": {k: v for k, v in responses.items() if k in ("400", "401", "413", "415", "422")}
-        | {"401": {"description": "A feedback token is configured and was not given."}},
+        | {
+            "401": {"description": "A feedback token is configured and was not given."},
+            "503": {"description": "The loop store cannot take labels right now: retry after Retry-After seconds."},
+        },
     }
     return invocations, feedback
