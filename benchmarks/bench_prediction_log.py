@@ -2,7 +2,7 @@
 then a soak with it on, rows logged against rows served.
 
     .venv/bin/python benchmarks/bench_prediction_log.py [--duration 8] [--capacity-seconds 5]
-        [--rounds 3] [--round-seconds 10] [--soak-seconds 60] [--workdir DIR]
+        [--rounds 3] [--round-seconds 10] [--soak-seconds 60] [--workdir DIR] [--capacity REQ_PER_S]
 
 Builds a champion as bench_gateway.py does (its helpers: the client in its own process, the open-loop capacity
 search), starts one MLflow scoring server (1 worker) and two `msml gateway`s in front of it: one logging every
@@ -84,6 +84,9 @@ def main() -> int:
     parser.add_argument("--round-seconds", type=float, default=10.0)
     parser.add_argument("--soak-seconds", type=float, default=60.0)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--capacity", type=float, default=None, help="a capacity found before (req/s, both): skip the search"
+    )
     args = parser.parse_args()
 
     import httpx
@@ -127,13 +130,16 @@ def main() -> int:
         def groups(name):
             return {"gateway": procs[name].pid, "model": server.proc.pid}
 
-        print("capacity of both gateways, searched together", flush=True)
-        capacity = paired_capacity(
-            lambda name, rate, seconds: open_loop(urls[name], rate, seconds, bodies_file, groups(name)),
-            names,
-            min(closed[(name, 32)]["throughput"] for name in names),  # a closed loop under-states capacity
-            args.capacity_seconds,
-        )
+        if args.capacity:
+            capacity = {name: args.capacity for name in names}
+        else:
+            print("capacity of both gateways, searched together", flush=True)
+            capacity = paired_capacity(
+                lambda name, rate, seconds: open_loop(urls[name], rate, seconds, bodies_file, groups(name)),
+                names,
+                min(closed[(name, 32)]["throughput"] for name in names),  # a closed loop under-states capacity
+                args.capacity_seconds,
+            )
         rate = 0.8 * min(capacity.values())
         same: dict[str, list[dict]] = {name: [] for name in names}
         for k in range(args.rounds):
