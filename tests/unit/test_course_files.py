@@ -391,6 +391,9 @@ def test_exporter_drift_is_the_gateways(exporter):
 
 def test_exporter_feedback_scores_like_the_gateways(exporter):
     """Live accuracy from /feedback: the exporter's book against the gateway's FeedbackBook on the same labels."""
+    import asyncio
+    import time
+
     from msml.monitoring.metrics import GatewayMetrics
     from msml.serving.feedback import FeedbackBook
 
@@ -398,11 +401,13 @@ def test_exporter_feedback_scores_like_the_gateways(exporter):
     book = FeedbackBook(contract, GatewayMetrics())
     ours = exporter.Exporter("http://127.0.0.1:9", reference=None)
     classes = [1, 0, 1, 1, 0]
-    their_ids = book.remember(classes)
+    their_ids = book.remember(classes, time.time())
     our_ids = [f"{i:032x}" for i in range(len(classes))]
     ours.predicted.update(zip(our_ids, classes, strict=False))
     truths = [contract.positive, contract.negative, contract.negative, 1, 1]
-    theirs = book.record({"feedback": [{"id": i, "label": t} for i, t in zip(their_ids, truths, strict=True)]})
+    theirs = asyncio.run(
+        book.record({"feedback": [{"id": i, "label": t} for i, t in zip(their_ids, truths, strict=True)]})
+    )
     ours_body = {"feedback": [{"id": i, "label": t} for i, t in zip(our_ids, truths, strict=True)]}
     answer = ours.feedback(json.dumps(ours_body).encode())
     assert answer["live_accuracy"] == theirs["live_accuracy"] == 0.6 and answer["accepted"] == 5
