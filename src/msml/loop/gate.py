@@ -117,7 +117,9 @@ def compare(
         result = _evaluate(y, cand, f"{name}_candidate_")
         key = f"{name}_candidate_{METRIC}"
         try:
-            mlflow.validate_evaluation_results({key: MetricThreshold(threshold=policy.floor, greater_is_better=True)}, result)
+            mlflow.validate_evaluation_results(
+                {key: MetricThreshold(threshold=policy.floor, greater_is_better=True)}, result
+            )
         except ModelValidationFailedException as exc:
             failures.append(f"{name}: below the floor {policy.floor:g} ({exc})")
         cand_acc = float(result.metrics[key])
@@ -129,7 +131,8 @@ def compare(
         checks.append(Check(name, "overall", len(y), champ_acc, cand_acc, limit, ok))
         if champ_acc is not None and cand_acc < champ_acc - policy.tolerance:
             failures.append(
-                f"{name}: accuracy {cand_acc:.4f} is more than {policy.tolerance:g} below the champion's {champ_acc:.4f}"
+                f"{name}: accuracy {cand_acc:.4f} is more than {policy.tolerance:g} below "
+                f"the champion's {champ_acc:.4f}"
             )
         if champion is None:
             continue
@@ -167,13 +170,14 @@ def gate(
     settings: Settings,
     candidate_version: str,
     champion_version: str | None,
-    policy: GatePolicy = GatePolicy(),
+    policy: GatePolicy | None = None,
     window: Path | None = None,
     tags: dict[str, str] | None = None,
 ) -> GateResult:
     """Score both registry versions of `settings.model_name` on the evaluation frames and decide (logged to MLflow)."""
     import mlflow
 
+    policy = policy or GatePolicy()
     name, contract = settings.model_name, settings.contract
     frames = evaluation_frames(settings, window)
 

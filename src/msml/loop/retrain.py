@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from msml.config import Settings
-from msml.loop import decisions
+from msml.config import DEFAULT_TIME_BUDGET, Settings
+from msml.loop import trigger as decisions
 from msml.loop.gate import GatePolicy
 from msml.loop.trigger import retrain_lock
 
@@ -61,8 +61,8 @@ def retrain(
     reason: str,
     fingerprint: str = "",
     trials: int = DEFAULT_LOOP_TRIALS,
-    time_budget: float | None = None,
-    policy: GatePolicy = GatePolicy(),
+    time_budget: float | None = DEFAULT_TIME_BUDGET,
+    policy: GatePolicy | None = None,
     window: Path | None = None,
     lock_path: Path | None = None,
     roll_out: bool = True,
@@ -78,6 +78,7 @@ def retrain(
     from msml.tracking.registry import CHAMPION, promote_gated, reject
     from msml.training.tuning import tune
 
+    policy = policy or GatePolicy()
     lock_path = lock_path or settings.run_dir / "loop" / "retrain.lock"
     seconds: dict[str, float] = {}
     with retrain_lock(lock_path):

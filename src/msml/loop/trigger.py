@@ -1,8 +1,9 @@
 """From an alert to a retraining, behind guards: which alerts retrain, and whether this one may now.
 
 Alertmanager POSTs its webhook to the receiver (msml.monitoring.receiver), which hands the firing alerts to
-`Trigger.handle`. Each alert gets one decision, recorded with the figures its guard compared
-(msml.loop.decisions), in this order:
+`Trigger.handle`. Each alert gets one decision, recorded in the loop's store (msml.loop.store, `record_decision`)
+with the figures its guard compared; the store is also the guards' memory (was this alert seen, when did the
+last retraining start, how many today), so it survives a receiver restart. In this order:
 
   paged             the alert is not one that retraining can fix (data quality, the loop's own alerts): a person
   duplicate         this alert (fingerprint + start time) already started a retraining — Alertmanager re-sends a
@@ -43,8 +44,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
 
-from msml.loop import decisions as d
-from msml.loop.decisions import Decision, DecisionLog
+from msml.loop.store import LoopStore
+
+# The outcomes a decision can have (the `outcome` label of msml_retrain_decisions_total). A started retraining
+# gets a second record when it ends: promoted, rejected-by-gate or failed.
+STARTED = "started"
+DUPLICATE = "duplicate"
+SKIPPED_COOLDOWN = "skipped-cooldown"
+SKIPPED_FEW_ROWS = "skipped-few-rows"
+SKIPPED_BUSY = "skipped-busy"
+SKIPPED_DAILY_CAP = "skipped-daily-cap"
+PAGED = "paged"  # an alert that retraining cannot fix (data quality, the loop's own): a person looks
+PROMOTED = "promoted"
+REJECTED = "rejected-by-gate"
+FAILED = "failed"
+ENDINGS = (PROMOTED, REJECTED, FAILED)
 
 # The alerts retraining answers (msml.monitoring.definitions): the inputs moved, or the answers got worse.
 RETRAIN_ALERTS = ("DataDriftPSI", "LiveAccuracyDrop")
@@ -86,10 +100,6 @@ class TriggerSettings:
     @property
     def lock_path(self) -> Path:
         return self.loop_dir / "retrain.lock"
-
-    @property
-    def decisions_path(self) -> Path:
-        return self.loop_dir / "decisions.jsonl"
 
     @classmethod
     def from_env(cls, run_dir: Path, env: Mapping[str, str] | None = None) -> TriggerSettings:
@@ -163,7 +173,7 @@ def parse_notification(payload: object) -> list[FiredAlert]:
     if not isinstance(payload, dict):
         raise BadNotification("the body must be a JSON object (Alertmanager's webhook notification)")
     if payload.get("version") != "4":
-        raise BadNotification(f"version must be \"4\" (Alertmanager's webhook format), got {payload.get('version')!r}")
+        raise BadNotification(f'version must be "4" (Alertmanager\'s webhook format), got {payload.get("version")!r}')
     alerts = payload.get("alerts")
     if not isinstance(alerts, list) or not alerts:
         raise BadNotification("'alerts' must be a non-empty list")
@@ -179,10 +189,21 @@ def parse_notification(payload: object) -> list[FiredAlert]:
                 raise BadNotification(f"alerts[{i}].{name} must be a non-empty string")
         if a["status"] not in ("firing", "resolved"):
             raise BadNotification(f"alerts[{i}].status must be firing or resolved, got {a['status']!r}")
-        out.append(
-            FiredAlert(labels["alertname"], a["fingerprint"], a["startsAt"], a["status"], {**labels})
-        )
+        out.append(FiredAlert(labels["alertname"], a["fingerprint"], a["startsAt"], a["status"], {**labels}))
     return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What was decided about one alert (as recorded in the store)."""
+
+    reason: str
+    fingerprint: str
+    outcome: str
+    detail: dict
+    time: float
+    run_id: str | None = None
+    model_version: str | None = None
 
 
 # --- the trigger -----------------------------------------------------------------------------------------------
@@ -191,19 +212,18 @@ def parse_notification(payload: object) -> list[FiredAlert]:
 class Trigger:
     """Decides about each firing alert and starts at most one retraining (see the module docstring).
 
-    `labels_since(t)` counts the labelled rows that arrived after epoch second `t`; `on_decision` sees every
-    decision once it is recorded (the receiver counts them as metrics)."""
+    `store` records the decisions and counts the new labels; `on_decision` sees every decision once it is
+    recorded (the receiver counts them as metrics); `env` is the retraining's environment."""
 
     def __init__(
         self,
         settings: TriggerSettings,
-        labels_since: Callable[[float], int],
+        store: LoopStore,
         on_decision: Callable[[Decision], None] = lambda _: None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
-        self.log = DecisionLog(settings.decisions_path)
-        self.labels_since = labels_since
+        self.store = store
         self.on_decision = on_decision
         self.env = dict(os.environ if env is None else env)
         self._lock = threading.Lock()
@@ -211,7 +231,15 @@ class Trigger:
         self._watcher: threading.Thread | None = None
 
     def _record(self, decision: Decision) -> Decision:
-        self.log.record(decision)
+        self.store.record_decision(
+            decision.reason,
+            decision.outcome,
+            decision.detail,
+            fingerprint=decision.fingerprint,
+            run_id=decision.run_id,
+            model_version=decision.model_version,
+            time=decision.time,
+        )
         self.on_decision(decision)
         return decision
 
@@ -223,43 +251,44 @@ class Trigger:
         with self._lock:
             return [self._decide(a) for a in alerts if a.status == "firing"]
 
-    def _decide(self, alert: FiredAlert, now: float | None = None) -> Decision:
-        s, now = self.settings, time.time() if now is None else now
-        past = self.log.decisions()
+    def _decide(self, alert: FiredAlert) -> Decision:
+        s, now = self.settings, time.time()
 
         def decision(outcome: str, **detail) -> Decision:
-            return self._record(Decision(alert.name, alert.key, alert.fingerprint, outcome, detail, at=now))
+            detail = {"starts_at": alert.starts_at, **detail}
+            return self._record(Decision(alert.name, alert.fingerprint, outcome, detail, now))
 
         if alert.name not in s.retrain_alerts:
-            return decision(d.PAGED, why=f"{alert.name} is not one of {', '.join(s.retrain_alerts)}")
-        if any(p.key == alert.key and p.outcome == d.STARTED for p in past):
-            return decision(d.DUPLICATE, why="this alert already started a retraining")
+            return decision(PAGED, why=f"{alert.name} is not one of {', '.join(s.retrain_alerts)}")
+        seen = self.store.decisions(limit=1000, fingerprint=alert.fingerprint, decision=STARTED)
+        if any(p.detail.get("starts_at") == alert.starts_at for p in seen):
+            return decision(DUPLICATE, why="this alert already started a retraining")
         if self.running():
-            return decision(d.SKIPPED_BUSY, why="a retraining is running")
-        starts = [p.at for p in past if p.outcome == d.STARTED]
-        last = max(starts, default=None)
+            return decision(SKIPPED_BUSY, why="a retraining is running")
+        starts = [p.time for p in self.store.decisions(limit=s.daily_cap + 1, since=now - DAY, decision=STARTED)]
+        last_ever = self.store.decisions(limit=1, decision=STARTED)
+        last = last_ever[0].time if last_ever else None
         if last is not None and now - last < s.cooldown_seconds:
-            return decision(d.SKIPPED_COOLDOWN, seconds_left=round(s.cooldown_seconds - (now - last), 1))
-        today = sum(1 for t in starts if now - t < DAY)
-        if today >= s.daily_cap:
-            return decision(d.SKIPPED_DAILY_CAP, started_today=today, daily_cap=s.daily_cap)
-        rows = self.labels_since(last or 0.0)
+            return decision(SKIPPED_COOLDOWN, seconds_left=round(s.cooldown_seconds - (now - last), 1))
+        if len(starts) >= s.daily_cap:
+            return decision(SKIPPED_DAILY_CAP, started_today=len(starts), daily_cap=s.daily_cap)
+        rows = self.store.labelled_since(last or 0.0)
         if rows < s.min_new_labels:
-            return decision(d.SKIPPED_FEW_ROWS, new_labels=rows, needed=s.min_new_labels)
-        started = decision(d.STARTED, new_labels=rows)
+            return decision(SKIPPED_FEW_ROWS, new_labels=rows, needed=s.min_new_labels)
+        started = decision(STARTED, new_labels=rows)
         self._start(alert, started)
         return started
 
     def _start(self, alert: FiredAlert, started: Decision) -> None:
         s = self.settings
-        result = s.loop_dir / f"retrain-{int(started.at * 1000)}.json"
+        stamp = f"{int(started.time * 1000)}"
+        result, log = s.loop_dir / f"retrain-{stamp}.json", s.loop_dir / f"retrain-{stamp}.log"
         cmd = [*s.command, "--reason", alert.name, "--fingerprint", alert.fingerprint, "--result", str(result)]
-        log = s.loop_dir / f"retrain-{int(started.at * 1000)}.log"
+        s.loop_dir.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            self._child = subprocess.Popen(
+            child = self._child = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
             )
-        child = self._child
         self._watcher = threading.Thread(
             target=self._await_end, args=(child, alert, result, log), name="retrain-watch", daemon=True
         )
@@ -272,9 +301,20 @@ class Trigger:
         except (OSError, ValueError):
             body = {}
         outcome = body.get("outcome") if code == 0 else None
-        if outcome not in d.ENDINGS:
-            outcome, body = d.FAILED, {"exit_code": code, "log": str(log), **body}
-        self._record(Decision(alert.name, alert.key, alert.fingerprint, outcome, body))
+        if outcome not in ENDINGS:
+            outcome, body = FAILED, {"exit_code": code, "log": str(log), **body}
+        detail = {"starts_at": alert.starts_at, **body}
+        self._record(
+            Decision(
+                alert.name,
+                alert.fingerprint,
+                outcome,
+                detail,
+                time.time(),
+                run_id=body.get("run_id") or None,
+                model_version=body.get("candidate") or None,
+            )
+        )
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the retraining this trigger started (if any) has ended and its ending is recorded."""

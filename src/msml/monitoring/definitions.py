@@ -44,6 +44,7 @@ from msml.monitoring.metrics import (
 GATEWAY_JOB = "gateway"
 MLFLOW_JOB = "mlflow"
 PROMETHEUS_JOB = "prometheus"
+LOOP_JOB = "loop"  # the webhook receiver, which exports the closed loop's decisions
 
 # Rate window of the recording rules: 4 samples at the production 15 s scrape interval. Dashboard panels that
 # rate raw counters use Grafana's $__rate_interval instead (it follows the datasource's scrape interval).

@@ -51,13 +51,39 @@ class LoopMetrics:
             registry=self.registry,
         )
         self.champion = Gauge(
-            CHAMPION_VERSION, "Registry version of the model holding @champion (NaN when unknown).", registry=self.registry
+            CHAMPION_VERSION,
+            "Registry version of the model holding @champion (NaN when unknown).",
+            registry=self.registry,
         )
         if champion_version is not None:
             self.champion.set_function(champion_version)
 
     def count(self, decision) -> None:
         self.decisions.labels(reason=decision.reason, outcome=decision.outcome).inc()
+
+
+def champion_reader(tracking_uri: str, model_name: str, ttl: float = 10.0) -> Callable[[], float]:
+    """A function giving the version holding @champion (NaN when none or the registry does not answer), asked of
+    the registry at most every `ttl` seconds (a scrape every 15 s costs one registry query)."""
+    cache = {"at": -ttl, "value": float("nan")}
+    lock = threading.Lock()
+
+    def read() -> float:
+        with lock:
+            if time.monotonic() - cache["at"] >= ttl:
+                cache["at"] = time.monotonic()
+                try:
+                    from mlflow import MlflowClient
+
+                    from msml.tracking.registry import CHAMPION
+
+                    version = MlflowClient(tracking_uri).get_model_version_by_alias(model_name, CHAMPION).version
+                    cache["value"] = float(version)
+                except Exception:  # no champion yet, or the registry is down: unknown, not an old number
+                    cache["value"] = float("nan")
+            return cache["value"]
+
+    return read
 
 
 def make_server(
@@ -104,8 +130,13 @@ def make_server(
                 if trigger is None or secret is None:
                     return self._reply(503, {"error": f"the retrain trigger is off: no {TOKEN_ENV} configured"})
                 if not self._authorised():
-                    return self._reply(401, {"error": "the trigger needs 'Authorization: Bearer <token>' "
-                                         f"(the {TOKEN_ENV} Alertmanager sends)"})
+                    return self._reply(
+                        401,
+                        {
+                            "error": "the trigger needs 'Authorization: Bearer <token>' "
+                            f"(the {TOKEN_ENV} Alertmanager sends)"
+                        },
+                    )
             length = int(self.headers.get("Content-Length") or 0)
             if length <= 0 or length > MAX_BODY:
                 return self._reply(400 if length <= 0 else 413, {"error": f"body of {length} bytes refused"})

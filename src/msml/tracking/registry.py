@@ -16,6 +16,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from msml.errors import TrackingError
+
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
@@ -151,7 +153,7 @@ def rollback(name: str) -> tuple[str, str]:
     try:
         previous = client.get_model_version_by_alias(name, PREVIOUS)
     except MlflowException:
-        raise MlflowException(f"{name} has no @{PREVIOUS} version: nothing to roll back to") from None
+        raise TrackingError(f"{name} has no @{PREVIOUS} version: nothing to roll back to") from None
     current = _champion(client, name)
     client.set_registered_model_alias(name, CHAMPION, previous.version)
     client.delete_registered_model_alias(name, PREVIOUS)
