@@ -20,11 +20,11 @@ of the labels) but is a new incident with a new `startsAt`.
 The lock is an flock on `<run_dir>/loop/retrain.lock` that `msml retrain` holds while it runs, so a retraining
 started by hand counts too, and a receiver restart cannot start a second one beside a live one.
 
-Why `min_new_labels` defaults to 1,823: a retraining is worth its cost only when the new labels can show that
+Why `min_new_labels` defaults to 1,822: a retraining is worth its cost only when the new labels can show that
 accuracy moved. With the champion's accuracy p0 = 0.87 (Adult, test split) and a drop of d = 2 points to
 p1 = 0.85, a one-sided test of one proportion at significance alpha = 0.05 with power 0.8 needs
     n = ((z_(1-alpha) * sqrt(p0 (1 - p0)) + z_power * sqrt(p1 (1 - p1))) / d)^2
-      = ((1.645 * 0.336 + 0.842 * 0.357) / 0.02)^2 = 1,822.6  ->  1,823 labelled rows
+      = ((1.6449 * 0.3363 + 0.8416 * 0.3571) / 0.02)^2 = 1,821.96  ->  1,822 labelled rows
 (`min_labels_for_drop` computes it; fewer rows and a 2-point drop is more likely than not to be lost in noise).
 """
 
