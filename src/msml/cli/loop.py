@@ -62,8 +62,8 @@ def retrain(
     reason: str = typer.Option(..., "--reason", help="What asked for it: the alert's name (tagged on the runs)."),
     fingerprint: str = typer.Option("", "--fingerprint", help="The alert's fingerprint (tagged on the runs)."),
     trials: int = typer.Option(None, "--trials", min=1, max=500, help="Optuna trials (default: the loop's)."),
-    window: Path | None = typer.Option(
-        None, "--window", help="Out-of-time window CSV (raw format) the gate also scores (default: none)."
+    horizon: float = typer.Option(
+        None, "--horizon", min=0, help="Seconds a prediction must be old to be collected (default: collect's)."
     ),
     rollout: bool = typer.Option(
         True, "--rollout/--no-rollout", help="After a promotion, restart the model servers and tell the gateway."
@@ -83,7 +83,7 @@ def retrain(
             reason,
             fingerprint,
             trials=trials or DEFAULT_LOOP_TRIALS,
-            window=window,
+            horizon=horizon,
             roll_out=rollout,
             progress=typer.echo,
         )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -152,17 +151,16 @@ def compare(
     return checks, failures
 
 
-def evaluation_frames(settings: Settings, window: Path | None = None) -> dict[str, pd.DataFrame]:
-    """The rows both models are scored on: the frozen test split and, when given and present, the out-of-time
-    window (a CSV in the raw file's format)."""
-    from msml.data.preprocessing import load_clean_splits
+def evaluation_frames(settings: Settings) -> dict[str, pd.DataFrame]:
+    """The rows both models are scored on: the frozen test split and, when preprocessing held one out of the
+    feedback snapshots, the out-of-time window (`recent`)."""
+    from msml.data.preprocessing import load_clean_splits, load_out_of_time
 
     _, test = load_clean_splits(settings.processed_dir, settings.contract)
     frames = {"test": test.reset_index(drop=True)}
-    if window is not None and Path(window).exists():
-        recent = settings.contract.read_csv(window)
-        if len(recent):
-            frames["recent"] = recent[[*settings.contract.features, settings.contract.target]].reset_index(drop=True)
+    recent = load_out_of_time(settings.processed_dir, settings.contract)
+    if recent is not None and len(recent):
+        frames["recent"] = recent.reset_index(drop=True)
     return frames
 
 
@@ -171,7 +169,6 @@ def gate(
     candidate_version: str,
     champion_version: str | None,
     policy: GatePolicy | None = None,
-    window: Path | None = None,
     tags: dict[str, str] | None = None,
 ) -> GateResult:
     """Score both registry versions of `settings.model_name` on the evaluation frames and decide (logged to MLflow)."""
@@ -179,7 +176,7 @@ def gate(
 
     policy = policy or GatePolicy()
     name, contract = settings.model_name, settings.contract
-    frames = evaluation_frames(settings, window)
+    frames = evaluation_frames(settings)
 
     def predicted(version: str) -> dict[str, np.ndarray]:
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")

@@ -1,12 +1,15 @@
 """`msml retrain`: one retraining, start to end — under the lock, train, register, gate, promote, roll out.
 
 1. the one-retraining-at-a-time lock (msml.loop.trigger.retrain_lock), held to the end;
-2. tune on the processed data (`msml.training.tuning.tune`, few trials: the search plateaus early on Adult);
-3. tag the run with what started it: the trigger (the alert's name), the alert's fingerprint, and the sha256 of
-   the data it trained on;
+2. collect (msml.loop.collect): the labelled predictions older than `horizon` become the next snapshot; with any
+   snapshot, preprocess again: the raw file's split unchanged (the test split stays frozen), the snapshots' rows
+   added to train, their newest share held out as the out-of-time window;
+3. tune on the processed data (`msml.training.tuning.tune`, few trials: the search plateaus early on Adult), and
+   tag the run with what started it: the trigger (the alert's name), the alert's fingerprint, the newest
+   snapshot's sha256 and the processed data's;
 4. register the model as a new version, not yet champion;
 5. the gate (msml.loop.gate) against the version holding @champion, on the frozen test split and the
-   out-of-time window;
+   out-of-time window (when preprocessing held one out);
 6. passed: compare-and-set @champion (the replaced one kept as @previous), then the model servers restarted one
    at a time and the gateway told (msml.loop.rollout); rejected: the version tagged with the gate's reasons.
 The outcome and its figures go to `--result` (JSON), which the receiver reads to record the decision's end.
@@ -21,12 +24,14 @@ from pathlib import Path
 
 from msml.config import DEFAULT_TIME_BUDGET, Settings
 from msml.loop import trigger as decisions
+from msml.loop.collect import DEFAULT_HORIZON
 from msml.loop.gate import GatePolicy
 from msml.loop.trigger import retrain_lock
 
 # Tags on the retraining's tuning run and its gate run.
 TRIGGER_TAG = "msml.loop.trigger"
 FINGERPRINT_TAG = "msml.loop.alert_fingerprint"
+SNAPSHOT_SHA_TAG = "msml.loop.snapshot_sha256"
 DATA_SHA_TAG = "msml.loop.data_sha256"
 DEFAULT_LOOP_TRIALS = 3  # the search plateaus by trial ~5 (benchmarks/bench_training.py); a loop pays it per alert
 
@@ -42,6 +47,7 @@ class RetrainResult:
     champion_after: str | None = None
     gate: dict = field(default_factory=dict)
     gate_summary: str = ""
+    snapshot: dict = field(default_factory=dict)
     rollout: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
 
@@ -56,6 +62,20 @@ def data_sha256(processed_dir: Path) -> str:
     return file_sha256(Path(processed_dir) / MANIFEST_FILE)
 
 
+def refresh_data(settings: Settings, horizon: float):
+    """Collect the next snapshot, and with any snapshot preprocess the raw file plus all of them again; the
+    newest snapshot (None when there is none at all: the processed data stays as it is)."""
+    from msml.data.preprocessing import preprocess
+    from msml.loop.collect import collect, snapshots
+
+    collect(settings.loop_store, settings.feedback_dir, settings.contract, horizon=horizon)
+    every = snapshots(settings.feedback_dir)
+    if not every:
+        return None
+    preprocess(settings.raw_path, settings.processed_dir, settings.contract, feedback=[s.path for s in every])
+    return every[-1]
+
+
 def retrain(
     settings: Settings,
     reason: str,
@@ -63,7 +83,7 @@ def retrain(
     trials: int = DEFAULT_LOOP_TRIALS,
     time_budget: float | None = DEFAULT_TIME_BUDGET,
     policy: GatePolicy | None = None,
-    window: Path | None = None,
+    horizon: float | None = None,
     lock_path: Path | None = None,
     roll_out: bool = True,
     progress=print,
@@ -82,7 +102,15 @@ def retrain(
     lock_path = lock_path or settings.run_dir / "loop" / "retrain.lock"
     seconds: dict[str, float] = {}
     with retrain_lock(lock_path):
-        tags = {TRIGGER_TAG: reason, FINGERPRINT_TAG: fingerprint, DATA_SHA_TAG: data_sha256(settings.processed_dir)}
+        t = time.perf_counter()
+        newest = refresh_data(settings, DEFAULT_HORIZON if horizon is None else horizon)
+        seconds["data"] = round(time.perf_counter() - t, 1)
+        tags = {
+            TRIGGER_TAG: reason,
+            FINGERPRINT_TAG: fingerprint,
+            SNAPSHOT_SHA_TAG: "" if newest is None else newest.sha256,
+            DATA_SHA_TAG: data_sha256(settings.processed_dir),
+        }
         t = time.perf_counter()
         summary = tune(settings, n_trials=trials, time_budget=time_budget, progress=lambda _: None)
         seconds["train"] = round(time.perf_counter() - t, 1)
@@ -96,7 +124,7 @@ def retrain(
             champion = str(client.get_model_version_by_alias(settings.model_name, CHAMPION).version)
         except mlflow.exceptions.MlflowException:
             champion = None
-        result = gate(settings, candidate, champion, policy, window, tags=tags)
+        result = gate(settings, candidate, champion, policy, tags=tags)
         seconds["gate"] = round(time.perf_counter() - t, 1)
         progress(f"      gate {result.summary()}")
         out = RetrainResult(
@@ -109,6 +137,7 @@ def retrain(
             champion_after=champion,
             gate=result.to_dict(),
             gate_summary=result.summary(),
+            snapshot={} if newest is None else {"path": str(newest.path), **newest.manifest},
             seconds=seconds,
         )
         if not result.passed:

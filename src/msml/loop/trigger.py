@@ -84,7 +84,8 @@ def retrain_command() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class TriggerSettings:
-    """Every guard's setting; `from_env` reads the `MSML_LOOP_*` overrides (the demo and tests shrink them)."""
+    """Every guard's setting and the retraining's options; `from_env` reads the `MSML_LOOP_*` overrides
+    (COOLDOWN_SECONDS, MIN_NEW_LABELS, DAILY_CAP, TRIALS, HORIZON, RETRAIN_ALERTS: the demo shrinks them)."""
 
     run_dir: Path
     retrain_alerts: tuple[str, ...] = RETRAIN_ALERTS
@@ -92,6 +93,8 @@ class TriggerSettings:
     min_new_labels: int = MIN_NEW_LABELS
     daily_cap: int = 6
     command: tuple[str, ...] = field(default_factory=retrain_command)
+    trials: int | None = None  # `msml retrain --trials` (None: its default)
+    horizon: float | None = None  # `msml retrain --horizon`: label delay allowed before a row is collected
 
     @property
     def loop_dir(self) -> Path:
@@ -112,6 +115,10 @@ class TriggerSettings:
             changes["min_new_labels"] = int(env["MSML_LOOP_MIN_NEW_LABELS"])
         if env.get("MSML_LOOP_DAILY_CAP"):
             changes["daily_cap"] = int(env["MSML_LOOP_DAILY_CAP"])
+        if env.get("MSML_LOOP_TRIALS"):
+            changes["trials"] = int(env["MSML_LOOP_TRIALS"])
+        if env.get("MSML_LOOP_HORIZON"):
+            changes["horizon"] = float(env["MSML_LOOP_HORIZON"])
         if env.get("MSML_LOOP_RETRAIN_ALERTS"):
             changes["retrain_alerts"] = tuple(a.strip() for a in env["MSML_LOOP_RETRAIN_ALERTS"].split(",") if a)
         return cls(**{**s.__dict__, **changes})
@@ -284,6 +291,8 @@ class Trigger:
         stamp = f"{int(started.time * 1000)}"
         result, log = s.loop_dir / f"retrain-{stamp}.json", s.loop_dir / f"retrain-{stamp}.log"
         cmd = [*s.command, "--reason", alert.name, "--fingerprint", alert.fingerprint, "--result", str(result)]
+        cmd += [] if s.trials is None else ["--trials", str(s.trials)]
+        cmd += [] if s.horizon is None else ["--horizon", f"{s.horizon:g}"]
         s.loop_dir.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             child = self._child = subprocess.Popen(

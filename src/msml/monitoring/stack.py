@@ -179,9 +179,14 @@ def commands(stack: Stack, paths: dict[str, Path], timing: Timing = PRODUCTION) 
 
 
 def start(
-    run_dir: str | Path, ports: Ports = DEFAULT_PORTS, timing: Timing = PRODUCTION, timeout: float = 60.0
+    run_dir: str | Path,
+    ports: Ports = DEFAULT_PORTS,
+    timing: Timing = PRODUCTION,
+    timeout: float = 60.0,
+    receiver_env: Mapping[str, str] | None = None,
 ) -> Stack:
-    """Start the receiver, Alertmanager and Prometheus (those not already running); wait until all are ready."""
+    """Start the receiver, Alertmanager and Prometheus (those not already running); wait until all are ready.
+    `receiver_env`: extra environment of the receiver (the loop's MSML_LOOP_* settings, msml.loop.trigger)."""
     stack = Stack(Path(run_dir), ports)
     check_ports(run_dir, ports)
     paths = write_configs(stack, timing)
@@ -196,7 +201,7 @@ def start(
     try:
         for name in ("receiver", "alertmanager", "prometheus"):  # receivers first: nothing is sent into the void
             if read_pid(stack.pidfile(name)) is None:
-                env = {**os.environ, TOKEN_ENV: token} if name == "receiver" else None
+                env = {**os.environ, **(receiver_env or {}), TOKEN_ENV: token} if name == "receiver" else None
                 start_background(cmds[name], stack.pidfile(name), stack.log(name), env=env)
                 started.append(name)
         for name in ("receiver", "alertmanager", "prometheus"):
