@@ -225,8 +225,3 @@ def test_a_data_quality_alert_pages_and_does_not_retrain(alertmanager, loop_fact
     assert loop.wait_for(1) == ["paged"]
     time.sleep(0.5)
     assert loop.started() == []
-
-
-def test_min_new_labels_is_the_sample_size_for_a_two_point_drop():
-    assert T.MIN_NEW_LABELS == T.min_labels_for_drop(0.87, 0.02) == 1822
-    assert T.min_labels_for_drop(0.87, 0.04) < T.MIN_NEW_LABELS  # a bigger drop shows in fewer rows
