@@ -3,8 +3,8 @@
     make demo            # leaves the stack running (its last step already runs the loop once)
     flock /tmp/msml-bench.lock .venv/bin/python benchmarks/bench_loop.py [--replicas-note]
 
-Runs the demo's loop phase again against the running stack (msml.loop.showcase: 2,400 drifted rows, each with its
-ground truth) and reads each instant from where it happened: the alert's firing time (`startsAt`, which
+Runs the demo's loop phase again against the running stack (msml.loop.showcase: 2,400 rows of one subpopulation,
+each with its ground truth) and reads each instant from where it happened: the alert's firing time (`startsAt`, which
 Prometheus sets when the alert fires, carried by Alertmanager's notification), the receiver's `started` decision
 and the retraining's ending (both from the loop store), the retraining's own step times (collect + preprocess,
 tune, register + gate, rollout), and the first /health of the gateway that reports the new version. Prints one
@@ -27,12 +27,11 @@ def main() -> int:
 
     from msml.config import DEFAULT_PORTS, load_settings, local_url
     from msml.loop import showcase
-    from msml.ops.demo import _msml
 
     settings = load_settings()
     gateway = args.gateway or local_url(DEFAULT_PORTS.gateway)
     phase = time.time()
-    showcase.drifted_phase(_msml("loadgen"), gateway)
+    showcase.drifted_phase(settings, gateway)
     result = showcase.follow(settings, gateway, since=phase, timeout=args.timeout)
     t = result["timeline"]
     if result["outcome"] is None or "fired" not in t:

@@ -1,10 +1,10 @@
 """The closed loop as `make demo` shows it (its last step), and as benchmarks/bench_loop.py times it.
 
-After the demo's traffic: a drifted, labelled phase (every row drifted, every answer followed by its ground truth:
-`PHASE_REQUESTS` x `PHASE_BATCH_ROWS` = 2,400 rows, above the trigger's minimum of 1,822 new labels); the drift
-alert fires (the demo's stack holds every alert `DEMO_TIMING.for_override`, not 10 minutes); Alertmanager calls the
-receiver, whose trigger starts `msml retrain` (`DEMO_LOOP_ENV`: 2 trials, labels collected at once); the gate
-decides; if it promotes, the model server restarts and the gateway reports the new version. Every step is read
+After the demo's traffic: a drifted, labelled phase (real rows of one subpopulation, `SHIFT`, every answer followed by
+its ground truth: `PHASE_REQUESTS` x `PHASE_BATCH_ROWS` = 2,400 rows, above the trigger's minimum of 1,822 labels);
+the drift alert fires (the demo's stack holds every alert `DEMO_TIMING.for_override`, not 10 minutes); Alertmanager
+calls the receiver, whose trigger starts `msml retrain` (`DEMO_LOOP_ENV`: 2 trials, labels collected at once); the
+gate decides; if it promotes, the model server restarts and the gateway reports the new version. Every step is read
 from where it happened: the decisions from the loop store, the figures from the retraining's result, the version
 from the gateway's /health.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 import time
 import urllib.request
 from dataclasses import replace
@@ -32,6 +31,10 @@ DEMO_TIMING = replace(PRODUCTION, for_override="30s", repeat_interval="1m")
 DEMO_LOOP_ENV = {"MSML_LOOP_TRIALS": "2", "MSML_LOOP_HORIZON": "0", "MSML_LOOP_COOLDOWN_SECONDS": "900"}
 PHASE_REQUESTS = 300
 PHASE_BATCH_ROWS = 8
+# The shift: only people aged 50 or more (a quarter of the test split), with their real labels. These rows repeat
+# raw rows, so preprocessing drops them from the next training set (the frozen test split cannot leak into it):
+# the demo shows the loop's mechanics on this dataset, which has no unseen rows to learn from.
+SHIFT = ("age", 50)
 
 
 def _health(gateway_url: str) -> dict:
@@ -46,25 +49,31 @@ def _epoch(rfc3339: str) -> float | None:
         return None
 
 
-def drifted_phase(loadgen: list[str], gateway_url: str) -> None:
-    """Send the drifted, labelled rows (the loadgen command prefix is the demo's `msml loadgen`)."""
-    subprocess.run(
-        [
-            *loadgen,
-            "--url",
+def drifted_phase(settings: Settings, gateway_url: str, echo=print) -> None:
+    """Send the drifted, labelled rows: real test-split rows of one subpopulation (`SHIFT`), each answer followed by
+    its true label. A covariate shift by selection is the only drift whose ground truth is known: a row whose
+    values were moved (loadgen's --drift-share) has none, so it can never be labelled."""
+    import asyncio
+
+    from msml.ops.loadgen import load_test_rows, run_load
+
+    rows, truths = load_test_rows(settings.processed_dir, settings.contract)
+    column, low = SHIFT
+    chosen = [i for i, r in enumerate(rows) if r[column] is not None and r[column] >= low]
+    report = asyncio.run(
+        run_load(
             gateway_url,
-            "--count",
-            str(PHASE_REQUESTS),
-            "--batch-rows",
-            str(PHASE_BATCH_ROWS),
-            "-c",
-            "4",
-            "--drift-share",
-            "1.0",
-            "--feedback",
-            "--no-progress",
-        ],
-        check=False,
+            [rows[i] for i in chosen],
+            [truths[i] for i in chosen],
+            concurrency=4,
+            count=PHASE_REQUESTS,
+            batch_rows=PHASE_BATCH_ROWS,
+            feedback=True,
+        )
+    )
+    echo(
+        f"      {report.ok * PHASE_BATCH_ROWS} rows of {column} >= {low} scored ({len(chosen)} distinct test rows), "
+        f"{report.feedback_sent} labels sent, {report.errors} errors"
     )
 
 
@@ -106,6 +115,8 @@ def follow(settings: Settings, gateway_url: str, since: float, echo=print, timeo
             if str((_health(gateway_url).get("model") or {}).get("version")) == version:
                 timeline["serving"] = time.time()
                 echo(f"      the gateway serves v{version} (its drift reference: the new champion's training data)")
+                if timeline.get("fired"):
+                    echo(f"      alert fired → new champion serving: {timeline['serving'] - timeline['fired']:.1f} s")
                 break
             time.sleep(0.5)
     return {"timeline": timeline, "outcome": ended.decision, "detail": detail}

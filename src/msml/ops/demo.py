@@ -247,11 +247,11 @@ def run_demo(
         echo,
         9,
         total,
-        f"the closed loop: {showcase.PHASE_REQUESTS * showcase.PHASE_BATCH_ROWS} drifted, labelled rows → drift "
-        "alert → receiver → msml retrain → gate",
+        f"the closed loop: {showcase.PHASE_REQUESTS * showcase.PHASE_BATCH_ROWS} labelled rows of one subpopulation "
+        "→ drift alert → receiver → msml retrain → gate",
     )
     phase = time.time()
-    showcase.drifted_phase(_msml("loadgen"), urls["gateway"])
+    showcase.drifted_phase(settings, urls["gateway"], echo)
     showcase.follow(settings, urls["gateway"], since=phase, echo=echo)
     echo(f"      ({time.perf_counter() - start:.1f} s)")
     urls |= {"gateway docs": f"{urls['gateway']}/docs", "gateway metrics": f"{urls['gateway']}/metrics"}
