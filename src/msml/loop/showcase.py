@@ -84,7 +84,7 @@ def follow(settings: Settings, gateway_url: str, since: float, echo=print, timeo
 
     store = open_store(settings.loop_store)
     shown: set[int] = set()
-    timeline: dict = {"phase_end": since}
+    timeline: dict = {"phase": since}
     ended = None
     deadline = time.monotonic() + timeout
     try:
@@ -115,8 +115,10 @@ def follow(settings: Settings, gateway_url: str, since: float, echo=print, timeo
             if str((_health(gateway_url).get("model") or {}).get("version")) == version:
                 timeline["serving"] = time.time()
                 echo(f"      the gateway serves v{version} (its drift reference: the new champion's training data)")
-                if timeline.get("fired"):
-                    echo(f"      alert fired → new champion serving: {timeline['serving'] - timeline['fired']:.1f} s")
+                echo(
+                    f"      labelled phase started → retraining started {timeline['started'] - since:.1f} s → new "
+                    f"champion serving {timeline['serving'] - timeline['started']:.1f} s later"
+                )
                 break
             time.sleep(0.5)
     return {"timeline": timeline, "outcome": ended.decision, "detail": detail}
