@@ -18,7 +18,7 @@ from msml.config import load_settings
 from msml.loop.gate import GatePolicy, gate
 from msml.loop.retrain import DATA_SHA_TAG, FINGERPRINT_TAG, TRIGGER_TAG, data_sha256, retrain
 from msml.tracking.registry import CHAMPION, PREVIOUS
-from tests.conftest import run_msml
+from tests.conftest import RAW, run_msml
 from tests.integration.serving_fixtures import train_and_register
 
 pytestmark = pytest.mark.slow
@@ -43,6 +43,7 @@ def settings(processed, contract, tmp_path_factory):
     work = tmp_path_factory.mktemp("loop-gate")
     champion = train_and_register(processed, contract, work, "loop-gate-model")
     s = load_settings(root=work, contract_path=contract.path).with_overrides(
+        raw_path=RAW,
         processed_dir=processed,
         tracking_uri=champion.tracking_uri,
         artifact_root=champion.artifact_root,
@@ -110,3 +111,27 @@ def test_the_real_retraining_is_promoted_and_rollback_restores(settings):
     assert client.get_model_version(settings.model_name, out.candidate).tags["promotion"] == "rejected"
     again = run_msml("rollback", env=env)  # one step back, not a toggle
     assert again.returncode == 3 and "no @previous" in again.stderr
+
+
+def test_the_data_a_retraining_trains_on_is_built_in_the_run_folder(settings):
+    """With a snapshot to add, the retraining preprocesses into the run folder: the processed folder other stages
+    (and the course's deliverable) read is left byte for byte as it was."""
+    import time
+
+    from msml.data.preprocessing import MANIFEST_FILE
+    from msml.loop.retrain import loop_processed_dir, refresh_data
+    from msml.loop.store import Label, Prediction, open_store
+    from msml.ops.loadgen import load_test_rows
+
+    before = (settings.processed_dir / MANIFEST_FILE).read_bytes()
+    rows, truths = load_test_rows(settings.processed_dir, settings.contract)
+    store = open_store(settings.loop_store)
+    now = time.time()
+    store.log_predictions([Prediction(f"p{i}", now - 10, "m", "1", "h", rows[i], 0.5, 1) for i in range(40)])
+    store.record_labels([Label(f"p{i}", truths[i], now - 5) for i in range(40)])
+    store.close()
+    trained_on, snapshot = refresh_data(settings, horizon=0)
+    assert trained_on.processed_dir == loop_processed_dir(settings) != settings.processed_dir
+    assert snapshot is not None and snapshot.manifest["rows"] == 40
+    assert (trained_on.processed_dir / MANIFEST_FILE).exists()
+    assert (settings.processed_dir / MANIFEST_FILE).read_bytes() == before

@@ -2,8 +2,9 @@
 
 1. the one-retraining-at-a-time lock (msml.loop.trigger.retrain_lock), held to the end;
 2. collect (msml.loop.collect): the labelled predictions older than `horizon` become the next snapshot; with any
-   snapshot, preprocess again: the raw file's split unchanged (the test split stays frozen), the snapshots' rows
-   added to train, their newest share held out as the out-of-time window;
+   snapshot, preprocess again into the run folder (`loop_processed_dir`; the committed processed folder is left
+   as it is): the raw file's split unchanged (the test split stays frozen), the snapshots' rows added to train,
+   their newest share held out as the out-of-time window;
 3. tune on the processed data (`msml.training.tuning.tune`, few trials: the search plateaus early on Adult), and
    tag the run with what started it: the trigger (the alert's name), the alert's fingerprint, the newest
    snapshot's sha256 and the processed data's;
@@ -62,18 +63,26 @@ def data_sha256(processed_dir: Path) -> str:
     return file_sha256(Path(processed_dir) / MANIFEST_FILE)
 
 
+def loop_processed_dir(settings: Settings) -> Path:
+    """Where a retraining writes the data it trains on: under the run folder, not over the committed processed
+    folder (a course deliverable that `make demo` must leave as it is)."""
+    return settings.run_dir / "loop" / settings.processed_dir.name
+
+
 def refresh_data(settings: Settings, horizon: float):
-    """Collect the next snapshot, and with any snapshot preprocess the raw file plus all of them again; the
-    newest snapshot (None when there is none at all: the processed data stays as it is)."""
+    """Collect the next snapshot, and with any snapshot preprocess the raw file plus all of them into
+    `loop_processed_dir`. Returns the settings to train with (that folder, or the processed folder as it is when
+    there is no snapshot at all) and the newest snapshot (None then)."""
     from msml.data.preprocessing import preprocess
     from msml.loop.collect import collect, snapshots
 
     collect(settings.loop_store, settings.feedback_dir, settings.contract, horizon=horizon)
     every = snapshots(settings.feedback_dir)
     if not every:
-        return None
-    preprocess(settings.raw_path, settings.processed_dir, settings.contract, feedback=[s.path for s in every])
-    return every[-1]
+        return settings, None
+    out = loop_processed_dir(settings)
+    preprocess(settings.raw_path, out, settings.contract, feedback=[s.path for s in every])
+    return settings.with_overrides(processed_dir=out), every[-1]
 
 
 def retrain(
@@ -103,7 +112,7 @@ def retrain(
     seconds: dict[str, float] = {}
     with retrain_lock(lock_path):
         t = time.perf_counter()
-        newest = refresh_data(settings, DEFAULT_HORIZON if horizon is None else horizon)
+        settings, newest = refresh_data(settings, DEFAULT_HORIZON if horizon is None else horizon)
         seconds["data"] = round(time.perf_counter() - t, 1)
         tags = {
             TRIGGER_TAG: reason,
