@@ -97,6 +97,7 @@ def test_the_champion_changes_under_load_without_a_5xx(processed, contract, tmp_
         }
     ).encode()
     statuses: Counter = Counter()
+    reasons: Counter = Counter()  # the answers that were not 200, as the gateway wrote them
     done = threading.Event()
 
     def load(url: str) -> None:
@@ -108,6 +109,7 @@ def test_the_champion_changes_under_load_without_a_5xx(processed, contract, tmp_
                     statuses[resp.status] += 1
             except urllib.error.HTTPError as exc:
                 statuses[exc.code] += 1
+                reasons[exc.read()[:200]] += 1
             except OSError as exc:
                 statuses[type(exc).__name__] += 1
 
@@ -139,7 +141,7 @@ def test_the_champion_changes_under_load_without_a_5xx(processed, contract, tmp_
         mlflow.set_tracking_uri(None)
     print(f"statuses during the change: {dict(statuses)}; rollout {rolled}")
     assert set(rolled["replicas"]) == {"model-server", "model-server-2"} and rolled["gateway_told"]
-    assert statuses[200] > 100 and set(statuses) == {200}, statuses
+    assert statuses[200] > 100 and set(statuses) == {200}, (statuses, reasons)
     assert str(client.get_model_version_by_alias(model.name, CHAMPION).version) == new_version
     assert after["model"]["version"] == new_version
     assert after["drift_reference"] and after["drift_reference_run"] == new_run  # the new champion's training data
