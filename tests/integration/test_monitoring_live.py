@@ -252,7 +252,12 @@ def test_fresh_gateway_with_traffic_and_no_feedback_raises_no_alert_in_15_minute
 
 def test_the_targets_are_scraped_and_the_rules_loaded(live):
     up = {r["metric"]["job"]: r["value"][1] for r in prom_query(live.stack.prometheus_url, "up")}
-    assert up == {"gateway": "1", "prometheus": "1", "mlflow": "1"}  # mlflow: `mlflow server --expose-prometheus`
+    assert up == {
+        "gateway": "1",
+        "prometheus": "1",
+        "mlflow": "1",
+        "loop": "1",
+    }  # loop: the receiver; mlflow: `mlflow server --expose-prometheus`
     with urllib.request.urlopen(f"{live.stack.prometheus_url}/api/v1/rules", timeout=10) as resp:
         groups = json.loads(resp.read())["data"]["groups"]
     assert all(rule["health"] == "ok" for g in groups for rule in g["rules"]), groups
@@ -264,6 +269,7 @@ def test_every_target_is_up_and_the_mlflow_ui_answers(live, registered_model):
         "gateway": "up",
         "prometheus": "up",
         "mlflow": "up",
+        "loop": "up",  # the webhook receiver's /metrics
     }
     with urllib.request.urlopen(f"{live.mlflow_url}/", timeout=10) as resp:
         assert resp.status == 200 and b"<title>MLflow</title>" in resp.read()

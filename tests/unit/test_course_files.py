@@ -434,7 +434,11 @@ def test_prometheus_yml_loads_only_the_rule_file_shipped_beside_it_and_scrapes_t
         assert series_read(rule["expr"]) <= exposed | records, rule
     runbooks = (folder / RUNBOOKS).read_text()
     alerts = [r for r in rules if "alert" in r]
-    assert [a["alert"] for a in alerts] == [a.name for a in ALERTS]  # the exporter carries every alert's metric
+    # the exporter carries every gateway alert's metric; the loop's RetrainFailed reads the webhook receiver's
+    # msml_retrain_decisions_total, which is no part of the hand-in, so its rule stays out
+    carried = [a.name for a in ALERTS if series_read(a.expr) <= exposed | records]
+    assert [a["alert"] for a in alerts] == carried
+    assert {a.name for a in ALERTS} - set(carried) == {"RetrainFailed"}
     for a in alerts:
         section = a["annotations"]["runbook_url"].split("#")[1]
         assert a["annotations"]["runbook_url"].startswith(RUNBOOKS) and f"## {a['alert']}\n" in runbooks, section

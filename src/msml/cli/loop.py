@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from msml.cli.app import ContractOpt, MaxInvalidOpt, _settings, app
+from msml.cli.app import ContractOpt, MaxInvalidOpt, _fail, _settings, app
 
 loop_app = typer.Typer(no_args_is_help=True, help="The closed loop: its store, state and decisions.")
 app.add_typer(loop_app, name="loop")
@@ -55,3 +55,56 @@ def status(
     settings = _settings(None)
     state = status_of(store or settings.loop_store, last=last)
     typer.echo(json.dumps(state, indent=2) if as_json else render_status(state))
+
+
+@app.command()
+def retrain(
+    reason: str = typer.Option(..., "--reason", help="What asked for it: the alert's name (tagged on the runs)."),
+    fingerprint: str = typer.Option("", "--fingerprint", help="The alert's fingerprint (tagged on the runs)."),
+    trials: int = typer.Option(None, "--trials", min=1, max=500, help="Optuna trials (default: the loop's)."),
+    horizon: float = typer.Option(
+        None, "--horizon", min=0, help="Seconds a prediction must be old to be collected (default: collect's)."
+    ),
+    rollout: bool = typer.Option(
+        True, "--rollout/--no-rollout", help="After a promotion, restart the model servers and tell the gateway."
+    ),
+    result: Path | None = typer.Option(None, "--result", help="Write the outcome and its figures to this JSON file."),
+    contract: Path | None = ContractOpt,
+) -> None:
+    """Retrain, gate against @champion, and on a pass promote (the old champion kept as @previous) and roll out."""
+    from msml.loop.retrain import DEFAULT_LOOP_TRIALS
+    from msml.loop.retrain import retrain as run
+    from msml.loop.trigger import Busy
+
+    settings = _settings(contract)
+    try:
+        out = run(
+            settings,
+            reason,
+            fingerprint,
+            trials=trials or DEFAULT_LOOP_TRIALS,
+            horizon=horizon,
+            roll_out=rollout,
+            progress=typer.echo,
+        )
+    except Busy as exc:
+        _fail(f"{exc}: one retraining at a time", code=4)
+    if result is not None:
+        out.write(result)
+    typer.echo(f"{out.outcome}: {out.gate_summary}")
+    typer.echo(f"      @champion v{out.champion_before} -> v{out.champion_after}; seconds {out.seconds}")
+
+
+@app.command()
+def rollback(contract: Path | None = ContractOpt) -> None:
+    """Give @champion back to @previous (the champion a gated promotion replaced), then roll out."""
+    from msml.loop.rollout import roll_out
+    from msml.tracking.client import setup_tracking
+    from msml.tracking.registry import rollback as run
+
+    settings = _settings(contract)
+    setup_tracking(settings)
+    bad, restored = run(settings.model_name)
+    typer.echo(f"@champion of {settings.model_name}: v{bad} -> v{restored} (v{bad} tagged promotion=rejected)")
+    done = roll_out(settings.run_dir, settings.tracking_uri, progress=typer.echo)
+    typer.echo(f"      gateway told: {done['gateway_told']}")

@@ -39,11 +39,23 @@ def monitoring_receiver(
         None, "--out", help="JSON-lines file of notifications (default: where the stack reads them, .run/monitoring/)."
     ),
 ) -> None:
-    """Record every webhook notification POSTed to it (Alertmanager, Grafana) as JSON lines."""
-    from msml.monitoring.receiver import serve
+    """Record every webhook notification POSTed to it (Alertmanager, Grafana) as JSON lines; with
+    MSML_RECEIVER_TOKEN set, Alertmanager's POST /trigger also starts retraining behind the loop's guards."""
+    import os
+
+    from msml.monitoring.receiver import TOKEN_ENV, LoopMetrics, champion_reader, serve
     from msml.monitoring.render import notifications_path
 
-    serve(host, port, out or notifications_path(_settings(None).run_dir))
+    settings = _settings(None)
+    token = os.environ.get(TOKEN_ENV) or None  # a secret: from the environment only
+    trigger = None
+    metrics = LoopMetrics(champion_reader(settings.tracking_uri, settings.model_name))
+    if token:
+        from msml.loop.store import open_store
+        from msml.loop.trigger import Trigger, TriggerSettings
+
+        trigger = Trigger(TriggerSettings.from_env(settings.run_dir), open_store(settings.loop_store), metrics.count)
+    serve(host, port, out or notifications_path(settings.run_dir), trigger=trigger, token=token, metrics=metrics)
 
 
 @monitoring_app.command("up")

@@ -14,6 +14,7 @@ from msml.monitoring.drift import MIN_ROWS as DRIFT_MIN_ROWS
 from msml.monitoring.drift import THRESHOLD as DRIFT_PSI_THRESHOLD
 from msml.monitoring.metrics import (
     BATCH_ROWS,
+    CHAMPION_VERSION,
     DRIFT_PSI,
     DRIFT_WINDOW_ROWS,
     FEATURE_MISSING,
@@ -36,6 +37,7 @@ from msml.monitoring.metrics import (
     REPLICA,
     REQUEST_SECONDS,
     REQUESTS,
+    RETRAIN_DECISIONS,
     ROWS_SCORED,
     VALIDATION_FAILURES,
 )
@@ -44,6 +46,7 @@ from msml.monitoring.metrics import (
 GATEWAY_JOB = "gateway"
 MLFLOW_JOB = "mlflow"
 PROMETHEUS_JOB = "prometheus"
+LOOP_JOB = "loop"  # the webhook receiver, which exports the closed loop's decisions
 
 # Rate window of the recording rules: 4 samples at the production 15 s scrape interval. Dashboard panels that
 # rate raw counters use Grafana's $__rate_interval instead (it follows the datasource's scrape interval).
@@ -332,6 +335,24 @@ PANELS: tuple[Panel, ...] = (
         description="Time from a prediction to its ground truth (first label per prediction).",
         row="loop",
     ),
+    # the retraining half of the loop: the webhook receiver's metrics (job "loop")
+    Panel(
+        "retrain_decisions",
+        "Retrain decisions by outcome (last hour)",
+        (Query(f'sum by (outcome) (increase({RETRAIN_DECISIONS}{{job="{LOOP_JOB}"}}[1h]))', "{{outcome}}"),),
+        "short",
+        description="What the loop decided about the alerts it received: started, a guard's skip, duplicate, paged, "
+        "and how each retraining ended (promoted, rejected-by-gate, failed).",
+        row="loop",
+    ),
+    Panel(
+        "champion_version",
+        "Champion version",
+        (Query(f'max({CHAMPION_VERSION}{{job="{LOOP_JOB}"}})', "@champion"),),
+        "short",
+        description="Registry version holding @champion: a step is a promotion or a rollback.",
+        row="loop",
+    ),
     # stats above the rows
     Panel(
         "model_up",
@@ -420,6 +441,9 @@ _GW_INSTANCE = f"gateway:{DEFAULT_PORTS.gateway}"  # the instance label of the p
 _GW = f'job="{GATEWAY_JOB}",instance="{_GW_INSTANCE}"'
 _PREDICT = f'{_GW},endpoint="/invocations"'
 _VALUE = '{{ $value | printf "%.3g" }}'
+_LOOP_INSTANCE = f"receiver:{DEFAULT_PORTS.receiver}"
+_LOOP = f'job="{LOOP_JOB}",instance="{_LOOP_INSTANCE}"'
+LABELS_WINDOW = "30m"  # labels arrive late and in bursts (a person or a batch job sends them): 30 min of none
 
 ALERTS: tuple[Alert, ...] = (
     Alert(
@@ -551,6 +575,69 @@ ALERTS: tuple[Alert, ...] = (
         healthy=AlertCase({f"{LIVE_ACCURACY}{{{_GW}}}": "NaN 0.85x60"}),
         labels={"job": GATEWAY_JOB},
         annotations={"description": "Live accuracy on gateway is 60% (threshold 75%) over the recent feedback."},
+    ),
+    Alert(
+        "RetrainFailed",
+        "retrain_failed",
+        f'sum by (job) (increase({RETRAIN_DECISIONS}{{outcome="failed"}}[1h]))',
+        ">",
+        0,
+        "1m",
+        "critical",
+        "A retraining the loop started has failed.",
+        "Retrainings started by {{ $labels.job }} that failed in the last hour: " + _VALUE + ". The champion was not "
+        "replaced. Each log is .run/loop/retrain-<time>.log; `msml loop status` lists the decisions.",
+        firing=AlertCase(
+            {
+                f'{RETRAIN_DECISIONS}{{{_LOOP},reason="DataDriftPSI",outcome="started"}}': "0 1x60",
+                f'{RETRAIN_DECISIONS}{{{_LOOP},reason="DataDriftPSI",outcome="failed"}}': "0 0 1x60",
+            }
+        ),
+        healthy=AlertCase(
+            {
+                f'{RETRAIN_DECISIONS}{{{_LOOP},reason="DataDriftPSI",outcome="started"}}': "0 1x60",
+                f'{RETRAIN_DECISIONS}{{{_LOOP},reason="DataDriftPSI",outcome="promoted"}}': "0 0 1x60",
+                f'{RETRAIN_DECISIONS}{{{_LOOP},reason="DataDriftPSI",outcome="failed"}}': "0x60",
+            }
+        ),
+        labels={"job": LOOP_JOB},
+        annotations={
+            "description": f"Retrainings started by {LOOP_JOB} that failed in the last hour: 1. The champion was not "
+            "replaced. Each log is .run/loop/retrain-<time>.log; `msml loop status` lists the decisions."
+        },
+    ),
+    Alert(
+        # labels per scored row: a gateway that scores nothing expects no labels (0/0 is no series, no alert), and
+        # one that never received a label has no counter yet ("stopped", not "never started")
+        "LabelsStopped",
+        "labels_stopped",
+        f"sum by (job) (increase({FEEDBACK}[{LABELS_WINDOW}]))"
+        f" / sum by (job) (increase({ROWS_SCORED}[{LABELS_WINDOW}]))",
+        "<",
+        0.001,
+        "10m",
+        "warning",
+        f"Ground-truth labels stopped arriving: under 1 per 1,000 scored rows over {LABELS_WINDOW}.",
+        f"Labels per scored row on {{{{ $labels.job }}}} over the last {LABELS_WINDOW}: "
+        "{{ $value | humanizePercentage }} (threshold 0.1%): live accuracy is stale and the loop has no new rows to "
+        "retrain on.",
+        firing=AlertCase(
+            {
+                f'{FEEDBACK}{{{_GW},outcome="correct"}}': "100x150",
+                f"{ROWS_SCORED}{{{_GW}}}": "0+50x150",
+            }
+        ),
+        healthy=AlertCase(
+            {
+                f'{FEEDBACK}{{{_GW},outcome="correct"}}': "0+5x150",
+                f"{ROWS_SCORED}{{{_GW}}}": "0+50x150",
+            }
+        ),
+        labels={"job": GATEWAY_JOB},
+        annotations={
+            "description": f"Labels per scored row on gateway over the last {LABELS_WINDOW}: 0% (threshold 0.1%): "
+            "live accuracy is stale and the loop has no new rows to retrain on."
+        },
     ),
 )
 

@@ -48,6 +48,9 @@ PREDICTION_LOG_ROWS = f"{PREFIX}_prediction_log_rows_total"
 PREDICTION_LOG_DROPPED = f"{PREFIX}_prediction_log_dropped_total"
 PREDICTION_LOG_PENDING = f"{PREFIX}_prediction_log_pending_rows"
 LABEL_DELAY = f"{PREFIX}_label_delay_seconds"
+# the closed loop's, exported by the webhook receiver (msml.monitoring.receiver)
+RETRAIN_DECISIONS = f"{PREFIX}_retrain_decisions_total"
+CHAMPION_VERSION = f"{PREFIX}_champion_version"
 # From prometheus_client's own process collector (read from /proc, no psutil in the scrape path)
 PROCESS_CPU = "process_cpu_seconds_total"
 PROCESS_MEMORY = "process_resident_memory_bytes"

@@ -12,6 +12,7 @@ import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -19,6 +20,7 @@ from msml.config import DEFAULT_PORTS, Ports
 from msml.monitoring.definitions import (
     ALERTS,
     GATEWAY_JOB,
+    LOOP_JOB,
     MLFLOW_JOB,
     PANELS,
     PROMETHEUS_JOB,
@@ -121,6 +123,12 @@ def prometheus_config(targets: Targets, timing: Timing = PRODUCTION, rule_files:
             {"job_name": GATEWAY_JOB, "metrics_path": "/metrics", "static_configs": [{"targets": [targets.gateway]}]},
             {"job_name": MLFLOW_JOB, "metrics_path": "/metrics", "static_configs": [{"targets": [targets.mlflow]}]},
             {"job_name": PROMETHEUS_JOB, "static_configs": [{"targets": [targets.prometheus]}]},
+            # the webhook receiver: the loop's retrain decisions and the champion's version
+            {
+                "job_name": LOOP_JOB,
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [urlsplit(targets.receiver_url).netloc]}],
+            },
         ],
     }
 
@@ -216,9 +224,20 @@ def promtool_tests() -> dict:
 # --- Alertmanager -----------------------------------------------------------------------------------------------
 
 
-def alertmanager_config(targets: Targets, timing: Timing = PRODUCTION) -> dict:
+def alertmanager_config(targets: Targets, timing: Timing = PRODUCTION, token_file: str | None = None) -> dict:
     """Every alert to one webhook receiver that records notifications, resolved ones included; a symptom alert
-    is inhibited (not notified) while its cause fires for the same job (`Alert.inhibited_by`)."""
+    is inhibited (not notified) while its cause fires for the same job (`Alert.inhibited_by`).
+
+    With `token_file` (the local stack writes one: msml.monitoring.stack) the webhook is the receiver's
+    `/trigger`, which acts on the alerts (msml.loop.trigger) and requires the bearer token Alertmanager reads from
+    that file; without, it is `/alerts`, which only records (the committed files: no secret has a place there)."""
+    hook: dict = {"url": targets.receiver_url, "send_resolved": True}
+    if token_file is not None:
+        hook = {
+            "url": targets.receiver_url.rsplit("/", 1)[0] + "/trigger",
+            "send_resolved": True,
+            "http_config": {"authorization": {"type": "Bearer", "credentials_file": token_file}},
+        }
     return {
         "route": {
             "receiver": "msml-webhook",
@@ -236,9 +255,7 @@ def alertmanager_config(targets: Targets, timing: Timing = PRODUCTION) -> dict:
             for a in ALERTS
             for cause in a.inhibited_by
         ],
-        "receivers": [
-            {"name": "msml-webhook", "webhook_configs": [{"url": targets.receiver_url, "send_resolved": True}]}
-        ],
+        "receivers": [{"name": "msml-webhook", "webhook_configs": [hook]}],
     }
 
 

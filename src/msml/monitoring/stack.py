@@ -8,15 +8,19 @@ exactly the processes its pid files name. Both are idempotent: `make demo` / `ma
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from msml.config import DEFAULT_PORTS
 from msml.errors import MissingProgramError, ServerError
+from msml.monitoring.receiver import TOKEN_ENV
 from msml.monitoring.render import (
     ALERTS_FILE,
     PRODUCTION,
@@ -35,6 +39,7 @@ from msml.ops.processes import PidFile, check_port, read_pid, start_background, 
 from msml.ops.processes import stop as stop_pidfile
 
 COMPONENTS = ("prometheus", "alertmanager", "receiver")
+TOKEN_FILE = "receiver.token"  # beside alertmanager.yml, 0600: the secret is never in a config file
 
 
 @dataclass(frozen=True)
@@ -118,8 +123,23 @@ def write_configs(stack: Stack, timing: Timing = PRODUCTION) -> dict[str, Path]:
     paths["prometheus"].write_text(
         _yaml(prometheus_config(targets, timing, rule_files=[str(paths["recording"]), str(paths["alerts"])]))
     )
-    paths["alertmanager"].write_text(_yaml(alertmanager_config(targets, timing)))
+    paths["token"] = work / TOKEN_FILE
+    paths["alertmanager"].write_text(_yaml(alertmanager_config(targets, timing, token_file=str(paths["token"]))))
     return paths
+
+
+def receiver_token(stack: Stack, env: Mapping[str, str] | None = None) -> str:
+    """The bearer token Alertmanager sends the receiver's /trigger: MSML_RECEIVER_TOKEN, else the one this stack
+    already uses (a running receiver keeps its token), else a new random one; written (0600) where
+    alertmanager.yml's `credentials_file` points."""
+    env = os.environ if env is None else env
+    path = stack.workdir / TOKEN_FILE
+    token = env.get(TOKEN_ENV) or (path.read_text().strip() if path.exists() else "") or secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return token
 
 
 def commands(stack: Stack, paths: dict[str, Path], timing: Timing = PRODUCTION) -> dict[str, list[str]]:
@@ -159,12 +179,18 @@ def commands(stack: Stack, paths: dict[str, Path], timing: Timing = PRODUCTION) 
 
 
 def start(
-    run_dir: str | Path, ports: Ports = DEFAULT_PORTS, timing: Timing = PRODUCTION, timeout: float = 60.0
+    run_dir: str | Path,
+    ports: Ports = DEFAULT_PORTS,
+    timing: Timing = PRODUCTION,
+    timeout: float = 60.0,
+    receiver_env: Mapping[str, str] | None = None,
 ) -> Stack:
-    """Start the receiver, Alertmanager and Prometheus (those not already running); wait until all are ready."""
+    """Start the receiver, Alertmanager and Prometheus (those not already running); wait until all are ready.
+    `receiver_env`: extra environment of the receiver (the loop's MSML_LOOP_* settings, msml.loop.trigger)."""
     stack = Stack(Path(run_dir), ports)
     check_ports(run_dir, ports)
     paths = write_configs(stack, timing)
+    token = receiver_token(stack)
     cmds = commands(stack, paths, timing)
     ready = {
         "prometheus": f"{stack.prometheus_url}/-/ready",
@@ -175,7 +201,8 @@ def start(
     try:
         for name in ("receiver", "alertmanager", "prometheus"):  # receivers first: nothing is sent into the void
             if read_pid(stack.pidfile(name)) is None:
-                start_background(cmds[name], stack.pidfile(name), stack.log(name))
+                env = {**os.environ, **(receiver_env or {}), TOKEN_ENV: token} if name == "receiver" else None
+                start_background(cmds[name], stack.pidfile(name), stack.log(name), env=env)
                 started.append(name)
         for name in ("receiver", "alertmanager", "prometheus"):
             pidfile = stack.pidfile(name)

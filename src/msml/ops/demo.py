@@ -166,12 +166,13 @@ def run_demo(
     """Run the whole path and leave the servers running (`replicas` model servers). Returns the URLs."""
     preflight(settings, ports, replicas)  # before minutes of training: a busy port or a missing program stops us now
     from msml.data.preprocessing import preprocess
+    from msml.loop import showcase
     from msml.ops.ci import run_ci
     from msml.tracking.client import setup_tracking
     from msml.tracking.registry import register_and_promote
     from msml.training.tuning import FAMILY_NAMES, tune
 
-    total = 8
+    total = 9
     start = _step(echo, 1, total, f"preprocess {settings.raw_path}")
     report, _ = preprocess(settings.raw_path, settings.processed_dir, settings.contract)
     echo(
@@ -209,7 +210,8 @@ def run_demo(
     echo(f"      ready ({time.perf_counter() - start:.1f} s)")
 
     start = _step(echo, 6, total, "start Prometheus, Alertmanager and the webhook receiver")
-    monitoring = stack.start(settings.run_dir, ports)
+    # the loop's settings for the receiver, and alerts held 30 s (not 10 min) so the loop shows in step 9
+    monitoring = stack.start(settings.run_dir, ports, showcase.DEMO_TIMING, receiver_env=showcase.DEMO_LOOP_ENV)
     urls |= monitoring.urls()
     echo(f"      ready ({time.perf_counter() - start:.1f} s)")
 
@@ -240,5 +242,17 @@ def run_demo(
     start = _step(echo, 8, total, "wait until Prometheus scrapes every target")
     health = stack.wait_targets_up(monitoring.prometheus_url, timeout=90)
     echo(f"      up: {', '.join(sorted(health))} ({time.perf_counter() - start:.1f} s)")
+
+    start = _step(
+        echo,
+        9,
+        total,
+        f"the closed loop: {showcase.PHASE_REQUESTS * showcase.PHASE_BATCH_ROWS} labelled rows of one subpopulation "
+        "→ drift alert → receiver → msml retrain → gate",
+    )
+    phase = time.time()
+    showcase.drifted_phase(settings, urls["gateway"], echo)
+    showcase.follow(settings, urls["gateway"], since=phase, echo=echo)
+    echo(f"      ({time.perf_counter() - start:.1f} s)")
     urls |= {"gateway docs": f"{urls['gateway']}/docs", "gateway metrics": f"{urls['gateway']}/metrics"}
     return {name: mask(url) for name, url in urls.items()}

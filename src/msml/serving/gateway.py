@@ -24,9 +24,11 @@ Retry-After within milliseconds; while ≥ 10 % of requests are refused, the lim
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
+import signal
 import socket
 import time
 from contextlib import asynccontextmanager
@@ -175,6 +177,9 @@ class Gateway:
                 await asyncio.to_thread(self.feedback.resume)
             except Exception as exc:  # the store is down: serve anyway, the window starts empty
                 log.warning("loop store %r: live accuracy starts without its recent labels (%s)", self.store, exc)
+        # SIGHUP: the champion moved (msml.loop.rollout sends it once the model servers serve the new one)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_soon)
         await self.batcher.start()
         self.pressure.start()
         await self.upstream.start()
@@ -193,6 +198,17 @@ class Gateway:
         if self.prediction_log is not None:  # after the batcher: the last answers' rows are in the buffer
             await asyncio.to_thread(self.prediction_log.stop)
             self.store.close()
+
+    def _reload_soon(self) -> None:
+        self._reload_task = asyncio.get_running_loop().create_task(self.reload_model_facts())
+
+    async def reload_model_facts(self) -> None:
+        """Resolve the model URI again (a new champion): its info, and a fresh drift window on its reference —
+        the old window's rows were compared with the old reference, and a stale reference keeps the drift alert
+        firing (and the loop retraining) after the new model learnt the shifted data."""
+        self.drift = None
+        self.metrics.drift_psi.clear()
+        await self._load_model_facts()
 
     async def _load_model_facts(self) -> None:
         from msml.tracking.registry import resolve_model
@@ -477,6 +493,10 @@ def create_app(
             if info is None
             else {"name": info.name, "version": info.version, "alias": info.alias, "run_id": info.run_id},
             "drift_reference": gateway.drift is not None,
+            # whose training data the drift reference came from (the served model's run, unless --drift-reference)
+            "drift_reference_run": None
+            if gateway.drift is None or info is None or config.drift_reference is not None
+            else info.run_id,
         }
         return json_response(body, 200 if up else 503)
 

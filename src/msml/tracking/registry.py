@@ -16,9 +16,12 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from msml.errors import TrackingError
+
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+PREVIOUS = "previous"  # the champion a gated promotion replaced: what `msml rollback` restores
 GATE_METRIC = "test_roc_auc"
 
 
@@ -108,6 +111,56 @@ def register_and_promote(model_uri: str, name: str, run_id: str, max_rounds: int
     client.set_model_version_tag(name, version, "promotion", "promoted" if promoted else "rejected")
     client.set_model_version_tag(name, version, "promotion_reason", reason)
     return Promotion(name, version, promoted, reason)
+
+
+def promote_gated(name: str, version: str, expected: str | None, reason: str, max_rounds: int = 5) -> bool:
+    """Move @champion to `version` if it still is `expected` (the version the gate compared against), keeping
+    `expected` as @previous; False, and nothing moved, when @champion changed under the gate.
+
+    Compare-and-set as `register_and_promote` does it (the registry has none): check, write, read back. The
+    candidate carries no gate-metric tag, so a later `register_and_promote` contest counts it only while it holds
+    @champion; the decision is tagged on the version either way.
+    """
+    client = MlflowClient()
+    for _ in range(max_rounds):
+        current = _champion(client, name)
+        if (None if current is None else str(current.version)) != expected:
+            client.set_model_version_tag(name, version, "promotion", "rejected")
+            client.set_model_version_tag(name, version, "promotion_reason", f"@{CHAMPION} moved during the gate")
+            return False
+        if expected is not None:
+            client.set_registered_model_alias(name, PREVIOUS, expected)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        if str(client.get_model_version_by_alias(name, CHAMPION).version) == version:
+            client.set_model_version_tag(name, version, "promotion", "promoted")
+            client.set_model_version_tag(name, version, "promotion_reason", reason)
+            return True
+    raise MlflowException(f"@{CHAMPION} of {name} kept changing under {max_rounds} promotion rounds")
+
+
+def reject(name: str, version: str, reason: str) -> None:
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, "promotion", "rejected")
+    client.set_model_version_tag(name, version, "promotion_reason", reason)
+
+
+def rollback(name: str) -> tuple[str, str]:
+    """Give @champion back to @previous; returns (the version rolled back, the version restored).
+
+    The rolled-back version is tagged `promotion=rejected` (so a later registry contest does not re-elect it) and
+    @previous is removed: one step back, not a toggle."""
+    client = MlflowClient()
+    try:
+        previous = client.get_model_version_by_alias(name, PREVIOUS)
+    except MlflowException:
+        raise TrackingError(f"{name} has no @{PREVIOUS} version: nothing to roll back to") from None
+    current = _champion(client, name)
+    client.set_registered_model_alias(name, CHAMPION, previous.version)
+    client.delete_registered_model_alias(name, PREVIOUS)
+    if current is not None:
+        client.set_model_version_tag(name, current.version, "promotion", "rejected")
+        client.set_model_version_tag(name, current.version, "promotion_reason", f"rolled back to v{previous.version}")
+    return ("" if current is None else str(current.version)), str(previous.version)
 
 
 @dataclass(frozen=True)
