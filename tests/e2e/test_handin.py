@@ -48,6 +48,10 @@ def test_every_image_is_in_the_manifest_and_numbered_as_the_course_does(handin):
     listed = {image["file"] for image in manifest["images"]}
     on_disk = {p.relative_to(out / SUB).as_posix() for p in (out / SUB).rglob("*.jpg")}
     assert on_disk == listed  # nothing in the hand-in that this run did not make
+    for image in manifest["images"]:  # each says what made it: a page of a process, or the commands typed
+        assert image.get("url", "").startswith("http://127.0.0.1:") or image.get("commands"), image["file"]
+        assert image.get("process") or image.get("commands"), image["file"]
+        assert image["time_range"][0] < image["time_range"][1], image["file"]
     assert {f"{MEMBANGUN}/screenshoot_dashboard.jpg", f"{MEMBANGUN}/screenshoot_artifak.jpg"} <= listed
     assert f"{MONITORING}/{SERVING_IMAGE}" in listed
     graphs = sorted(p.name for p in (out / SUB / MONITORING / PROMETHEUS_DIR).glob("*.jpg"))

@@ -137,7 +137,7 @@ def handin(
         None, "--workspace", help="Scratch directory (the student's home is <it>/home; default: a new temporary one)."
     ),
     profile: str = typer.Option(
-        "full", "--profile", help="full: phases outlast the alerts' 10 min (~45 min); quick: short phases (~6 min)."
+        "full", "--profile", help="full: the traffic outlasts the alerts' 10 min; quick: short phases (the tests')."
     ),
     free_ports: bool = typer.Option(
         False, "--free-ports", help="Free ports instead of the files' own (2.prometheus.yml's targets moved in a copy)."
@@ -164,8 +164,8 @@ def handin(
         result = run(
             settings, out, scratch / "home", PROFILES[profile], free_ports=free_ports, grafana=grafana, echo=typer.echo
         )
-    except (MsmlError, RuntimeError, OSError) as exc:
-        _fail(f"{exc} (workspace and logs: {scratch})")
+    except MsmlError as exc:  # its own exit code, and where to look
+        _fail(f"{exc} (workspace and logs: {scratch})", code=exc.exit_code)
     for path in result.images:
         typer.echo(f"image     {path}")
     typer.echo(f"manifest  {result.manifest}")

@@ -263,26 +263,32 @@ def prometheus_pages(ws, prom_url: str, exporter_url: str, phases: list[dict], p
         end=view_end + 30,
         alert_names=sorted(states),
     )
-    entries = []
+    from msml.handin.evidence import has_react_ui, prometheus_graph_url
+
+    classic = not has_react_ui(prom_url)
+    base = prom_url + ("/classic" if classic else "")
+    step = next(s for s in ws.steps if s.what == "prometheus")
     names = numbered([f"monitoring_{p.key}" for p in chosen] + ["rules_prometheus", "alerts_prometheus"])
+    if [p.name for p in written] != names:
+        raise ExportError(f"the Prometheus captures came out as {[p.name for p in written]}, not {names}")
+    entries = []
     for i, path in enumerate(written):
-        assert path.name == names[i], (path.name, names[i])
         entry = {
             "file": f"{MONITORING}/{PROMETHEUS_DIR}/{path.name}",
-            "process": "prometheus",
+            "process": {"cwd": step.cwd, "command": step.command},
             "time_range": [view_end + 30 - minutes * 60, view_end + 30],
         }
         if i < len(chosen):
             exprs = [promql(q.expr) for q in chosen[i].queries]
             entry.update(
                 what=f"Prometheus graph: {chosen[i].title}",
+                url=prometheus_graph_url(prom_url, exprs, f"{minutes}m", classic, view_end + 30),
                 queries=exprs,
                 metrics=metric_names(exprs),
                 scraped_from=sources(prom_url, metric_names(exprs)),
             )
         else:
-            entry.update(
-                what=f"Prometheus {path.stem.split('_')[0].split('.')[1]} page", metrics=[], alert_states=states
-            )
+            page = "rules" if "rules" in path.name else "alerts"
+            entry.update(what=f"Prometheus {page} page", url=f"{base}/{page}", metrics=[], alert_states=states)
         entries.append(entry)
     return entries, skipped

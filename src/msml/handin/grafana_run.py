@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from msml.config import DEFAULT_PORTS, Ports
+from msml.errors import ServerError
 from msml.handin.grafana import (
     ALERT_NAMES,
     CONTAINER,
@@ -86,7 +87,7 @@ def capture_with(
             try:
                 wait_ready(f"{grafana_url}/api/health", timeout=180, alive=running)
                 check_provisioned(grafana_url, running=running)
-            except (GrafanaError, RuntimeError) as exc:
+            except (GrafanaError, ServerError) as exc:  # Grafana's HTTP server never answered
                 raise GrafanaError(f"{exc}; Grafana's log ends: {_log_tail(docker)} (full log: {log})") from None
             echo(
                 f"Grafana {GRAFANA_IMAGE} ready on {grafana_url}, every rule provisioned; firing "
