@@ -212,17 +212,29 @@ def alert_states(prom_url: str) -> dict[str, str]:
     return {r["name"]: r["state"] for g in groups for r in g["rules"]}
 
 
-def panels_with_data(prom_url: str, start: float, end: float) -> tuple[list, dict[str, str]]:
-    """The dashboard panels every query of which has data over [start, end]; {panel key: why not} for the rest."""
+def exporter_job(prom_url: str, exporter_url: str) -> str:
+    """The scrape job whose target is the exporter (2.prometheus.yml also scrapes Prometheus itself: a graph of
+    process CPU over every job would add Prometheus's own)."""
+    targets = _get_json(f"{prom_url}/api/v1/targets")["data"]["activeTargets"]
+    jobs = {t["labels"]["job"] for t in targets if t["scrapeUrl"] == f"{exporter_url}/metrics"}
+    if len(jobs) != 1:
+        raise ExportError(f"2.prometheus.yml does not scrape the exporter at {exporter_url}/metrics in one job: {jobs}")
+    return jobs.pop()
+
+
+def panels_with_data(prom_url: str, start: float, end: float, job: str) -> tuple[list, dict[str, str]]:
+    """The dashboard panels every query of which has data over [start, end] in `job`; {panel key: why not} for the
+    rest."""
     from msml.monitoring.definitions import PANELS, promql
 
     chosen, skipped = [], {}
     for panel in PANELS:
         for query in panel.queries:
-            params = urllib.parse.urlencode({"query": promql(query.expr), "start": start, "end": end, "step": 15})
+            expr = promql(query.expr, job=job)
+            params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": 15})
             result = _get_json(f"{prom_url}/api/v1/query_range?{params}")["data"]["result"]
             if not result:
-                skipped[panel.key] = f"no series for {promql(query.expr)} (not exported by the exporter)"
+                skipped[panel.key] = f"no series for {expr} (not exported by the exporter)"
                 break
         else:
             chosen.append(panel)
@@ -250,7 +262,8 @@ def prometheus_pages(ws, prom_url: str, exporter_url: str, phases: list[dict], p
         missing = [a for a in ALERTS_SHOWN if states.get(a) not in ("pending", "firing")]
         if missing:
             raise ExportError(f"the traffic did not drive {', '.join(missing)} over its threshold: states {states}")
-    chosen, skipped = panels_with_data(prom_url, start, end)
+    job = exporter_job(prom_url, exporter_url)
+    chosen, skipped = panels_with_data(prom_url, start, end, job)
     view_start, view_end = start - 30, time.time()
     minutes = math.ceil((view_end - view_start) / 60)
     folder = ws.monitoring_dir / PROMETHEUS_DIR
@@ -262,6 +275,7 @@ def prometheus_pages(ws, prom_url: str, exporter_url: str, phases: list[dict], p
         range_input=f"{minutes}m",
         end=view_end + 30,
         alert_names=sorted(states),
+        job=job,
     )
     from msml.handin.evidence import has_react_ui, prometheus_graph_url
 
@@ -279,13 +293,13 @@ def prometheus_pages(ws, prom_url: str, exporter_url: str, phases: list[dict], p
             "time_range": [view_end + 30 - minutes * 60, view_end + 30],
         }
         if i < len(chosen):
-            exprs = [promql(q.expr) for q in chosen[i].queries]
+            exprs = [promql(q.expr, job=job) for q in chosen[i].queries]
             entry.update(
                 what=f"Prometheus graph: {chosen[i].title}",
                 url=prometheus_graph_url(prom_url, exprs, f"{minutes}m", classic, view_end + 30),
                 queries=exprs,
                 metrics=metric_names(exprs),
-                scraped_from=sources(prom_url, metric_names(exprs)),
+                scraped_from=sources(prom_url, metric_names(exprs), job),
             )
         else:
             page = "rules" if "rules" in path.name else "alerts"

@@ -335,13 +335,14 @@ def prometheus_evidence(
     range_input: str = "15m",
     end: float | None = None,
     alert_names: list[str] | None = None,
+    job: str = ".+",
 ) -> list[Path]:
     """`out/<n>.monitoring_<panel>.jpg` (a graph of each panel's queries), `<n>.rules_prometheus.jpg`,
     `<n>.alerts_prometheus.jpg` and `<n>.notifikasi_alertmanager_<alert>.jpg`, numbered 1., 2., ... in that order.
 
     `panels` limits the panels captured (default: all). A panel whose queries return no data cannot be drawn:
     CaptureError names it. `range_input` and `end` fit the graphs' time range; `alert_names` are the rules the
-    rules and alerts pages must show (default: every alert of the definitions).
+    rules and alerts pages must show (default: every alert of the definitions); `job` the scrape job(s) graphed.
     """
     from msml.monitoring.definitions import ALERTS, PANELS, promql
 
@@ -355,7 +356,7 @@ def prometheus_evidence(
     written = []
     with Browser() as browser:
         for panel in chosen:
-            exprs = [promql(q.expr) for q in panel.queries]
+            exprs = [promql(q.expr, job=job) for q in panel.queries]
             url = prometheus_graph_url(prometheus_url, exprs, range_input=range_input, classic=classic, end=end)
             written.append(
                 browser.capture(url, out / next(names), GRAPH_READY, f"Prometheus graph of {panel.key}", full=True)

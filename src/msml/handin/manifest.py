@@ -33,10 +33,10 @@ def metric_names(exprs: list[str]) -> list[str]:
     return sorted(names)
 
 
-def sources(prom_url: str, names: list[str]) -> list[dict[str, str]]:
-    """{job, instance} of the scrape targets the series of `names` came from, as Prometheus stored them."""
+def sources(prom_url: str, names: list[str], job: str) -> list[dict[str, str]]:
+    """{job, instance} of the scrape targets the series of `names` in `job` (what a graph selects) came from."""
     selector = "|".join(re.escape(n) for n in names)
-    query = urllib.parse.urlencode({"query": f'count by (job, instance) ({{__name__=~"{selector}"}})'})
+    query = urllib.parse.urlencode({"query": f'count by (job, instance) ({{__name__=~"{selector}",job="{job}"}})'})
     with urllib.request.urlopen(f"{prom_url}/api/v1/query?{query}", timeout=10) as response:
         result = json.loads(response.read())["data"]["result"]
     return sorted(
