@@ -3,11 +3,12 @@
 # Prometheus (+ promtool), Alertmanager (+ amtool), headless Chromium, docker-compose (config check only),
 # PostgreSQL, podman + runc (the Docker API the image tests build and run against), mmdebstrap (their stand-in
 # base image) and the docker CLI that `mlflow models build-docker` runs (bookworm ships it only in docker.io; its
-# daemon is not used).
+# daemon is not used), and Xvfb + xterm + tmux (the hand-in's serving screenshot is a real terminal).
 set -euo pipefail
 declare -A need=([prometheus]=prometheus [promtool]=prometheus
                  [amtool]=prometheus-alertmanager [prometheus-alertmanager]=prometheus-alertmanager [chromium]=chromium [docker-compose]=docker-compose
-                 [podman]=podman [runc]=runc [mmdebstrap]=mmdebstrap [docker]=docker.io)
+                 [podman]=podman [runc]=runc [mmdebstrap]=mmdebstrap [docker]=docker.io
+                 [Xvfb]=xvfb [xterm]=xterm [tmux]=tmux)
 missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")

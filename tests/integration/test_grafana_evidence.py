@@ -118,6 +118,7 @@ def test_docker_run_starts_grafana_alone_against_the_demo_ports():
     cmd = run_command("docker", ROOT, ports)
     assert cmd[:3] == ["docker", "run", "-d"] and cmd[-1] == GRAFANA_IMAGE and GRAFANA_IMAGE.endswith(":11.6.0")
     assert cmd[cmd.index("--name") + 1] == CONTAINER and cmd[cmd.index("--network") + 1] == "host"
+    assert "--rm" not in cmd  # Grafana's log outlives a failed start (`docker logs`, saved to grafana.log)
     mounts = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-v"]
     assert [m.split(":")[0] for m in mounts] == [str(GRAFANA / "provisioning"), str(GRAFANA / "dashboards")]
     assert all(m.endswith(":ro") for m in mounts)
@@ -144,6 +145,61 @@ def test_without_docker_the_command_fails_with_one_line(tmp_path):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: Docker is not installed"), result.stderr
+
+
+def test_handin_with_grafana_but_no_docker_fails_in_one_line_before_any_work(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = run_msml(
+        "handin",
+        "--grafana",
+        "--out",
+        str(tmp_path / "dist"),
+        "--workspace",
+        str(tmp_path / "ws"),
+        env={"PATH": str(empty)},
+        timeout=120,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Docker is not installed" in lines[0], result.stderr
+    assert not (tmp_path / "ws" / "logs").exists()  # nothing was copied or installed
+
+
+def test_grafana_for_the_handin_reads_its_prometheus_and_posts_to_its_receiver(tmp_path):
+    """The provisioning `msml handin --grafana` mounts: the datasource is the hand-in's Prometheus, the webhook its
+    receiver, the rest the committed files, and every key still fits Grafana 11.6's types."""
+    from pathlib import Path
+
+    from msml.handin.grafana import Stack
+    from msml.handin.grafana_run import write_provisioning
+
+    stack = Stack(
+        "hand-in",
+        list,
+        lambda: (0, 0),
+        lambda: None,
+        Path("n.jsonl"),
+        "http://127.0.0.1:41001",
+        "http://127.0.0.1:41002/alerts",
+    )
+    written = write_provisioning(ROOT, tmp_path, None, stack)
+    datasource = yaml.safe_load((written / "datasources/prometheus.yml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://127.0.0.1:41001"
+    alerting = yaml.safe_load((written / "alerting/msml.yml").read_text())
+    assert alerting["contactPoints"][0]["receivers"][0]["settings"]["url"] == "http://127.0.0.1:41002/alerts"
+    assert alerting_problems(alerting) == []
+    committed = yaml.safe_load((GRAFANA / "provisioning/alerting/msml.yml").read_text())
+    assert alerting["groups"] == committed["groups"]  # the rules are the committed ones
+
+
+def test_a_contact_point_without_its_secret_fails_before_anything_starts(tmp_path):
+    result = run_msml(
+        "evidence", "grafana", "--out", str(tmp_path / "dist"), env={"MSML_GRAFANA_CONTACT": "slack"}, timeout=120
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MSML_GRAFANA_CONTACT=slack needs MSML_SLACK_WEBHOOK_URL" in lines[0], result.stderr
 
 
 @pytest.mark.skipif(not shutil.which("docker"), reason="no docker CLI on this machine")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from msml.cli.app import _fail, _settings, app
+from msml.cli.app import _fail, _settings, _sigterm_as_interrupt, app
 from msml.config import (
     DEFAULT_PORTS,
     local_url,
@@ -128,3 +128,45 @@ def export(
         for item in result.missing:
             typer.echo(f"  {item.path}: {item.what}\n      {item.command}")
     typer.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+
+
+@app.command()
+def handin(
+    out: Path = typer.Option(Path("dist"), "--out", help="The `msml export --out` directory: its images are replaced."),
+    workspace: Path | None = typer.Option(
+        None, "--workspace", help="Scratch directory (the student's home is <it>/home; default: a new temporary one)."
+    ),
+    profile: str = typer.Option(
+        "full", "--profile", help="full: the traffic outlasts the alerts' 10 min; quick: short phases (the tests')."
+    ),
+    free_ports: bool = typer.Option(
+        False, "--free-ports", help="Free ports instead of the files' own (2.prometheus.yml's targets moved in a copy)."
+    ),
+    grafana: bool = typer.Option(
+        False, "--grafana", help="Then Grafana 11.6 in Docker against the same exporter and Prometheus (folders 5, 6)."
+    ),
+    student: str | None = typer.Option(None, "--student", help="Student name (default: MSML_STUDENT / config)."),
+) -> None:
+    """Run the exported hand-in as the student would (fresh venvs, its own files) and take every image from it."""
+    import tempfile
+
+    from msml.errors import MsmlError
+    from msml.handin.run import PROFILES
+    from msml.handin.run import handin as run
+
+    if profile not in PROFILES:
+        _fail(f"--profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    settings = _settings(None).with_overrides(student=student)
+    _sigterm_as_interrupt()  # a stopped run still stops every server it started (its `finally` blocks run)
+    scratch = Path(workspace or tempfile.mkdtemp(prefix="msml-handin-")).resolve()
+    (scratch / "home").mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(
+            settings, out, scratch / "home", PROFILES[profile], free_ports=free_ports, grafana=grafana, echo=typer.echo
+        )
+    except MsmlError as exc:  # its own exit code, and where to look
+        _fail(f"{exc} (workspace and logs: {scratch})", code=exc.exit_code)
+    for path in result.images:
+        typer.echo(f"image     {path}")
+    typer.echo(f"manifest  {result.manifest}")
+    typer.echo("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -142,6 +143,7 @@ class Browser:
         timeout: float | None = None,
         prepare=None,
         fit: str | None = None,
+        check_blank: bool = True,
     ) -> Path:
         """Open `url`, wait until the JavaScript expression `ready` is true, save the content as a JPG at `path`.
 
@@ -149,6 +151,8 @@ class Browser:
         `timeout`: seconds to wait for the content (default: the browser's). `prepare(page)` acts on the loaded
         page (e.g. expands nested runs); `fit` is a JavaScript expression giving the height the content needs: the
         viewport shrinks to it, so a page whose footer is pinned to the window's bottom leaves no empty gap.
+        `check_blank=False` for a page whose content is one large uniform area by design (a Grafana stat panel sizes
+        its value to the panel and fills the rest with one colour): `ready` alone proves it drew.
         """
         from PIL import Image
         from playwright.sync_api import Error as PlaywrightError
@@ -200,6 +204,8 @@ class Browser:
 
         with Image.open(BytesIO(png)) as image:
             image.convert("RGB").save(path, "JPEG", quality=90)
+        if not check_blank:
+            return path
         try:
             return check_capture(path)
         except CaptureError as exc:
@@ -223,9 +229,9 @@ def text_image(text: str, path: str | Path, title: str = "", width: int = WIDTH)
     except OSError:
         font = ImageFont.load_default(size=16)
         title_font = ImageFont.load_default(size=20)
-    lines = []
+    lines, columns = [], max(40, (width - 32) // 10)  # DejaVu Sans Mono at 16 px: ~10 px a character
     for raw in text.splitlines():
-        lines.extend(textwrap.wrap(raw, width=140, replace_whitespace=False, drop_whitespace=False) or [""])
+        lines.extend(textwrap.wrap(raw, width=columns, replace_whitespace=False, drop_whitespace=False) or [""])
     line_h, top = 20, 50 if title else 16
     image = Image.new("RGB", (width, top + line_h * len(lines) + 20), "white")
     draw = ImageDraw.Draw(image)
@@ -242,11 +248,17 @@ def text_image(text: str, path: str | Path, title: str = "", width: int = WIDTH)
 # --- Prometheus ---------------------------------------------------------------------------------------------
 
 
-def prometheus_graph_url(prometheus_url: str, exprs: list[str], range_input: str = "15m", classic: bool = True) -> str:
-    """The Prometheus graph page with one panel per expression (the classic UI where the React one is not built)."""
+def prometheus_graph_url(
+    prometheus_url: str, exprs: list[str], range_input: str = "15m", classic: bool = True, end: float | None = None
+) -> str:
+    """The Prometheus graph page with one panel per expression (the classic UI where the React one is not built);
+    `end` (epoch seconds) fixes the graph's right edge, else it is now."""
     params = {}
     for i, expr in enumerate(exprs):
         params.update({f"g{i}.expr": expr, f"g{i}.tab": "0", f"g{i}.range_input": range_input})
+        if end is not None:
+            params[f"g{i}.end_input"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime(end))
+            params[f"g{i}.moment_input"] = params[f"g{i}.end_input"]
     page = "classic/graph" if classic else "graph"
     return f"{prometheus_url.rstrip('/')}/{page}?{urllib.parse.urlencode(params)}"
 
@@ -316,13 +328,21 @@ def notifications_by_alert(notifications: Path, grafana: bool) -> dict[str, str]
 
 
 def prometheus_evidence(
-    out: str | Path, prometheus_url: str, notifications: str | Path | None = None, panels: list[str] | None = None
+    out: str | Path,
+    prometheus_url: str,
+    notifications: str | Path | None = None,
+    panels: list[str] | None = None,
+    range_input: str = "15m",
+    end: float | None = None,
+    alert_names: list[str] | None = None,
+    job: str = ".+",
 ) -> list[Path]:
     """`out/<n>.monitoring_<panel>.jpg` (a graph of each panel's queries), `<n>.rules_prometheus.jpg`,
     `<n>.alerts_prometheus.jpg` and `<n>.notifikasi_alertmanager_<alert>.jpg`, numbered 1., 2., ... in that order.
 
     `panels` limits the panels captured (default: all). A panel whose queries return no data cannot be drawn:
-    CaptureError names it.
+    CaptureError names it. `range_input` and `end` fit the graphs' time range; `alert_names` are the rules the
+    rules and alerts pages must show (default: every alert of the definitions); `job` the scrape job(s) graphed.
     """
     from msml.monitoring.definitions import ALERTS, PANELS, promql
 
@@ -336,11 +356,12 @@ def prometheus_evidence(
     written = []
     with Browser() as browser:
         for panel in chosen:
-            url = prometheus_graph_url(prometheus_url, [promql(q.expr) for q in panel.queries], classic=classic)
+            exprs = [promql(q.expr, job=job) for q in panel.queries]
+            url = prometheus_graph_url(prometheus_url, exprs, range_input=range_input, classic=classic, end=end)
             written.append(
                 browser.capture(url, out / next(names), GRAPH_READY, f"Prometheus graph of {panel.key}", full=True)
             )
-        alert_names = [a.name for a in ALERTS]
+        alert_names = alert_names or [a.name for a in ALERTS]
         written.append(
             browser.capture(
                 f"{base}/rules", out / next(names), _text_ready(alert_names), "Prometheus rules page", full=True

@@ -1,20 +1,20 @@
-"""`msml evidence grafana`: the Grafana half of Kriteria 4, from Grafana 11.6 in Docker against `make demo`'s stack.
+"""`msml evidence grafana`: the Grafana half of Kriteria 4, from Grafana 11.6 in Docker, against a `Stack`: `make
+demo`'s (`demo_stack`) or the hand-in's own exporter and Prometheus (`msml handin --grafana`, `grafana_handin`).
 
 Steps (each a function, so the ones before the container are proven where Docker is absent):
-1. `docker_cli()`: Docker must be installed and its daemon answering (else one line, non-zero exit).
-2. `check_stack()`: the stack `make demo` runs must answer (gateway, model server, Prometheus, webhook receiver) and
-   Grafana's port must be free. Nothing else is started: no second model server, no compose file.
-3. `run_command()`: Grafana alone, on the host network, with the committed provisioning files
-   (`monitoring/grafana/`, rendered from the definitions) mounted read-only; the compose host names those files use
-   (`prometheus`, `receiver`) are mapped to 127.0.0.1, where `make demo` serves the same ports.
-4. `alerts_firing()`: real traffic through the gateway fires `ALERT_NAMES`: fully drifted rows whose feedback
-   contradicts every prediction (DataDriftPSI and LiveAccuracyDrop, both held for 10 min), then the demo's model
-   server stopped while traffic flows (ModelServerDown); the gateway keeps its drift and accuracy gauges, so all three
-   fire together. Each rule must be firing in Grafana and its notification recorded by the receiver. (HighErrorRate
-   is not one of them: it is inhibited by ModelServerDown, see `inhibited_among`.)
-5. `capture()`, while they fire: one image per dashboard panel into `5.bukti monitoring Grafana/`; each alert's
-   rule page and its notification into `6.bukti alerting Grafana/`, numbered as the course writes them. Then the
-   model server is restarted, Grafana stopped and the zip refreshed.
+1. `docker_cli()`: Docker must be installed and its daemon answering (else one line, non-zero exit); a contact point
+   chosen in the environment must have its variables (`msml.handin.contact`).
+2. `check_stack()` (make demo): its servers must answer and Grafana's port must be free.
+3. `run_command()`: Grafana alone, on the host network, with a copy of the committed provisioning files
+   (`grafana_run.write_provisioning`: the chosen contact point added; the hand-in's Prometheus and receiver when the
+   stack names them, else the compose host names mapped to 127.0.0.1); not `--rm`: its log is kept.
+4. `check_provisioned()`: every rule present and evaluating without error before any traffic (execErrState is
+   Error: an unreachable Prometheus stops the run at once with Grafana's words, not after 15 minutes).
+5. `alerts_firing()`: the stack's traffic fires DataDriftPSI and LiveAccuracyDrop (drifted rows, feedback
+   contradicting every prediction, both held 10 min); the panels are captured then, while the model is up; then
+   every model server is stopped while traffic flows (ModelServerDown); all three firing, each rule's page and its
+   notification (Grafana's contact-point page beside the payload delivered) are captured (`grafana_capture`).
+   HighErrorRate is not one of them: it is inhibited by ModelServerDown, see `inhibited_among`.
 """
 
 from __future__ import annotations
@@ -28,22 +28,21 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from msml.config import DEFAULT_PORTS
 from msml.errors import CaptureError
 from msml.monitoring.definitions import alert
 from msml.monitoring.render import (
-    DASHBOARD_UID,
     GRAFANA_IMAGE,
     PRODUCTION,
     Ports,
     Targets,
     _duration_seconds,
-    grafana_rule_uid,
     notifications_path,
-    panel_ids,
 )
 
 # Alerts the loadgen's traffic fires (drifted rows, feedback contradicting every prediction), then the one stopped
@@ -53,6 +52,10 @@ OUTAGE_ALERT = "ModelServerDown"
 ALERT_NAMES = (*TRAFFIC_ALERTS, OUTAGE_ALERT)
 ALERT_KEYS = tuple(alert(name).key for name in ALERT_NAMES)
 CONTAINER = "msml-grafana"
+LABEL = "msml.evidence"  # the container we started carries it: only such a container is ever removed
+# Polls of Grafana's rules API that may fail in a row (a restart of its HTTP server, a slow answer) before the
+# run stops with the cause.
+POLL_ERRORS = 5
 # Grafana evaluates every `grafana_interval`, the receiver gets the notification after the policy's group_wait:
 # a few minutes on top of each `for` cover both, and the drift window filling at 20 req/s (under a minute).
 SLACK = 5 * 60.0
@@ -140,8 +143,11 @@ def compose_hosts() -> list[str]:
     )
 
 
-def run_command(docker: str, root: Path, ports: Ports = DEFAULT_PORTS) -> list[str]:
-    """`docker run` of Grafana 11.6 alone, with the repository's provisioning files, on 127.0.0.1:<grafana>."""
+def run_command(
+    docker: str, root: Path, ports: Ports = DEFAULT_PORTS, provisioning: Path | None = None, extra: list[str] = ()
+) -> list[str]:
+    """`docker run` of Grafana 11.6 alone, with the repository's provisioning files (or `provisioning`, a copy
+    with the chosen contact point), on 127.0.0.1:<grafana>. Not `--rm`: its logs outlive a failed start."""
     grafana = root / "monitoring" / "grafana"
     hosts = [arg for host in compose_hosts() for arg in ("--add-host", f"{host}:127.0.0.1")]
     env = {
@@ -157,15 +163,17 @@ def run_command(docker: str, root: Path, ports: Ports = DEFAULT_PORTS) -> list[s
         docker,
         "run",
         "-d",
-        "--rm",
         "--name",
         CONTAINER,
+        "--label",
+        f"{LABEL}=1",
         "--network",
         "host",
         *hosts,
         *[arg for k, v in env.items() for arg in ("-e", f"{k}={v}")],
+        *extra,
         "-v",
-        f"{grafana / 'provisioning'}:/etc/grafana/provisioning:ro",
+        f"{provisioning or grafana / 'provisioning'}:/etc/grafana/provisioning:ro",
         "-v",
         f"{grafana / 'dashboards'}:/var/lib/grafana/dashboards:ro",
         GRAFANA_IMAGE,
@@ -183,36 +191,100 @@ def rule_states(grafana_url: str) -> dict[str, str]:
     return {r["name"]: r.get("state", "") for g in data["data"]["groups"] for r in g["rules"]}
 
 
+TRANSIENT = (urllib.error.URLError, OSError, ValueError, KeyError)  # refused, reset, timeout, half a JSON answer
+
+
 def _wait(condition, timeout: float, what: str, interval: float = 5.0) -> None:
+    """Poll `condition` until true; a transient error is retried, POLL_ERRORS in a row stop the run with it."""
     deadline = time.monotonic() + timeout
+    errors = 0
     while time.monotonic() < deadline:
-        if condition():
-            return
+        try:
+            if condition():
+                return
+            errors = 0
+        except TRANSIENT as exc:
+            errors += 1
+            if errors >= POLL_ERRORS:
+                raise GrafanaError(f"{what}: Grafana's API failed {errors} times in a row, last: {exc}") from None
         time.sleep(interval)
     raise GrafanaError(f"{what} did not happen within {timeout:.0f} s")
 
 
-@contextmanager
-def alerts_firing(settings, grafana_url: str, notifications: Path, ports: Ports = DEFAULT_PORTS, echo=print):
-    """Real traffic fires each of ALERT_NAMES in Grafana and its notification reaches the receiver; the body of the
-    `with` runs while they fire (the rule pages show it). On exit the model server is back and the traffic stops."""
-    from msml.handin.evidence import notifications_by_alert
-    from msml.ops.demo import start_serving
+def rule_health(grafana_url: str) -> dict[str, tuple[str, str]]:
+    """{rule title: (health, last error)} from Grafana's rules API (health: ok / nodata / error)."""
+    data = _get_json(f"{grafana_url}/api/prometheus/grafana/api/v1/rules")
+    return {
+        r["name"]: (r.get("health", ""), r.get("lastError", "")) for g in data["data"]["groups"] for r in g["rules"]
+    }
+
+
+def check_provisioned(grafana_url: str, names=ALERT_NAMES, timeout: float = 120.0, running=lambda: True) -> None:
+    """Every rule in `names` present in Grafana and evaluated without error, before any traffic: a provisioning
+    mistake or an unreachable datasource stops the run here, with Grafana's own words (execErrState is Error)."""
+    seen: dict[str, tuple[str, str]] = {}
+
+    def ready() -> bool:
+        nonlocal seen
+        if not running():
+            raise GrafanaError("the Grafana container exited while provisioning")
+        seen = rule_health(grafana_url)
+        broken = {n: err for n, (health, err) in seen.items() if n in names and health == "error"}
+        if broken:
+            name, err = next(iter(broken.items()))
+            raise GrafanaError(f"Grafana rule {name} fails to evaluate: {err or 'error'} (is Prometheus reachable?)")
+        return all(seen.get(n, ("",))[0] in ("ok", "nodata") for n in names)
+
+    try:
+        _wait(ready, timeout, "every alert rule provisioned and evaluated", interval=2.0)
+    except GrafanaError as exc:
+        absent = [n for n in names if n not in seen]
+        raise GrafanaError(f"{exc}" + (f"; rules absent in Grafana: {', '.join(absent)}" if absent else "")) from None
+
+
+def replica_pidfiles(run_dir: Path) -> list[Path]:
+    """The pid files of `make demo`'s model-server replicas (one per replica, `--replicas N`)."""
+    from msml.serving.model_server import replica_name
+
+    found = []
+    while (run_dir / f"{replica_name(len(found))}.pid").exists():
+        found.append(run_dir / f"{replica_name(len(found))}.pid")
+    return found
+
+
+def stop_replicas(run_dir: Path) -> int:
+    """Stop every replica of ours (ModelServerDown needs all of them down); returns how many were ours and stopped."""
     from msml.ops.processes import stop
 
-    def firing(name: str) -> bool:
-        return rule_states(grafana_url).get(name) == "firing" and alert(name).key in notifications_by_alert(
-            notifications, grafana=True
-        )
+    return sum(stop(pidfile).state == "ours" for pidfile in replica_pidfiles(run_dir))
 
-    muted = inhibited_among(ALERT_NAMES)
-    if muted:
-        raise GrafanaError(f"{muted[0][0]} cannot fire while {muted[0][1]} does: choose other alerts")
+
+@dataclass
+class Stack:
+    """What the capture drives and where Grafana looks: the traffic that fires the traffic alerts, the model servers
+    stopped for the outage (all of them), how to bring them back, the Prometheus and receiver Grafana talks to.
+    `prometheus_url` / `receiver_url` None: the committed provisioning's compose host names (mapped to 127.0.0.1)."""
+
+    what: str
+    traffic: Callable[[], list[subprocess.Popen]]
+    stop_models: Callable[[], tuple[int, int]]  # (stopped, how many there were)
+    restore: Callable[[], None]
+    notifications: Path
+    prometheus_url: str | None = None
+    receiver_url: str | None = None
+
+
+def demo_stack(settings, ports: Ports = DEFAULT_PORTS) -> Stack:
+    """`make demo`'s gateway, model-server replicas, Prometheus and receiver (`msml loadgen` sends the traffic)."""
+    from msml.ops.demo import start_serving
+
+    replicas = len(replica_pidfiles(settings.run_dir))
     gateway = f"http://127.0.0.1:{ports.gateway}"
-    # all rows drifted (their ground truth is unknown), and every scored row gets the label the model did not
-    # predict as feedback: the live accuracy drops to 0 while the drift builds up
-    loadgen = subprocess.Popen(
-        [
+
+    def traffic() -> list[subprocess.Popen]:
+        # all rows drifted (their ground truth is unknown), and every scored row gets the label the model did not
+        # predict as feedback: the live accuracy drops to 0 while the drift builds up
+        argv = [
             str(Path(sys.executable).parent / "msml"),
             "loadgen",
             "--url",
@@ -227,76 +299,58 @@ def alerts_firing(settings, grafana_url: str, notifications: Path, ports: Ports 
             "--wrong-feedback-share",
             "1.0",
             "--no-progress",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        ]
+        return [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+
+    return Stack(
+        what=f"make demo's gateway ({gateway}) and {replicas} model server(s)",
+        traffic=traffic,
+        stop_models=lambda: (stop_replicas(settings.run_dir), replicas),
+        restore=lambda: start_serving(settings, ports, replicas=replicas),  # the same model servers, back again
+        notifications=notifications_path(settings.run_dir),
     )
-    stopped = False
+
+
+@contextmanager
+def alerts_firing(grafana_url: str, stack: Stack, echo=print, while_healthy=None):
+    """Real traffic fires each of ALERT_NAMES in Grafana and its notification reaches the receiver; the body of the
+    `with` runs while they fire (the rule pages show it). `while_healthy()` runs once the traffic alerts fire and
+    before the outage (the panels: model up, no gaps). On exit the model servers are back and the traffic stops."""
+    from msml.handin.evidence import notifications_by_alert
+
+    def firing(name: str) -> bool:
+        return rule_states(grafana_url).get(name) == "firing" and alert(name).key in notifications_by_alert(
+            stack.notifications, grafana=True
+        )
+
+    muted = inhibited_among(ALERT_NAMES)
+    if muted:
+        raise GrafanaError(f"{muted[0][0]} cannot fire while {muted[0][1]} does: choose other alerts")
+    senders = stack.traffic()
+    stopped = 0
     try:
         holds = " and ".join(f"{n} ({alert(n).for_})" for n in TRAFFIC_ALERTS)
-        echo(f"drifted traffic with wrong feedback to {gateway} until {holds} fire")
+        echo(f"drifted traffic with wrong feedback to {stack.what} until {holds} fire")
         for name in TRAFFIC_ALERTS:
             _wait(lambda name=name: firing(name), FIRE_TIMEOUT, f"{name} firing in Grafana and notified")
-        echo(f"stopping the demo's model server while traffic flows ({OUTAGE_ALERT})")
-        stopped = stop(settings.run_dir / "model-server.pid")
+        if while_healthy is not None:
+            while_healthy()
+        echo(f"stopping every model server of {stack.what} while traffic flows ({OUTAGE_ALERT})")
+        stopped, expected = stack.stop_models()
+        if stopped < expected or not expected:
+            raise GrafanaError(
+                f"only {stopped} of {expected} model servers were ours to stop: {OUTAGE_ALERT} cannot fire"
+            )
         _wait(lambda: firing(OUTAGE_ALERT), OUTAGE_TIMEOUT, f"{OUTAGE_ALERT} firing in Grafana and notified")
         # the rule pages must show all three firing at once
         _wait(lambda: all(firing(n) for n in ALERT_NAMES), 60.0, f"{', '.join(ALERT_NAMES)} firing together")
         yield
     finally:
-        loadgen.terminate()
-        loadgen.wait(timeout=30)
+        for sender in senders:
+            sender.terminate()
+            sender.wait(timeout=30)
         if stopped:
-            start_serving(settings, ports)  # the same single model server, back again
-
-
-# Ready once the panel drew its data (uPlot canvas for graphs and heatmaps, a value for stats) and stopped loading.
-PANEL_READY = (
-    "() => { if (document.querySelector('[aria-label=\"Panel loading bar\"]')) return false;"
-    " const body = document.body.innerText; if (body.includes('No data')) return false;"
-    " return !!document.querySelector('canvas, [data-testid=\"data-testid panel content\"] span'); }"
-)
-
-
-def capture(grafana_url: str, panels_dir: Path, alerting_dir: Path, notifications: Path) -> list[Path]:
-    """Panels into `panels_dir`, rule pages and notifications into `alerting_dir` (numbered as the course does)."""
-    from msml.handin.evidence import (
-        Browser,
-        _text_ready,
-        grafana_alert_stems,
-        grafana_panel_stems,
-        notifications_by_alert,
-        numbered,
-        text_image,
-    )
-    from msml.monitoring.definitions import PANELS
-
-    ids = panel_ids()
-    written = []
-    texts = notifications_by_alert(notifications, grafana=True)
-    with Browser(timeout=90) as browser:
-        for panel, name in zip(PANELS, numbered(grafana_panel_stems()), strict=True):
-            url = f"{grafana_url}/d-solo/{DASHBOARD_UID}?orgId=1&panelId={ids[panel.key]}&from=now-30m&to=now"
-            written.append(browser.capture(url, panels_dir / name, PANEL_READY, f"Grafana panel {panel.key}"))
-        names = iter(numbered(grafana_alert_stems(list(ALERT_KEYS))))
-        for name in ALERT_NAMES:
-            a = alert(name)
-            written.append(
-                browser.capture(
-                    f"{grafana_url}/alerting/grafana/{grafana_rule_uid(a)}/view",
-                    alerting_dir / next(names),
-                    _text_ready([a.name, "Firing"]),
-                    f"Grafana rule {a.name}",
-                )
-            )
-            written.append(
-                text_image(
-                    texts[a.key],
-                    alerting_dir / next(names),
-                    title=f"Grafana webhook notifications received for {a.name}",
-                )
-            )
-    return written
+            stack.restore()
 
 
 def grafana_evidence_complete(panels_dir: Path, alerting_dir: Path) -> bool:
@@ -310,48 +364,30 @@ def grafana_evidence_complete(panels_dir: Path, alerting_dir: Path) -> bool:
 
 def drop_grafana_items(missing_file: Path, folders: list[str]) -> None:
     """Remove the Grafana entries from MISSING_EVIDENCE.md (the file goes when nothing else is listed)."""
-    if not missing_file.is_file():
-        return
-    head, *items = missing_file.read_text().split("\n- `")
-    kept = [item for item in items if not any(item.startswith(folder) for folder in folders)]
-    if kept:
-        missing_file.write_text("\n- `".join([head, *kept]))
-    else:
-        missing_file.unlink()
+    from msml.handin.missing import drop_items
+
+    drop_items(missing_file, folders)
 
 
 def grafana_evidence(settings, out: Path, ports: Ports = DEFAULT_PORTS, echo=print) -> list[Path]:
-    """The whole command: steps 1-5 of the module docstring; the container is stopped whatever happens."""
+    """The whole command against `make demo`'s stack: steps 1-5 of the module docstring (`grafana_run.capture_with`
+    runs Grafana, stops it whatever happens and keeps its log in `<run dir>/grafana.log`)."""
+    from msml.handin import contact
+    from msml.handin.grafana_run import capture_with
     from msml.handin.names import ALERTING_DIR, GRAFANA_DIR, MISSING_FILE, MONITORING, submission_name
     from msml.handin.repos import check_names, zip_folder
-    from msml.ops.processes import wait_ready
 
     check_names(settings)
-    docker = docker_cli()
+    contact.chosen()  # a missing variable, or no Docker: one line before anything else
+    docker_cli()
     submission = Path(out).resolve() / submission_name(settings.student)
     if not submission.is_dir():
         raise GrafanaError(f"no {submission}: run `msml export --out {out}` first")
     check_stack(ports)
-    notifications = notifications_path(settings.run_dir)
-    grafana_url = f"http://127.0.0.1:{ports.grafana}"
-    result = subprocess.run(run_command(docker, settings.root, ports), capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        raise GrafanaError(f"`docker run {GRAFANA_IMAGE}` failed: {(result.stderr.strip().splitlines() or [''])[-1]}")
-    try:
-        wait_ready(f"{grafana_url}/api/health", timeout=180)
-        echo(
-            f"Grafana {GRAFANA_IMAGE} ready on {grafana_url}; firing {', '.join(ALERT_NAMES)} takes "
-            f"~{estimate_minutes()} min"
-        )
-        monitoring = submission / MONITORING
-        panels_dir, alerting_dir = monitoring / GRAFANA_DIR, monitoring / ALERTING_DIR
-        with alerts_firing(settings, grafana_url, notifications, ports, echo=echo):
-            for folder in (panels_dir, alerting_dir):
-                for stale in folder.glob("*.jpg"):
-                    stale.unlink()
-            written = capture(grafana_url, panels_dir, alerting_dir, notifications)
-    finally:
-        subprocess.run([docker, "stop", CONTAINER], capture_output=True, timeout=120)
+    monitoring = submission / MONITORING
+    written = capture_with(
+        settings, demo_stack(settings, ports), monitoring / GRAFANA_DIR, monitoring / ALERTING_DIR, ports, echo=echo
+    )
     rel = f"{submission.name}/{MONITORING}/"
     drop_grafana_items(submission.parent / MISSING_FILE, [rel + GRAFANA_DIR, rel + ALERTING_DIR])
     zip_folder(submission, submission.parent / f"{submission.name}.zip")

@@ -443,9 +443,10 @@ def _grafana_rule(a: Alert, timing: Timing) -> dict:
         .for_val(timing.for_override or a.for_)
         .labels({"severity": a.severity})
         .annotations(_grafana_annotations(a))
-        # missing data alerts once, through the rule that owns it (the gateway cannot be scraped)
+        # missing data alerts once, through the rule that owns it (the gateway cannot be scraped); a query that
+        # fails (Prometheus unreachable, a bad expression) is an error, never OK: the capture stops on it at once
         .no_data_state("Alerting" if a.no_data_alerts else "OK")
-        .exec_err_state("Error" if a.no_data_alerts else "OK")
+        .exec_err_state("Error")
         .is_paused(False)
     )
     plain = _to_plain(rule.build())
