@@ -58,3 +58,14 @@ def test_pipeline_failures_are_not_bad_input():
     for kind in (CiError, EngineError, TuningError):
         assert kind.exit_code == errors.PipelineError.exit_code != errors.DataError.exit_code
     assert PostgresError.exit_code == errors.TrackingError.exit_code
+
+
+def test_a_module_over_400_lines_says_why_in_its_docstring():
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "src" / "msml").rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 400 and "Its length" not in (ast.get_docstring(ast.parse(text)) or ""):
+            long.append(str(path.relative_to(ROOT)))
+    assert long == [], "over ~400 lines without 'Its length (…): why' in the module docstring"

@@ -7,6 +7,9 @@ With feedback snapshots (`msml collect`: served rows with their ground truth, in
 file is split exactly as without them, so the test split stays the same rows; the snapshots' rows, oldest first,
 minus any that repeat a raw row, go to train, except the newest `test_size` share of them, held out as the
 out-of-time window (`out_of_time_clean.csv`) on which a candidate and the champion are compared.
+
+Its length (~400 lines) is the pipeline's steps side by side, each a few lines; the notebook and the course's
+automate script mirror them in this order, so they stay in one module.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ File names follow the course (`msml.handin.names`), numbered 1., 2., 3. ... with
 `msml.monitoring.definitions`: `prometheus_stems()` for `4.bukti monitoring Prometheus/` (one graph per dashboard
 panel, then the Prometheus rules and alerts pages and Alertmanager's notifications) and `grafana_panel_stems()` /
 `grafana_alert_stems()` for the Grafana folders (`msml.handin.grafana` fills those).
+
+Its length (~450 lines): one browser driver, its wait conditions and the blank-band check serve every capture
+(MLflow, Prometheus, the Grafana pages), and the conditions are only readable next to the pages they wait for.
 """
 
 from __future__ import annotations

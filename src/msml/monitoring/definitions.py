@@ -3,6 +3,9 @@
 The Prometheus rules, the promtool unit tests, the Alertmanager route, the Grafana dashboard and the
 Grafana alert rules are all rendered from these definitions (`msml monitoring render`); every metric
 name comes from `msml.monitoring.metrics`, never retyped.
+
+Its length (~650 lines) is data: every panel, rule and alert with its PromQL, threshold and promtool cases.
+It is one module on purpose: a new metric's panel and alert change this file and nothing else by hand.
 """
 
 from __future__ import annotations

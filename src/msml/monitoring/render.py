@@ -4,6 +4,9 @@
 `render_files()` returns {relative path: text}; `write()` puts them under a root, `stale()` lists the
 committed files that differ from what the definitions render now. The same functions, given other
 targets and a fast `Timing`, produce the configs the tests and `msml monitoring up` run with.
+
+Its length (~670 lines): one renderer per file format (Prometheus, Alertmanager, Grafana dashboard and rules,
+compose, the operator's objects), each short and all fed by the same Targets and Timing.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ model URI, metrics, image tag). Then the image, as the workflow builds it: `buil
 against podman's Docker API (`msml.ops.containers`, with a stand-in base image); without any engine,
 `generate_dockerfile()` writes the Dockerfile that command would build and `check_dockerfile()`
 inspects it.
+
+Its length (~400 lines): the job's steps and the image's build and checks share the run summary and the
+serving-environment layer; split apart, each half would restate them.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ Each request has a deadline (`request_timeout`): it is answered by then (504 at 
 whose client left is withdrawn before it reaches the model and counted as status 499, a full queue,
 a backlog in front of the handlers (`admission`) or a model server known to be down is a 503 with
 Retry-After within milliseconds; while ≥ 10 % of requests are refused, the limits tighten (`admission`).
+
+Its length (~550 lines): the request path (predict, record, refusal) and the app's lifecycle (start, reload on
+a new champion, stop) share the Gateway's state; everything else already lives in the modules listed above.
 """
 
 from __future__ import annotations

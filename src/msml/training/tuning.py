@@ -11,6 +11,9 @@ each category into an ordinal code (missing and unknown → NaN), and the estima
 columns are categorical. Why LightGBM as the second family (measured on this split, issue 15): near-
 default LightGBM reached test ROC-AUC 0.9268 in ~2 s per fit from a 3.5 MB wheel; CatBoost 0.9272 in
 50–89 s per fit (a ~100 MB wheel), which leaves no room for a search within 3 minutes on 2 cores.
+
+Its length (~530 lines): the search space, the objective, the refit of the best trial, the ensemble of the
+families and the calibration choice read one another's results; each is a short function, kept in search order.
 """
 
 from __future__ import annotations
