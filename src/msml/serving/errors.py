@@ -37,6 +37,9 @@ BODY = "_body"  # metric label for failures of the request as a whole
 ROW = "_row"  # ... and of a row as a whole (not a dict, wrong length, unexpected field)
 
 
+JSON_TYPE = "application/json"  # the one content type the POST endpoints take and give
+
+
 class GatewayError(Exception):
     """Base: an answer other than 200, with its status and a message safe to show the client."""
 
@@ -130,7 +133,7 @@ def request_id() -> str:
 
 
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(dumps(content), status_code=status, media_type="application/json", headers=headers)
+    return Response(dumps(content), status_code=status, media_type=JSON_TYPE, headers=headers)
 
 
 def _error_body(exc: GatewayError, rid: str | None) -> bytes:
@@ -138,13 +141,13 @@ def _error_body(exc: GatewayError, rid: str | None) -> bytes:
 
 
 def error_response(exc: GatewayError, rid: str | None = None) -> Response:
-    return Response(_error_body(exc, rid), exc.status, exc.headers or None, media_type="application/json")
+    return Response(_error_body(exc, rid), exc.status, exc.headers or None, media_type=JSON_TYPE)
 
 
 def error_parts(exc: GatewayError, rid: str | None = None) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """The headers and body of `exc`'s answer, for writers below Starlette's Response."""
     body = _error_body(exc, rid)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", JSON_TYPE.encode()), (b"content-length", str(len(body)).encode())]
     return headers + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()], body
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from msml.serving.errors import DecodeError, body_error, loads, short
+from msml.serving.errors import JSON_TYPE, DecodeError, body_error, loads, short
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs", "rows")
 _CLOSE = {"connection": "close"}  # a 413 closes the connection: the rest of the body is never read
@@ -33,8 +33,8 @@ async def read_json(request: Request, limit: int) -> Any:
     Raises starlette's ClientDisconnect when the client leaves mid-body (the caller counts a 499).
     """
     ctype = request.headers.get("content-type")
-    if ctype is None or ctype.split(";", 1)[0].strip().lower() != "application/json":
-        raise body_error(415, "content_type", f"Content-Type must be application/json (got {short(ctype)!r})")
+    if ctype is None or ctype.split(";", 1)[0].strip().lower() != JSON_TYPE:
+        raise body_error(415, "content_type", f"Content-Type must be {JSON_TYPE} (got {short(ctype)!r})")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise body_error(413, "too_large", f"body of {declared} bytes is over the limit of {limit} bytes", **_CLOSE)

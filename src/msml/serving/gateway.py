@@ -52,6 +52,7 @@ from msml.ops.processes import check_port
 from msml.serving.admission import Pressure
 from msml.serving.batching import MicroBatcher, QueueFull
 from msml.serving.errors import (
+    JSON_TYPE,
     GatewayError,
     ModelServerError,
     Overloaded,
@@ -505,7 +506,7 @@ def create_app(
 
     @app.get("/ping", summary="Liveness of the gateway itself (as MLflow's server answers /ping)")
     async def ping() -> Response:
-        return Response(b"\n", media_type="application/json")
+        return Response(b"\n", media_type=JSON_TYPE)
 
     # counting wraps every route; POST /invocations is served from outside FastAPI altogether: its per-request
     # telemetry check (environment and OpenTelemetry look-ups) and Starlette's middleware stack (error,

@@ -7,6 +7,8 @@ written out here once, from the same row model the validation uses.
 from __future__ import annotations
 
 from msml.data.contract import Contract
+from msml.serving.errors import JSON_TYPE
+from msml.serving.formats import FORMATS
 
 
 def openapi_extra(contract: Contract, max_rows: int, max_items: int) -> tuple[dict, dict]:
@@ -22,23 +24,21 @@ def openapi_extra(contract: Contract, max_rows: int, max_items: int) -> tuple[di
         },
         "required": ["columns", "data"],
     }
+    # one variant per request format the parser takes (formats.FORMATS): a new format appears here by itself
     variants = [
         {
             "type": "object",
-            "properties": {"dataframe_split": split},
-            "required": ["dataframe_split"],
+            "properties": {k: split if k == "dataframe_split" else rows},
+            "required": [k],
             "additionalProperties": False,
         }
-    ]
-    variants += [
-        {"type": "object", "properties": {k: rows}, "required": [k], "additionalProperties": False}
-        for k in ("dataframe_records", "instances", "inputs", "rows")
+        for k in FORMATS
     ]
     responses = {
         "200": {"description": "Positive-class probability, predicted label and an id (for /feedback) per row."},
         "400": {"description": "Malformed JSON or unknown request format."},
         "413": {"description": "Body or row count over the limit."},
-        "415": {"description": "Content-Type is not application/json."},
+        "415": {"description": f"Content-Type is not {JSON_TYPE}."},
         "422": {"description": "Rows that fail the data contract: row, field and reason for each."},
         "499": {"description": "(never sent) the client left before its answer; counted in the metrics."},
         "500": {"description": "An unexpected gateway error (JSON, with a request id that is in the log)."},
@@ -47,7 +47,7 @@ def openapi_extra(contract: Contract, max_rows: int, max_items: int) -> tuple[di
         "504": {"description": "The request's deadline passed (model server too slow)."},
     }
     invocations = {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": variants}}}},
+        "requestBody": {"required": True, "content": {JSON_TYPE: {"schema": {"oneOf": variants}}}},
         "responses": responses,
     }
     label = {"anyOf": [{"type": "string", "enum": list(contract.labels)}, {"type": "integer", "enum": [0, 1]}]}
@@ -55,7 +55,7 @@ def openapi_extra(contract: Contract, max_rows: int, max_items: int) -> tuple[di
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {
+                JSON_TYPE: {
                     "schema": {
                         "type": "object",
                         "properties": {
