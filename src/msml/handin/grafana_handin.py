@@ -11,7 +11,6 @@ terminal stopped (every process its pane started) until ModelServerDown fires. T
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -61,28 +60,14 @@ def capture(ws, settings, term, pane: str, exporter_url: str, prom_url: str, pan
     from msml.handin.grafana import docker_cli
     from msml.handin.grafana_run import capture_with
     from msml.handin.run import free_servers
+    from msml.monitoring.stack import receiver_command
     from msml.ops.processes import spawn, wait_ready
 
     docker_cli()  # no Docker: one line, before the receiver starts
     free = free_servers()
     grafana_port, receiver_port = free.model, free.exporter
     notifications = ws.logs / "notifications.jsonl"
-    receiver = spawn(
-        [
-            sys.executable,
-            "-m",
-            "msml.cli",
-            "monitoring",
-            "receiver",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(receiver_port),
-            "--out",
-            str(notifications),
-        ],
-        ws.logs / "receiver.log",
-    )
+    receiver = spawn(receiver_command(receiver_port, notifications), ws.logs / "receiver.log")
     ws._procs.append(receiver)
     wait_ready(f"http://127.0.0.1:{receiver_port}/-/ready", timeout=30, alive=lambda: receiver.poll() is None)
     stack = handin_stack(

@@ -162,20 +162,14 @@ def commands(stack: Stack, paths: dict[str, Path], timing: Timing = PRODUCTION) 
             f"--web.external-url={stack.alertmanager_url}/",
             "--cluster.listen-address=",
         ],
-        "receiver": [
-            sys.executable,
-            "-m",
-            "msml.cli",
-            "monitoring",
-            "receiver",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(p.receiver),
-            "--out",
-            str(stack.notifications),
-        ],
+        "receiver": receiver_command(p.receiver, stack.notifications),
     }
+
+
+def receiver_command(port: int, out: Path) -> list[str]:
+    """The webhook receiver (`msml monitoring receiver`) on 127.0.0.1:`port`, notifications appended to `out`."""
+    receiver = [sys.executable, "-m", "msml.cli", "monitoring", "receiver"]
+    return [*receiver, "--host", "127.0.0.1", "--port", str(port), "--out", str(out)]
 
 
 def start(
