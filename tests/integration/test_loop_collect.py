@@ -88,6 +88,8 @@ def test_training_logs_the_snapshot_as_a_feedback_dataset_input(with_feedback, c
     settings = load_settings().with_overrides(processed_dir=out)
     data = load_data(settings)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # an experiment of this store: the fluent API remembers an earlier test's active experiment id across stores
+    mlflow.set_experiment("feedback-input")
     try:
         with mlflow.start_run() as run:
             log_training_dataset(data, contract)

@@ -57,6 +57,13 @@ class LoopMetrics:
         )
         if champion_version is not None:
             self.champion.set_function(champion_version)
+        from msml.loop.trigger import ENDINGS, RETRAIN_ALERTS, STARTED
+
+        # every ending of a retraining exists from the start, at 0: `increase(...{outcome="failed"}[1h])` (the
+        # RetrainFailed alert) then reads 0, not "no data", until one fails
+        for reason in RETRAIN_ALERTS:
+            for outcome in (STARTED, *ENDINGS):
+                self.decisions.labels(reason=reason, outcome=outcome)
 
     def count(self, decision) -> None:
         self.decisions.labels(reason=decision.reason, outcome=decision.outcome).inc()

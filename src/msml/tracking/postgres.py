@@ -55,6 +55,9 @@ def _give_to_owner(path: Path) -> None:
         os.chown(path, owner.pw_uid, owner.pw_gid)
 
 
+MAX_CONNECTIONS = 300
+
+
 @dataclass(frozen=True)
 class Cluster:
     """A cluster in `data_dir` on 127.0.0.1:`port`, its unix socket in `data_dir` too."""
@@ -102,7 +105,11 @@ class Cluster:
         """Start the server and wait until it accepts connections (`pg_ctl -w`)."""
         self.log.touch()
         _give_to_owner(self.log)  # the server writes its log as the cluster's owner
+        # 300 connections, not PostgreSQL's 100: each process that shares the study (the creator, every tuning
+        # worker and its heartbeat thread) and the tracking server keep SQLAlchemy pools of their own; with two
+        # workers, a dead one's retry and the server, 100 ran out in a clean-clone CI run ("too many clients already")
         options = f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1"
+        options += f" -c max_connections={MAX_CONNECTIONS}"
         self._run(
             [
                 str(find_bin_dir() / "pg_ctl"),
