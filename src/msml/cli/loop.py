@@ -1,4 +1,5 @@
-"""The closed loop's commands: `msml collect` (served rows + labels → a training snapshot) and `msml loop status`."""
+"""The closed loop's commands: `msml collect` (served rows + labels → a training snapshot), `msml loop status`,
+`msml retrain` (collect, tune, gate, promote, roll out) and `msml rollback`."""
 
 from __future__ import annotations
 
