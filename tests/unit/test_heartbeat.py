@@ -21,6 +21,8 @@ def _study(tmp_path, on_stale):
     return study, storage
 
 
+# waits out a real timeout (SQLite's busy timeout / Optuna's grace period): in `make test`, not the inner loop
+@pytest.mark.slow
 def test_an_abandoned_trial_is_failed_and_its_parameters_claimed_again(tmp_path):
     stale = []
 

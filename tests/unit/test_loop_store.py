@@ -114,6 +114,8 @@ def test_writer_logs_every_appended_row_and_flushes_on_stop(store):
     assert facts == {("adult", "3", 1, 0.75)}
 
 
+# waits out a real timeout (SQLite's busy timeout / Optuna's grace period): in `make test`, not the inner loop
+@pytest.mark.slow
 def test_a_locked_store_costs_dropped_rows_never_half_a_batch(store, tmp_path):
     """Another connection holds the database's write lock: the writer's batch fails whole and is kept, the buffer
     fills to its bound, later requests are dropped (counted, whole), and once the lock goes every kept row lands."""
@@ -136,6 +138,8 @@ def test_a_locked_store_costs_dropped_rows_never_half_a_batch(store, tmp_path):
     assert set(store.predictions([f"r{i}" for i in range(40)])) == {f"r{i}" for i in range(20)}
 
 
+# waits out a real timeout (SQLite's busy timeout / Optuna's grace period): in `make test`, not the inner loop
+@pytest.mark.slow
 def test_stop_counts_what_a_store_that_stays_locked_never_took(store, tmp_path):
     logged, dropped = counters()
     log = PredictionLog(store, "hash", logged, dropped, batch_rows=8, flush_interval=0.01)
