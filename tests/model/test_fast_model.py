@@ -48,8 +48,11 @@ def fitted(choice: dict, transformer, splits, contract) -> Pipeline:
 
 
 def compiled(pipeline: Pipeline, tmp_path) -> FastModel:
+    """The compiled model as the model server loads it: its trees walked by the built walker (fastwalk.c)."""
     fastmodel.write_spec(tmp_path, *fastmodel.compile_pipeline(pipeline))
-    return FastModel(tmp_path)
+    fast = FastModel(tmp_path)
+    assert fast.walker is not None, "the walker was not built or did not load (is there a C compiler?)"
+    return fast
 
 
 def assert_same(pipeline: Pipeline, fast: FastModel, rows: pd.DataFrame) -> None:
@@ -103,6 +106,30 @@ def test_every_category_missing_and_unknown_values_go_where_the_pipeline_sends_t
         rtol=0,
         atol=TOLERANCE,
     )
+
+
+def test_the_walker_adds_the_same_leaves_as_lightgbms_predictor(transformer, splits, contract, tmp_path):
+    """Margins equal to the last bit (the same splits, the same additions in the same order) on the whole test
+    split and on matrices no request makes: values exactly at split thresholds, NaN anywhere, exact zeros,
+    negative, fractional and out-of-range category codes, infinities. The fallback where the walker cannot load
+    is then the same model."""
+    pipeline = fitted(CHOICES["ensemble"], transformer, splits, contract)
+    walker = compiled(pipeline, tmp_path).walker
+    lightgbm = FastModel(tmp_path, walker=False)
+    _, test = splits
+    matrix = lightgbm.matrix(test[contract.features])
+    rng = np.random.default_rng(0)
+    odd = matrix[rng.integers(0, len(matrix), 4000)]
+    for value, share in ((np.nan, 0.15), (0.0, 0.05), (-1.0, 0.02), (-0.5, 0.02), (2.5, 0.02), (1e12, 0.01),
+                         (np.inf, 0.01), (-np.inf, 0.01), (70.0, 0.02)):  # fmt: skip
+        odd[rng.random(odd.shape) < share] = value
+    numeric = walker.nodes[(walker.nodes["kind"] & 1) == 0]
+    at_threshold = matrix[rng.integers(0, len(matrix), len(numeric))]
+    at_threshold[np.arange(len(numeric)), numeric["feature"]] = numeric["threshold"]
+    odd = np.vstack([odd, at_threshold])
+    for rows in (matrix, odd):
+        expected = np.column_stack([b.predict(rows, raw_score=True, num_threads=1) for b in lightgbm.boosters])
+        assert np.array_equal(walker.margins(rows), expected)
 
 
 def test_what_the_runtime_cannot_evaluate_is_not_compiled(splits, contract, processed):

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 SPEC_DIR = "fast"  # inside the logged model's folder
 RUNTIME_MODULE = "msml_fast_model"  # the runtime's name in the model's code/ folder (not msml: that is not there)
+WALKER_SOURCE = Path(__file__).with_name("fastwalk.c")
+WALKER_LIBRARY = "fastwalk.so"  # built into SPEC_DIR beside its source
 RUNTIME_TAG = "msml.model_runtime"  # a run tag: "compiled" or "sklearn", what the pyfunc flavor runs
 # the compiled model's probabilities may differ from the pipeline's by rounding only (measured: 2.2e-16)
 TOLERANCE = 1e-9
@@ -319,11 +323,11 @@ def compile_checked(pipeline, rows) -> tuple[dict, dict[str, str]] | None:
     except NotCompilable as exc:
         log.info("served as the sklearn model: %s", exc)
         return None
+    slow = pipeline.predict_proba(rows)
     with tempfile.TemporaryDirectory() as tmp:
         write_spec(Path(tmp), *compiled)
-        fast = runtime.FastModel(tmp).predict(rows)
-    slow = pipeline.predict_proba(rows)
-    worst = float(np.abs(fast - slow).max())
+        # both ways of walking the trees: the model server falls back to LightGBM's where the walker cannot load
+        worst = max(float(np.abs(runtime.FastModel(tmp, walker=w).predict(rows) - slow).max()) for w in (True, False))
     if not worst <= TOLERANCE:
         log.warning("the compiled model differs from the pipeline by %.3g: served as the sklearn model", worst)
         return None
@@ -331,11 +335,30 @@ def compile_checked(pipeline, rows) -> tuple[dict, dict[str, str]] | None:
 
 
 def write_spec(directory: Path, spec: dict, files: dict[str, str]) -> None:
-    """The compiled model's folder: spec.json and the LightGBM text models."""
+    """The compiled model's folder: spec.json, the LightGBM text models and, where a C compiler is, the walker."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / runtime.SPEC_FILE).write_text(json.dumps(spec, indent=1) + "\n")
     for name, text in files.items():
         (directory / name).write_text(text)
+    walker = build_walker(directory)
+    spec = {**spec, "walker": walker} if walker else spec
+    (directory / runtime.SPEC_FILE).write_text(json.dumps(spec, indent=1) + "\n")
+
+
+def build_walker(directory: Path) -> str | None:
+    """fastwalk.c built into `directory` (its source beside it); the library's file name, or None (logged) when
+    there is no C compiler or it fails: the runtime then walks the trees with LightGBM's predictor.
+    Plain -O2, no flags of this CPU: the library must load wherever the model is served on x86-64 Linux."""
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        log.warning("no C compiler (cc): the fast model walks its trees with LightGBM's slower predictor")
+        return None
+    source = shutil.copyfile(WALKER_SOURCE, directory / WALKER_SOURCE.name)
+    command = [compiler, "-O2", "-shared", "-fPIC", "-o", str(directory / WALKER_LIBRARY), str(source)]
+    built = subprocess.run(command, capture_output=True, text=True)
+    if built.returncode != 0:
+        log.warning("the walker did not build (%s): LightGBM's predictor walks the trees", built.stderr.strip()[-300:])
+        return None
+    return WALKER_LIBRARY
 
 
 class Flavor:
