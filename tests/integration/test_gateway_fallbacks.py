@@ -54,7 +54,9 @@ class FakeModelServer(BaseHTTPRequestHandler):
         self._answer(200, b"\n") if self.path == "/ping" else self._answer(404, b"{}")
 
     def do_POST(self):
-        rows = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["dataframe_split"]["data"]
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        # the gateway's two upstream formats (Upstream.body): columnar inputs, or dataframe_split
+        rows = body["dataframe_split"]["data"] if "dataframe_split" in body else next(iter(body["inputs"].values()))
         type(self).rows_seen += len(rows)
         mode = type(self).mode
         ok = json.dumps({"predictions": [[0.75, 0.25]] * len(rows)}).encode()

@@ -176,7 +176,7 @@ class Upstream:
 
     async def score(self, rows: list[list[Any]], timeout: float | None = None) -> list[float]:
         """One /invocations call for a batch; the positive-class probability per row."""
-        payload = dumps({"dataframe_split": {"columns": self.features, "data": rows}})
+        payload = dumps(self.body(rows))
         replica = self.pick()
         try:
             content = await self._call(replica, payload, timeout)
@@ -199,6 +199,19 @@ class Upstream:
                 else "not JSON with one probability per row"
             )
             raise ModelServerError(502, "bad_response", f"model server's answer is not understood: {detail}") from None
+
+    def body(self, rows: list[list[Any]]) -> dict[str, Any]:
+        """The /invocations body of a batch of validated rows (the features in order, None where missing).
+
+        MLflow's columnar `inputs` (one list per column) costs its scoring server about 40 % less CPU than
+        `dataframe_split`, which builds a DataFrame and casts each column to the signature's type before the
+        model's own schema enforcement does it again (measured in-process, the champion: 1 row 8.1 → 4.7 ms,
+        16 rows 10.5 → 6.5 ms). But MLflow parses a null in a columnar string column as the string 'None', a
+        category, where dataframe_split keeps it missing: a batch with a missing value goes as dataframe_split."""
+        if not rows or any(v is None for row in rows for v in row):
+            return {"dataframe_split": {"columns": self.features, "data": rows}}
+        columns = zip(*rows, strict=True)
+        return {"inputs": {name: list(column) for name, column in zip(self.features, columns, strict=True)}}
 
     async def _call(self, replica: Replica, payload: bytes, timeout: float | None) -> bytes:
         """POST the batch to `replica`; its answer's body, or ModelServerError (a refusal marks it down)."""
