@@ -7,7 +7,8 @@
    and gate-promoted: @champion is the tuned model, version 1 the baseline.
 2. The model's own cost per call, 1 / 16 / 128 / 1,024 rows on one thread (CPU ms, median of rounds): the sklearn
    pipeline (what was served before, still the model's sklearn flavor), the compiled model the python_function
-   flavor runs, and `pyfunc.predict` (MLflow's schema enforcement included, as the scoring server calls it).
+   flavor runs (its trees walked by fastwalk.c), the same with LightGBM's predictor walking them (the fallback),
+   and `pyfunc.predict` (MLflow's schema enforcement included, as the scoring server calls it).
 3. Servers on free loopback ports: `mlflow models serve` (1 worker) for the champion and for the baseline, an
    `msml gateway` in front of each, and MLServer 1.7.1 with adaptive batching (max_batch_size 64, max_batch_time
    5 ms, V2 endpoint, parallel_workers 0: 1.7.1 with uvloop 0.23 crashes with workers) on the champion's model
@@ -104,7 +105,9 @@ def model_cost(model_dir: Path, rows, rounds: int = 5) -> dict[str, dict[int, fl
     compiled = impl if type(impl).__name__ == "FastModel" else None
     calls = {"sklearn pipeline": pipeline.predict_proba, "pyfunc.predict": pyfunc.predict}
     if compiled is not None:
-        calls["compiled model"] = compiled.predict
+        calls["compiled model"] = compiled.predict  # its trees walked by fastwalk.c when it loaded
+        # the same model with LightGBM's predictor walking the trees (the runtime's fallback, and before fastwalk)
+        calls["compiled, LightGBM walks"] = type(compiled)(model_dir / "fast", walker=False).predict
     table: dict[str, dict[int, float]] = {name: {} for name in calls}
     with threadpool_limits(1):
         for n in COST_ROWS:

@@ -122,7 +122,8 @@ def test_tuning_logs_the_family_choice(home):
 def test_tuned_model_is_compiled_and_served_with_the_pipelines_predictions(home, contract, processed, tmp_path):
     """The tuned model's python_function flavor runs the compiled model (msml.training.fastmodel), its sklearn
     flavor the pipeline: on the whole test split `mlflow.pyfunc.load_model` gives the pipeline's probabilities
-    (within 1e-6, no predicted class differs), and `mlflow models serve` (real server, real HTTP) answers the
+    (within 1e-6, no predicted class differs) with its trees walked by the walker built into the model's folder,
+    and `mlflow models serve` (real server, real HTTP) answers the
     same for rows with and without missing values. The baseline stays the sklearn model."""
     import httpx
 
@@ -134,6 +135,8 @@ def test_tuned_model_is_compiled_and_served_with_the_pipelines_predictions(home,
     uri = home["tuned"]["model_uri"]
     fast = mlflow.pyfunc.load_model(uri)
     assert fast.metadata.flavors["python_function"]["loader_module"] == RUNTIME_MODULE
+    # the runtime object the loader module gave MLflow: its trees walked by the logged fastwalk library
+    assert fast._model_impl.walker is not None, "the logged model's walker did not load"
     assert fast.metadata.get_input_schema().input_names() == contract.features
     pipeline = mlflow.sklearn.load_model(uri)
     _, test = load_clean_splits(processed, contract)
