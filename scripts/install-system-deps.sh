@@ -3,18 +3,20 @@
 # Prometheus (+ promtool), Alertmanager (+ amtool), headless Chromium, docker-compose (config check only),
 # PostgreSQL, podman + runc (the Docker API the image tests build and run against), mmdebstrap (their stand-in
 # base image) and the docker CLI that `mlflow models build-docker` runs (bookworm ships it only in docker.io; its
-# daemon is not used), and Xvfb + xterm + tmux (the hand-in's serving screenshot is a real terminal).
+# daemon is not used), Xvfb + xterm + tmux (the hand-in's serving screenshot is a real terminal), and a C compiler
+# (gcc + libc6-dev: the tuned model's tree walker, src/msml/training/fastwalk.c, is built into its folder).
 set -euo pipefail
 declare -A need=([prometheus]=prometheus [promtool]=prometheus
                  [amtool]=prometheus-alertmanager [prometheus-alertmanager]=prometheus-alertmanager [chromium]=chromium [docker-compose]=docker-compose
                  [podman]=podman [runc]=runc [mmdebstrap]=mmdebstrap [docker]=docker.io
-                 [Xvfb]=xvfb [xterm]=xterm [tmux]=tmux)
+                 [Xvfb]=xvfb [xterm]=xterm [tmux]=tmux [cc]=gcc)
 missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
 # PostgreSQL (tracking server backend, Optuna's shared studies): Debian keeps initdb off PATH.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+[ -f /usr/include/math.h ] || missing+=(libc6-dev)  # the C compiler's headers (math.h, stdint.h)
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 # kubectl renders deploy/kubernetes/ (its built-in kustomize) in tests/integration/test_kubernetes.py. This machine
 # image ships it (1.32, kustomize v5.5); Debian bookworm's kubernetes-client is 1.20, whose kustomize v2.0.3 refuses
