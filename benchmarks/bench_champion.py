@@ -366,20 +366,7 @@ def report(args, cost, closed, targets, capacity, search, overload, frozen, skip
         f"open loop on the champion's gateway: capacity (≥ 99 % answered 200, p99 ≤ {bg.CAPACITY_P99_MS:.0f} ms, "
         f"held) {capacity:.0f} req/s"
     )
-    header = (
-        f"{'case':9s} {'offered/s':>9s} {'good/s':>8s} {'ok p50':>7s} {'ok p99':>7s} {'all p99':>8s} "
-        f"{'all max':>8s}  {'cores gw/model/client':>21s}  answers other than 200"
-    )
-    print(header)
-    print("-" * len(header))
-    steps = [(f"{kind} {'ok' if ok else 'over'}", r) for _, r, kind, ok in search]
-    for name, r in (*steps, ("overload", overload), ("frozen", frozen)):
-        ok = r.get("200", {"n": 0, "p50": float("nan"), "p99": float("nan")})
-        cores = "/".join(f"{r['cores'][k]:.2f}" for k in ("gateway", "model", "client")) if "cores" in r else "-"
-        print(
-            f"{name:9s} {r['sent'] / r['seconds']:9.0f} {ok['n'] / r['seconds']:8.0f} {ok['p50']:7.1f} "
-            f"{ok['p99']:7.1f} {r['all']['p99']:8.1f} {r['all']['max']:8.1f}  {cores:>21s}  {r['kinds'] or 'none'}"
-        )
+    bg.print_open_loop(search, [("overload", overload), ("frozen", frozen)])
     print(
         f"frozen: /health said down {frozen['detected_s']:.2f} s after SIGSTOP; first 200 "
         f"{frozen['recovered_s']:.2f} s after SIGCONT"

@@ -528,6 +528,25 @@ def open_loop(url: str, rate: float, seconds: float, bodies_file: Path, groups: 
     return r
 
 
+def print_open_loop(search: list, cases: list[tuple[str, dict]]) -> None:
+    """The open-loop table (this benchmark's and bench_champion's): the capacity search's steps (`find_capacity`),
+    then `cases` ([(name, open_loop result)]); per row offered and good (200) rates, latencies, cores used."""
+    header = (
+        f"{'case':9s} {'offered/s':>9s} {'good/s':>8s} {'ok p50':>7s} {'ok p99':>7s} {'all p99':>8s} "
+        f"{'all max':>8s}  {'cores gw/model/client':>21s}  answers other than 200"
+    )
+    print(header)
+    print("-" * len(header))
+    steps = [(f"{kind} {'ok' if ok else 'over'}", r) for _, r, kind, ok in search]
+    for name, r in (*steps, *cases):
+        ok = r.get("200", {"n": 0, "p50": float("nan"), "p99": float("nan")})
+        cores = "/".join(f"{r['cores'][k]:.2f}" for k in ("gateway", "model", "client")) if "cores" in r else "-"
+        print(
+            f"{name:9s} {r['sent'] / r['seconds']:9.0f} {ok['n'] / r['seconds']:8.0f} {ok['p50']:7.1f} "
+            f"{ok['p99']:7.1f} {r['all']['p99']:8.1f} {r['all']['max']:8.1f}  {cores:>21s}  {r['kinds'] or 'none'}"
+        )
+
+
 def _rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -917,21 +936,7 @@ def main() -> int:
         f"p99 ≤ {CAPACITY_P99_MS:.0f} ms ({args.capacity_seconds:.0f} s steps, then held "
         f"{args.overload_seconds:.0f} s): {capacity:.0f} req/s"
     )
-    header = (
-        f"{'case':9s} {'offered/s':>9s} {'good/s':>8s} {'ok p50':>7s} {'ok p99':>7s} {'all p99':>8s} "
-        f"{'all max':>8s}  {'cores gw/model/client':>21s}  answers other than 200"
-    )
-    print(header)
-    print("-" * len(header))
-    steps = [(f"{kind} {'ok' if ok else 'over'}", r) for _, r, kind, ok in search]
-    cases = (*steps, ("soak", soak), ("overload", overload), ("frozen", frozen))
-    for name, r in cases:
-        ok = r.get("200", {"n": 0, "p50": float("nan"), "p99": float("nan")})
-        cores = "/".join(f"{r['cores'][k]:.2f}" for k in ("gateway", "model", "client")) if "cores" in r else "-"
-        print(
-            f"{name:9s} {r['sent'] / r['seconds']:9.0f} {ok['n'] / r['seconds']:8.0f} {ok['p50']:7.1f} "
-            f"{ok['p99']:7.1f} {r['all']['p99']:8.1f} {r['all']['max']:8.1f}  {cores:>21s}  {r['kinds'] or 'none'}"
-        )
+    print_open_loop(search, [("soak", soak), ("overload", overload), ("frozen", frozen)])
     growth = (rss_after - rss_before) / rss_before
     print(
         f"stale pooled connections retried by the client (closed by the server's keep-alive): soak "

@@ -22,7 +22,6 @@ from msml.config import DEFAULT_DOCKERHUB_USER, DEFAULT_GITHUB_USER, DEFAULT_STU
 from msml.data.contract import Contract
 from msml.errors import ExportError
 from msml.handin.course import course_files
-from msml.handin.missing import collect_evidence, serving_evidence
 from msml.handin.names import (
     ALERTING_DIR,
     EXPORTER,
@@ -30,7 +29,6 @@ from msml.handin.names import (
     INFERENCE,
     MISSING_FILE,
     PROMETHEUS_DIR,
-    SERVING_IMAGE,
 )
 from msml.handin.repos import check_names
 from msml.handin.units import _copy_processed, _copy_raw, write_eksperimen, write_submission, write_workflow_ci
@@ -109,7 +107,7 @@ EXPECTED = {
         "Monitoring dan Logging/7.inference.py",
     },
 }
-# Without running servers (--no-evidence) these are listed in MISSING_EVIDENCE.md, never faked.
+# The export makes none of these (`msml handin` and `msml evidence grafana` do): listed in MISSING_EVIDENCE.md.
 EVIDENCE = {
     f"{SUB}/Membangun_model/screenshoot_dashboard.jpg",
     f"{SUB}/Membangun_model/screenshoot_artifak.jpg",
@@ -633,66 +631,6 @@ def _wait_ok(url: str, proc, log, timeout: float = 120) -> None:
             pass
         time.sleep(0.5)
     raise AssertionError(f"{url} not ready in {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-# --- evidence comes from running servers only ---------------------------------------------------------------
-
-
-def test_without_running_servers_every_evidence_is_listed_and_nothing_written(tmp_path):
-    settings = load_settings(root=ROOT).with_overrides(
-        tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}", artifact_root=tmp_path / "artifacts"
-    )
-    folder = tmp_path / SUB
-    dead = "http://127.0.0.1:9"  # discard port: nothing answers
-    written, missing = collect_evidence(
-        settings, tmp_path, folder, dead, dead, dead, tmp_path / "none.jsonl", echo=lambda _: None
-    )
-    assert written == [] and not list(tmp_path.rglob("*.jpg"))
-    listed = {m.path for m in missing}
-    for item in EVIDENCE:
-        assert any(path.startswith(item) for path in listed), item
-    assert all(m.command for m in missing)
-
-
-def test_serving_evidence_renders_a_live_request_and_response(
-    processed, contract, registered_model, tmp_path, monkeypatch
-):
-    """1.bukti_serving.jpg from a real `mlflow models serve` of a registered champion (the session's): the text is
-    the live answer; then the MLflow UI screenshots of that champion, non-blank."""
-    import httpx
-
-    import msml.handin.evidence
-    from msml.serving.model_server import ModelServer
-    from tests.integration.serving_fixtures import free_port
-
-    model = registered_model
-    settings = load_settings(root=ROOT).with_overrides(processed_dir=processed, tracking_uri=model.tracking_uri)
-    rendered = {}
-    real_text_image = msml.handin.evidence.text_image
-
-    def spy(text, path, **kw):
-        rendered["text"] = text
-        return real_text_image(text, path, **kw)
-
-    monkeypatch.setattr(msml.handin.evidence, "text_image", spy)
-    with ModelServer(model.uri, model.tracking_uri, free_port(), tmp_path / "server.log") as server:
-        image = serving_evidence(settings, tmp_path / SERVING_IMAGE, server.url)
-        body = json.loads(rendered["text"].split("-d @request.json\n", 1)[1].split("\n\n", 1)[0])
-        direct = httpx.post(f"{server.url}/invocations", json=body, timeout=30).json()
-    assert image.read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG
-    assert json.dumps(direct, indent=2) in rendered["text"]
-    assert f"mlflow models serve -m models:/{contract.model_name}@champion" in rendered["text"]
-    assert "HTTP 200" in rendered["text"]
-    assert set(body["dataframe_records"][0]) == set(Contract.load().features)
-
-    # the MLflow UI pages of the same store (its own `mlflow server`), each captured once its content showed
-    from msml.handin.evidence import MLFLOW_ARTIFACTS, MLFLOW_DASHBOARD, check_capture, mlflow_evidence
-
-    ui = settings.with_overrides(artifact_root=model.artifact_root, experiment="serving-tests", model_name=model.name)
-    shots = mlflow_evidence(ui, tmp_path / "mlflow")
-    assert [p.name for p in shots] == [MLFLOW_DASHBOARD, MLFLOW_ARTIFACTS]
-    for shot in shots:
-        check_capture(shot)
 
 
 # --- re-export and safety -----------------------------------------------------------------------------------------

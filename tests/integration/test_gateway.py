@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import time
 from datetime import datetime
 
@@ -263,9 +264,39 @@ def test_mlflow_scoring_server_client_with_missing_values_gets_the_model_servers
     assert invoke(gateway) == pytest.approx(invoke(model_server.url), abs=1e-9)
 
 
-def test_requests_json_and_pandas_to_json_get_the_model_servers_predictions(gateway, model_server, frames):
-    """`requests` with `json=` of a DataFrame's split and records (it refuses NaN itself, allow_nan=False: missing
-    values go as None), and pandas `to_json` (NaN written as null), as split and as records."""
+def test_requests_with_json_dumps_sends_the_bare_nan_and_gets_the_model_servers_predictions(
+    gateway, model_server, frames
+):
+    """`requests.post(data=json.dumps(body))` of a DataFrame's split and of its records: the body holds the bare NaN
+    literal (requests' own `json=` refuses NaN, allow_nan=False, so this is how requests sends one), and the
+    gateway answers these very bytes as `mlflow models serve` does."""
+    import json
+
+    import requests
+
+    _, missing = frames
+    for body in (
+        {"dataframe_split": missing.to_dict(orient="split")},
+        {"dataframe_records": missing.to_dict(orient="records")},
+    ):
+        with pytest.raises(requests.exceptions.InvalidJSONError):
+            requests.Request("POST", f"{gateway}/invocations", json=body).prepare()
+        request = requests.Request(
+            "POST", f"{gateway}/invocations", data=json.dumps(body), headers={"Content-Type": "application/json"}
+        ).prepare()
+        sent = request.body.encode() if isinstance(request.body, str) else request.body  # exactly its bytes
+        assert re.search(rb"[\[,:] ?NaN[,\]}]", sent), sent[:300]  # the bare literal, not a string "NaN"
+        with requests.Session() as session:
+            via = session.send(request, timeout=30)
+        assert via.status_code == 200, via.text
+        assert via.json()["predictions"] == pytest.approx(scores(model_server.url, sent), abs=1e-9)
+
+
+def test_requests_json_and_pandas_to_json_write_null_and_get_the_model_servers_predictions(
+    gateway, model_server, frames
+):
+    """The clients that write a missing value as null, not NaN: `requests` with `json=` of a DataFrame's split and
+    records (missing values given as None), and pandas `to_json`, as split and as records."""
     import requests
 
     full, missing = frames
@@ -273,12 +304,14 @@ def test_requests_json_and_pandas_to_json_get_the_model_servers_predictions(gate
         split, records = frame.to_dict(orient="split"), frame.to_dict(orient="records")
         for body in ({"dataframe_split": split}, {"dataframe_records": records}):
             sent = requests.Request("POST", "http://x/invocations", json=body).prepare().body  # exactly its bytes
+            assert b"NaN" not in sent
             via = requests.post(f"{gateway}/invocations", json=body, timeout=30)
             assert via.status_code == 200, via.text
             assert via.json()["predictions"] == pytest.approx(scores(model_server.url, sent), abs=1e-9)
     for frame in (full, missing):
         for key, orient in (("dataframe_split", "split"), ("dataframe_records", "records")):
             body = f'{{"{key}": {frame.to_json(orient=orient)}}}'.encode()
+            assert b"NaN" not in body
             assert scores(gateway, body) == pytest.approx(scores(model_server.url, body), abs=1e-9)
 
 

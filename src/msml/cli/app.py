@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from msml.config import (
+    DEFAULT_PORTS,
     DEFAULT_SEED,
     Settings,
     load_settings,
@@ -75,6 +76,12 @@ ExperimentOpt = typer.Option(None, "--experiment", help="MLflow experiment name 
 ReplicasOpt = typer.Option(
     1, "--replicas", min=1, max=64, help="Model servers to start, on consecutive ports from the model-server port."
 )
+
+# the monitoring stack's ports (`msml demo`, `msml monitoring up`); a busy port's message names these flags
+# (monitoring.stack.PORT_OPTIONS)
+PrometheusPortOpt = typer.Option(DEFAULT_PORTS.prometheus, "--prometheus-port", help="Port of Prometheus.")
+AlertmanagerPortOpt = typer.Option(DEFAULT_PORTS.alertmanager, "--alertmanager-port", help="Port of Alertmanager.")
+ReceiverPortOpt = typer.Option(DEFAULT_PORTS.receiver, "--receiver-port", help="Port of the alert webhook receiver.")
 
 # --- Kriteria 3: the MLflow Project and the CI retraining job --------------------------------------------------
 

@@ -103,7 +103,7 @@ def export(
     if evidence and profile not in PROFILES:
         _fail(f"--profile {profile!r}: choose one of {', '.join(PROFILES)}")
     # the running demo's screenshots never go in: a reviewer rejects images the handed-in files did not make
-    result = run(settings, out, evidence=False, author=author, echo=typer.echo)
+    result = run(settings, out, author=author)
     for name, path in result.repositories.items():
         typer.echo(
             f"repository {path}  (push: cd '{path}' && git remote add origin "

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from msml.cli.app import CheckOpt, RootOpt, _render, _settings, app
+from msml.cli.app import (
+    AlertmanagerPortOpt,
+    CheckOpt,
+    PrometheusPortOpt,
+    ReceiverPortOpt,
+    RootOpt,
+    _render,
+    _settings,
+    app,
+)
 from msml.config import (
     DEFAULT_PORTS,
 )
@@ -63,13 +72,9 @@ def monitoring_up(
     gateway_port: int = typer.Option(
         DEFAULT_PORTS.gateway, "--gateway-port", help="Where Prometheus scrapes the gateway."
     ),
-    prometheus_port: int = typer.Option(DEFAULT_PORTS.prometheus, "--prometheus-port", help="Port of Prometheus."),
-    alertmanager_port: int = typer.Option(
-        DEFAULT_PORTS.alertmanager, "--alertmanager-port", help="Port of Alertmanager."
-    ),
-    receiver_port: int = typer.Option(
-        DEFAULT_PORTS.receiver, "--receiver-port", help="Port of the alert webhook receiver."
-    ),
+    prometheus_port: int = PrometheusPortOpt,
+    alertmanager_port: int = AlertmanagerPortOpt,
+    receiver_port: int = ReceiverPortOpt,
     fast: bool = typer.Option(False, "--fast", help="1 s scrapes and 2 s alert delays (demos, tests)."),
 ) -> None:
     """Start Prometheus, Alertmanager and the webhook receiver on 127.0.0.1 (pid files in .run/)."""

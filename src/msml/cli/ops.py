@@ -7,7 +7,10 @@ from pathlib import Path
 import typer
 
 from msml.cli.app import (
+    AlertmanagerPortOpt,
     ContractOpt,
+    PrometheusPortOpt,
+    ReceiverPortOpt,
     ReplicasOpt,
     _replica_ports,
     _settings,
@@ -32,13 +35,9 @@ def demo(
     mlflow_port: int = typer.Option(
         DEFAULT_PORTS.mlflow, "--mlflow-port", help="Port of the MLflow tracking server and UI."
     ),
-    prometheus_port: int = typer.Option(DEFAULT_PORTS.prometheus, "--prometheus-port", help="Port of Prometheus."),
-    alertmanager_port: int = typer.Option(
-        DEFAULT_PORTS.alertmanager, "--alertmanager-port", help="Port of Alertmanager."
-    ),
-    receiver_port: int = typer.Option(
-        DEFAULT_PORTS.receiver, "--receiver-port", help="Port of the alert webhook receiver."
-    ),
+    prometheus_port: int = PrometheusPortOpt,
+    alertmanager_port: int = AlertmanagerPortOpt,
+    receiver_port: int = ReceiverPortOpt,
     replicas: int = ReplicasOpt,
 ) -> None:
     """The main job on embedded defaults: data → tracked, registered model → served, monitored, with traffic."""

@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from msml.config import DEFAULT_PORTS, Settings, local_url
+from msml.config import Settings
 from msml.errors import ExportError
-from msml.handin.missing import Missing, collect_evidence, grafana_missing, missing_report, not_taken
+from msml.handin.missing import Missing, grafana_missing, missing_report, not_taken
 from msml.handin.names import (
     ALERTING_DIR,
     GRAFANA_DIR,
@@ -41,11 +41,6 @@ from msml.handin.names import (
 )
 from msml.handin.repos import check_names, clear_worktree, git_commit, git_identity, zip_folder
 from msml.handin.units import write_eksperimen, write_submission, write_workflow_ci
-from msml.monitoring.render import notifications_path
-
-DEFAULT_MODEL_URL = local_url(DEFAULT_PORTS.model_server)
-DEFAULT_GATEWAY_URL = local_url(DEFAULT_PORTS.gateway)
-DEFAULT_PROMETHEUS_URL = local_url(DEFAULT_PORTS.prometheus)
 
 
 @dataclass
@@ -55,20 +50,13 @@ class ExportResult:
     submission: Path
     archive: Path
     missing: list[Missing] = field(default_factory=list)
-    evidence: list[Path] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 def export(
     settings: Settings,
     out: str | Path,
-    evidence: bool = True,
-    model_url: str = DEFAULT_MODEL_URL,
-    gateway_url: str = DEFAULT_GATEWAY_URL,
-    prometheus_url: str = DEFAULT_PROMETHEUS_URL,
-    notifications: str | Path | None = None,
     author: str | None = None,
-    echo=print,
 ) -> ExportResult:
     """Write the three units, SUBMIT.md, the zip and the missing-evidence list under `out` (replacing an earlier
     export; the git history of an earlier export's repositories is kept). `author`: "Name <email>" of the commits
@@ -113,20 +101,12 @@ def export(
             if (Path(kept.name) / str(i)).is_dir():
                 shutil.copytree(Path(kept.name) / str(i), sub, dirs_exist_ok=True)
 
-    started = time.perf_counter()
-    if evidence:
-        echo("taking screenshots of the running system (MLflow UI, Prometheus, alerts)…")
-        notifications = Path(notifications or notifications_path(settings.run_dir))
-        taken, missing = collect_evidence(
-            settings, out, submission, model_url, gateway_url, prometheus_url, notifications, echo=echo
-        )
-    else:
-        taken, missing = [], not_taken(out, submission)
+    # every image is made by the hand-in's own files (`msml handin`) or a running Grafana: listed, never taken here
+    missing = not_taken(out, submission)
     from msml.handin.grafana import grafana_evidence_complete
 
     if grafana_evidence_complete(submission / MONITORING / GRAFANA_DIR, submission / MONITORING / ALERTING_DIR):
         missing = [m for m in missing if m not in grafana_missing(out, submission)]
-    seconds["evidence"] = time.perf_counter() - started
 
     git_commit(eksperimen, "Raw data, experiment notebook and automated preprocessing", identity)
     git_commit(workflow_ci, "MLflow Project and its training workflow", identity)
@@ -134,5 +114,5 @@ def export(
     if missing:
         (out / MISSING_FILE).write_text(missing_report(missing))
     return ExportResult(
-        out, {eksperimen.name: eksperimen, WORKFLOW_CI: workflow_ci}, submission, archive, missing, taken, seconds
+        out, {eksperimen.name: eksperimen, WORKFLOW_CI: workflow_ci}, submission, archive, missing, seconds
     )

@@ -206,7 +206,8 @@ def stop(pidfile: str | Path, timeout: float = 10.0) -> PidFile:
     """Stop the server named in `pidfile` (its process group) if it is still the process we started.
 
     The pid file is removed in every case but a foreign one is never signalled: the returned `PidFile`
-    says what was found ("ours" = stopped now; "gone", "foreign", "unreadable" = left alone, reported).
+    says what was found ("ours" = stopped now; "gone", "foreign", "unreadable" = left alone, reported). It is
+    always truthy: "did this stop a server?" is `stop(pidfile).state == "ours"`.
     """
     found = inspect(pidfile)
     if found.state == "ours":

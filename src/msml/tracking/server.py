@@ -109,7 +109,7 @@ def down(run_dir: Path) -> list[str]:
     """Stop the `mlflow server` and the PostgreSQL cluster `up` started; returns what was stopped."""
     layout = Layout(Path(run_dir))
     stopped = []
-    if processes.stop(layout.pidfile):
+    if processes.stop(layout.pidfile).state == "ours":  # a PidFile is always truthy: its state says what was done
         stopped.append(SERVER)
     if layout.postgres_port_file.exists():
         port = int(layout.postgres_port_file.read_text())

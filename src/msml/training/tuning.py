@@ -110,10 +110,12 @@ def native_transformer(contract: Contract) -> Pipeline:
 def suggest_params(trial: optuna.Trial) -> dict:
     """The search space: the family, then that family's parameters (`family` is one of FAMILIES)."""
     family = trial.suggest_categorical("family", FAMILIES)
+    # one Optuna parameter across both families (the same distribution under one name), drawn before the rest
+    learning_rate = trial.suggest_float("learning_rate", 0.02, 0.2, log=True)
     if family == "hgb":
         return {
             "family": family,
-            "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+            "learning_rate": learning_rate,
             "max_iter": trial.suggest_int("max_iter", 100, 400, step=50),
             "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 8, 64, log=True),
             "min_samples_leaf": trial.suggest_int("min_samples_leaf", 10, 120, log=True),
@@ -122,7 +124,7 @@ def suggest_params(trial: optuna.Trial) -> dict:
         }
     return {
         "family": family,
-        "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+        "learning_rate": learning_rate,
         "n_estimators": trial.suggest_int("n_estimators", 100, 800, step=50),
         "num_leaves": trial.suggest_int("num_leaves", 8, 64, log=True),
         "min_child_samples": trial.suggest_int("min_child_samples", 10, 120, log=True),
