@@ -1,6 +1,7 @@
 """The parts of `msml handin` and of the Grafana capture that need no server: the XWD framebuffer reader, the metric
 names an evidence image carries, the contact point chosen from the environment (checked against Grafana 11.6's own
-types), the rule-state poll that survives a refused connection, and stopping every model-server replica by PID.
+types), the rule-state poll that survives a refused connection, stopping every model-server replica by PID, and
+the missing-evidence list that a run's images shorten.
 """
 
 from __future__ import annotations
@@ -128,3 +129,43 @@ def test_every_model_server_replica_is_stopped_and_counted(tmp_path):
 
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert stop_replicas(tmp_path) == 0  # nothing of ours is left to stop: the outage cannot be claimed
+
+
+def test_a_handin_run_leaves_listed_exactly_the_evidence_it_did_not_make(tmp_path):
+    """`msml export --evidence` prints, and MISSING_EVIDENCE.md keeps, what is still missing once `msml handin`
+    (no --grafana) has made its images: the two Grafana folders, though the serving image shares their folder."""
+    from msml.handin.missing import drop_items, grafana_missing, missing_report, not_taken, still_missing
+    from msml.handin.names import (
+        ALERTING_DIR,
+        GRAFANA_DIR,
+        MEMBANGUN,
+        MISSING_FILE,
+        MLFLOW_ARTIFACTS,
+        MLFLOW_DASHBOARD,
+        MONITORING,
+        PROMETHEUS_DIR,
+        SERVING_IMAGE,
+    )
+
+    out, submission = tmp_path, tmp_path / "SMSML_student"
+    listed = out / MISSING_FILE
+    everything = not_taken(out, submission)  # what the export lists before the run
+    listed.write_text(missing_report(everything))
+    images = [  # the images' "file" entries as msml.handin.capture records them
+        f"{MEMBANGUN}/{MLFLOW_DASHBOARD}",
+        f"{MEMBANGUN}/{MLFLOW_ARTIFACTS}",
+        f"{MONITORING}/{SERVING_IMAGE}",
+        f"{MONITORING}/{PROMETHEUS_DIR}/1.monitoring_throughput.jpg",
+    ]
+    made = [f"{submission.name}/{file}" for file in images]  # as msml.handin.run passes them
+    drop_items(listed, made)
+    left = still_missing(everything, made)
+    assert left == grafana_missing(out, submission)
+    assert listed.read_text() == missing_report(left)
+
+    # the MLflow dashboard alone: the artifacts image beside it stays listed
+    assert still_missing(everything, made[:1]) == everything[1:]
+
+    # then `msml evidence grafana` makes both Grafana folders: nothing is left and the list goes
+    drop_items(listed, [f"{submission.name}/{MONITORING}/{d}/" for d in (GRAFANA_DIR, ALERTING_DIR)])
+    assert not listed.exists()

@@ -389,6 +389,6 @@ def grafana_evidence(settings, out: Path, ports: Ports = DEFAULT_PORTS, echo=pri
         settings, demo_stack(settings, ports), monitoring / GRAFANA_DIR, monitoring / ALERTING_DIR, ports, echo=echo
     )
     rel = f"{submission.name}/{MONITORING}/"
-    drop_grafana_items(submission.parent / MISSING_FILE, [rel + GRAFANA_DIR, rel + ALERTING_DIR])
+    drop_grafana_items(submission.parent / MISSING_FILE, [f"{rel}{GRAFANA_DIR}/", f"{rel}{ALERTING_DIR}/"])
     zip_folder(submission, submission.parent / f"{submission.name}.zip")
     return written

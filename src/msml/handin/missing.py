@@ -84,13 +84,23 @@ def not_taken(out: Path, folder: Path) -> list[Missing]:
     ]
 
 
-def drop_items(missing_file: Path, prefixes: list[str]) -> None:
-    """Remove the entries whose path starts with one of `prefixes` from MISSING_EVIDENCE.md (the file goes when
-    nothing else is listed): the command that makes them has run."""
+def is_made(path: str, made: list[str]) -> bool:
+    """Whether `made` (paths relative to the export's out dir) covers the item at `path`: its own file, or for a
+    folder item (ending in /) the folder or a file in it."""
+    return any(m == path or (path.endswith("/") and m.startswith(path)) for m in made)
+
+
+def still_missing(missing: list[Missing], made: list[str]) -> list[Missing]:
+    return [item for item in missing if not is_made(item.path, made)]
+
+
+def drop_items(missing_file: Path, made: list[str]) -> None:
+    """Remove the entries that `made` covers (`is_made`) from MISSING_EVIDENCE.md (the file goes when nothing else
+    is listed): the command that makes them has run."""
     if not missing_file.is_file():
         return
     head, *items = missing_file.read_text().split("\n- `")
-    kept = [item for item in items if not any(item.startswith(prefix) for prefix in prefixes)]
+    kept = [item for item in items if not is_made(item.split("`", 1)[0], made)]
     if kept:
         missing_file.write_text("\n- `".join([head, *kept]))
     else:

@@ -343,7 +343,9 @@ def handin(
         ws, images, phases, scrape, targets, config_path, profile, seconds, skipped, grafana_rules
     )
     written = _copy_back(ws, out, images, manifest_path)
-    drop_items(out / MISSING_FILE, sorted({f"{ws.submission.name}/{i['file'].rsplit('/', 1)[0]}" for i in images}))
+    # each image's own path: its folder would also cover the entries beside it (the serving image's folder holds
+    # the Grafana folders, which this run does not make without --grafana)
+    drop_items(out / MISSING_FILE, [f"{ws.submission.name}/{i['file']}" for i in images])
     zip_folder(out / ws.submission.name, out / f"{ws.submission.name}.zip")
     return HandinResult(ws, out / ws.submission.name / manifest_path.name, written, seconds)
 

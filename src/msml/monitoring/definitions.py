@@ -4,7 +4,7 @@ The Prometheus rules, the promtool unit tests, the Alertmanager route, the Grafa
 Grafana alert rules are all rendered from these definitions (`msml monitoring render`); every metric
 name comes from `msml.monitoring.metrics`, never retyped.
 
-Its length (~650 lines) is data: every panel, rule and alert with its PromQL, threshold and promtool cases.
+Its length (~680 lines) is data: every panel, rule and alert with its PromQL, threshold and promtool cases.
 It is one module on purpose: a new metric's panel and alert change this file and nothing else by hand.
 """
 
@@ -59,6 +59,24 @@ RATE_INTERVAL = "$__rate_interval"
 JOB = 'job=~"$job"'
 # Where each alert's runbook lives: a section of monitoring/README.md, anchored by the alert's name.
 RUNBOOK_BASE = f"https://github.com/{DEFAULT_GITHUB_USER}/msml/blob/main/monitoring/README.md"
+
+# Each alert's threshold (and the hold time its text states), named once: the expression compares against it and
+# the summary and description format it, so changing the number changes every text that shows it.
+MODEL_DOWN_FOR = "30s"
+GATEWAY_DOWN_FOR = "1m"
+ERROR_RATIO_MAX = 0.05  # share of responses that are 5xx
+LATENCY_P95_MAX = 0.5  # seconds
+ACCURACY_MIN = 0.75
+LABELS_PER_ROW_MIN = 0.001
+
+
+def _percent(ratio: float) -> str:
+    """A 0-1 ratio as the texts show it: 0.05 -> "5%", 0.001 -> "0.1%" (`:g` hides the float's 5.000000000000001)."""
+    return f"{ratio * 100:g}%"
+
+
+def _millis(seconds: float) -> str:
+    return f"{seconds * 1000:g}ms"
 
 
 def promql(expr: str, job: str = ".+", rate_interval: str = WINDOW) -> str:
@@ -157,7 +175,7 @@ PANELS: tuple[Panel, ...] = (
         (Query(f"max({ERROR_RATIO.record}{{{JOB}}})", "5xx share"),),
         "percentunit",
         description="Share of gateway responses that were server errors.",
-        thresholds=(0.05,),
+        thresholds=(ERROR_RATIO_MAX,),
         row="traffic",
     ),
     Panel(
@@ -455,11 +473,14 @@ ALERTS: tuple[Alert, ...] = (
         f"min by (job, instance) ({MODEL_UP})",
         "<",
         1,
-        "30s",
+        MODEL_DOWN_FOR,
         "critical",
         "The model server is not answering the gateway's /ping.",
-        "Gateway {{ $labels.instance }} has had no answer from the model server's /ping for 30s "
-        "(model_up = " + _VALUE + ").",
+        "Gateway {{ $labels.instance }} has had no answer from the model server's /ping for "
+        + MODEL_DOWN_FOR
+        + " (model_up = "
+        + _VALUE
+        + ").",
         firing=AlertCase({f"{MODEL_UP}{{{_GW}}}": "1 1 0x60"}),
         healthy=AlertCase({f"{MODEL_UP}{{{_GW}}}": "1x60"}),
         labels={"job": GATEWAY_JOB, "instance": _GW_INSTANCE},
@@ -474,11 +495,12 @@ ALERTS: tuple[Alert, ...] = (
         f'up{{job="{GATEWAY_JOB}"}}',
         "<",
         1,
-        "1m",
+        GATEWAY_DOWN_FOR,
         "critical",
         "Prometheus cannot scrape the gateway.",
-        "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}) for 1m (up = {{ $value }}): "
-        "every gateway metric is missing, so no other gateway alert can be trusted.",
+        "Prometheus could not scrape {{ $labels.instance }} (job {{ $labels.job }}) for "
+        + GATEWAY_DOWN_FOR
+        + " (up = {{ $value }}): every gateway metric is missing, so no other gateway alert can be trusted.",
         firing=AlertCase({f"up{{{_GW}}}": "0x60"}),
         healthy=AlertCase({f"up{{{_GW}}}": "1x60"}),
         labels={"job": GATEWAY_JOB, "instance": _GW_INSTANCE},
@@ -493,13 +515,13 @@ ALERTS: tuple[Alert, ...] = (
         "error_rate",
         ERROR_RATIO.record,
         ">",
-        0.05,
+        ERROR_RATIO_MAX,
         "2m",
         "critical",
-        "More than 5% of gateway responses are server errors.",
+        f"More than {_percent(ERROR_RATIO_MAX)} of gateway responses are server errors.",
         "{{ $value | humanizePercentage }} of {{ $labels.job }} responses were 5xx over the last "
         + WINDOW
-        + " (threshold 5%).",
+        + f" (threshold {_percent(ERROR_RATIO_MAX)}).",
         firing=AlertCase(
             {f'{REQUESTS}{{{_PREDICT},status="200"}}': "0+30x60", f'{REQUESTS}{{{_PREDICT},status="503"}}': "0+30x60"}
         ),
@@ -515,12 +537,12 @@ ALERTS: tuple[Alert, ...] = (
         "latency_p95",
         LATENCY_P95.record,
         ">",
-        0.5,
+        LATENCY_P95_MAX,
         "5m",
         "warning",
-        "Gateway p95 latency is above 500 ms.",
+        f"Gateway p95 latency is above {_millis(LATENCY_P95_MAX)}.",
         "p95 latency of {{ $labels.endpoint }} on {{ $labels.job }} is {{ $value | humanizeDuration }} "
-        "(threshold 500ms).",
+        f"(threshold {_millis(LATENCY_P95_MAX)}).",
         firing=AlertCase(
             {
                 f'{REQUEST_SECONDS}_bucket{{{_PREDICT},le="0.5"}}': "0+1x60",
@@ -568,12 +590,12 @@ ALERTS: tuple[Alert, ...] = (
         "accuracy",
         f"min by (job) ({LIVE_ACCURACY} >= 0)",
         "<",
-        0.75,
+        ACCURACY_MIN,
         "10m",
         "warning",
-        "Accuracy on ground-truth feedback fell below 75%.",
-        "Live accuracy on {{ $labels.job }} is {{ $value | humanizePercentage }} (threshold 75%) over the "
-        "recent feedback.",
+        f"Accuracy on ground-truth feedback fell below {_percent(ACCURACY_MIN)}.",
+        "Live accuracy on {{ $labels.job }} is {{ $value | humanizePercentage }} "
+        f"(threshold {_percent(ACCURACY_MIN)}) over the recent feedback.",
         firing=AlertCase({f"{LIVE_ACCURACY}{{{_GW}}}": "0.85 0.6x60"}),
         healthy=AlertCase({f"{LIVE_ACCURACY}{{{_GW}}}": "NaN 0.85x60"}),
         labels={"job": GATEWAY_JOB},
@@ -617,12 +639,14 @@ ALERTS: tuple[Alert, ...] = (
         f"sum by (job) (increase({FEEDBACK}[{LABELS_WINDOW}]))"
         f" / sum by (job) (increase({ROWS_SCORED}[{LABELS_WINDOW}]))",
         "<",
-        0.001,
+        LABELS_PER_ROW_MIN,
         "10m",
         "warning",
-        f"Ground-truth labels stopped arriving: under 1 per 1,000 scored rows over {LABELS_WINDOW}.",
+        f"Ground-truth labels stopped arriving: fewer than {_percent(LABELS_PER_ROW_MIN)} of the rows scored over "
+        f"{LABELS_WINDOW} got one.",
         f"Labels per scored row on {{{{ $labels.job }}}} over the last {LABELS_WINDOW}: "
-        "{{ $value | humanizePercentage }} (threshold 0.1%): live accuracy is stale and the loop has no new rows to "
+        "{{ $value | humanizePercentage }} "
+        f"(threshold {_percent(LABELS_PER_ROW_MIN)}): live accuracy is stale and the loop has no new rows to "
         "retrain on.",
         firing=AlertCase(
             {
