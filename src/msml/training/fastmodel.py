@@ -340,6 +340,8 @@ def write_spec(directory: Path, spec: dict, files: dict[str, str]) -> None:
     for name, text in files.items():
         (directory / name).write_text(text)
     walker = build_walker(directory)
+    if walker and runtime.TreeWalker.load(directory / walker, list(files.values())) is None:
+        walker = None  # it cannot walk these trees (logged): every load would only warn again
     spec = {**spec, "walker": walker} if walker else spec
     (directory / runtime.SPEC_FILE).write_text(json.dumps(spec, indent=1) + "\n")
 

@@ -119,11 +119,11 @@ class TreeWalker:
     @classmethod
     def load(cls, library: Path, texts: list[str]) -> TreeWalker | None:
         """The walker, or None (logged) when its library does not load here (another CPU architecture or C
-        library): LightGBM's predictor then walks the same trees."""
+        library) or it cannot read these trees: LightGBM's predictor then walks them."""
         try:
             return cls(ctypes.CDLL(str(library)), texts)
-        except OSError as exc:
-            log.warning("the fast model's walker does not load here (%s): LightGBM's predictor walks the trees", exc)
+        except (OSError, ValueError) as exc:
+            log.warning("the fast model's walker is not used (%s): LightGBM's predictor walks the trees", exc)
             return None
 
     def margins(self, matrix: np.ndarray) -> np.ndarray:
