@@ -4,7 +4,7 @@ The Prometheus rules, the promtool unit tests, the Alertmanager route, the Grafa
 Grafana alert rules are all rendered from these definitions (`msml monitoring render`); every metric
 name comes from `msml.monitoring.metrics`, never retyped.
 
-Its length (~680 lines) is data: every panel, rule and alert with its PromQL, threshold and promtool cases.
+Its length (~700 lines) is data: every panel, rule and alert with its PromQL, threshold and promtool cases.
 It is one module on purpose: a new metric's panel and alert change this file and nothing else by hand.
 """
 
@@ -671,6 +671,23 @@ ALERTS: tuple[Alert, ...] = (
 
 def alert(name: str) -> Alert:
     return next(a for a in ALERTS if a.name == name)
+
+
+def runbook_values() -> dict[str, str]:
+    """Each threshold and hold time the runbooks state, formatted as the alerts' own texts format it: the
+    `<!-- msml:NAME -->` fragments of monitoring/README.md and the `<<NAME>>` placeholders of the hand-in's
+    runbook template both read these, so a changed constant changes every runbook that shows it."""
+    return {
+        "model_down_for": MODEL_DOWN_FOR,
+        "error_ratio_max": _percent(ERROR_RATIO_MAX),
+        "latency_p95_max": _millis(LATENCY_P95_MAX),
+        "latency_p95_for": alert("HighLatencyP95").for_,
+        "drift_psi_threshold": f"{DRIFT_PSI_THRESHOLD:g}",
+        "accuracy_min": _percent(ACCURACY_MIN),
+        "accuracy_for": alert("LiveAccuracyDrop").for_,
+        "labels_per_row_min": _percent(LABELS_PER_ROW_MIN),
+        "labels_window": LABELS_WINDOW,
+    }
 
 
 def all_queries() -> dict[str, str]:
