@@ -81,12 +81,13 @@ def _first_line(doc: str | None) -> str:
 
 
 def monitoring_fragments() -> dict[str, str]:
-    from msml.monitoring.definitions import ALERTS, PANELS, ROWS
+    from msml.monitoring.definitions import ALERTS, PANELS, ROWS, runbook_values
 
     return {
         "alert-names": ", ".join(a.name for a in ALERTS),
         "alert-count": str(len(ALERTS)),
         "panels": f"{len(PANELS)} panels in rows {' / '.join(ROWS)}",
+        **runbook_values(),  # the runbooks' thresholds and hold times
     }
 
 

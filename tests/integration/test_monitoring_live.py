@@ -9,6 +9,7 @@ HTTP API for each expression. This is how the Grafana files are proven without a
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -25,9 +26,10 @@ import yaml
 
 from msml.config import load_settings
 from msml.monitoring import stack
-from msml.monitoring.definitions import ALERTS, GATEWAY_JOB, all_queries
+from msml.monitoring.definitions import ALERTS, GATEWAY_JOB, PROMETHEUS_JOB, all_queries
 from msml.monitoring.drift import MIN_ROWS as DRIFT_MIN_ROWS
-from msml.monitoring.render import ALERTS_FILE, FAST, RECORDING_FILE, Ports
+from msml.monitoring.metrics import PROCESS_CPU, PROCESS_MEMORY
+from msml.monitoring.render import ALERTS_FILE, DASHBOARD_UID, FAST, RECORDING_FILE, Ports
 from msml.ops.demo import start_tracking_server
 from msml.ops.processes import stop as stop_pidfile
 from msml.ops.processes import stop_process
@@ -155,8 +157,31 @@ def live(tmp_path_factory, processed, contract, registered_model):
         yield system
 
 
+def dashboard_all_jobs(prometheus_url: str) -> str:
+    """What the committed dashboard's `$job` set to "All" becomes, as Grafana resolves it: the variable's allValue,
+    else its `label_values(metric, label)` query's values joined into a regex `(a|b)`."""
+    dashboard = json.loads((ROOT / "monitoring/grafana/dashboards" / f"{DASHBOARD_UID}.json").read_text())
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "job")
+    if variable.get("allValue"):
+        return variable["allValue"]
+    metric, label = re.fullmatch(r"label_values\((\w+), ?(\w+)\)", variable["query"]["query"]).groups()
+    url = f"{prometheus_url}/api/v1/label/{label}/values?{urllib.parse.urlencode({'match[]': metric})}"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        values = json.loads(resp.read())["data"]
+    return "(" + "|".join(re.escape(v) for v in values) + ")"
+
+
 def test_every_dashboard_and_alert_query_returns_data(live):
-    queries = all_queries()
+    url = live.stack.prometheus_url
+    all_jobs = dashboard_all_jobs(url)
+    # "All" is the gateway's job: the process CPU and memory panels read series every scraped job exports,
+    # Prometheus's own among them
+    for metric in (PROCESS_CPU, PROCESS_MEMORY):
+        exporting = {r["metric"]["job"] for r in prom_query(url, f"group by (job) ({metric})")}
+        assert PROMETHEUS_JOB in exporting, (metric, exporting)
+        shown = {r["metric"]["job"] for r in prom_query(url, f'group by (job) ({metric}{{job=~"{all_jobs}"}})')}
+        assert shown == {GATEWAY_JOB}, (metric, all_jobs, shown)
+    queries = all_queries(job=all_jobs)
     empty = dict(queries)
 
     def poll():

@@ -35,6 +35,7 @@ from msml.handin.names import (  # noqa: F401
     numbered,
     prometheus_stems,
 )
+from msml.monitoring.definitions import GATEWAY_JOB
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_FLAGS = (
@@ -338,7 +339,7 @@ def prometheus_evidence(
     range_input: str = "15m",
     end: float | None = None,
     alert_names: list[str] | None = None,
-    job: str = ".+",
+    job: str = GATEWAY_JOB,
 ) -> list[Path]:
     """`out/<n>.monitoring_<panel>.jpg` (a graph of each panel's queries), `<n>.rules_prometheus.jpg`,
     `<n>.alerts_prometheus.jpg` and `<n>.notifikasi_alertmanager_<alert>.jpg`, numbered 1., 2., ... in that order.

@@ -90,7 +90,8 @@ def _yaml(data: object) -> str:
 def prometheus_files() -> dict[str, str]:
     """{file name in `Monitoring dan Logging/`: text}."""
     from msml.handin.course import fill
-    from msml.monitoring.drift import DEFAULT_WINDOW, THRESHOLD
+    from msml.monitoring.definitions import runbook_values
+    from msml.monitoring.drift import DEFAULT_WINDOW
 
     config = (
         f"# Prometheus for {EXPORTER}: scrapes it every {SCRAPE_INTERVAL} (job `gateway`: the exporter is the gateway\n"
@@ -107,7 +108,7 @@ def prometheus_files() -> dict[str, str]:
             "model_port": DEFAULT_PORTS.model_server,
             "gateway_port": DEFAULT_PORTS.gateway,
             "drift_window": DEFAULT_WINDOW,
-            "drift_threshold": THRESHOLD,
+            **runbook_values(),
         },
     )
     return {PROMETHEUS_YML: config, PROMETHEUS_RULES: rule_text, RUNBOOKS: runbooks}

@@ -4,7 +4,7 @@ The Prometheus rules, the promtool unit tests, the Alertmanager route, the Grafa
 Grafana alert rules are all rendered from these definitions (`msml monitoring render`); every metric
 name comes from `msml.monitoring.metrics`, never retyped.
 
-Its length (~680 lines) is data: every panel, rule and alert with its PromQL, threshold and promtool cases.
+Its length (~700 lines) is data: every panel, rule and alert with its PromQL, threshold and promtool cases.
 It is one module on purpose: a new metric's panel and alert change this file and nothing else by hand.
 """
 
@@ -57,6 +57,10 @@ WINDOW = "1m"
 # Dashboard variables: the Prometheus datasource and the gateway job(s) shown.
 RATE_INTERVAL = "$__rate_interval"
 JOB = 'job=~"$job"'
+# `$job` offers the jobs that export the gateway's metrics (several gateways can be scraped, each under its own
+# job), and "All" is those jobs as Grafana joins them, `(a|b)`: not `.+`, every scraped job, which adds Prometheus's
+# own process CPU and memory to the gateway's panels. On msml's own Prometheus, "All" is GATEWAY_JOB.
+JOB_VALUES = f"label_values({MODEL_UP}, job)"
 # Where each alert's runbook lives: a section of monitoring/README.md, anchored by the alert's name.
 RUNBOOK_BASE = f"https://github.com/{DEFAULT_GITHUB_USER}/msml/blob/main/monitoring/README.md"
 
@@ -79,8 +83,9 @@ def _millis(seconds: float) -> str:
     return f"{seconds * 1000:g}ms"
 
 
-def promql(expr: str, job: str = ".+", rate_interval: str = WINDOW) -> str:
-    """A dashboard expression as Prometheus evaluates it: the Grafana variables replaced by values."""
+def promql(expr: str, job: str = GATEWAY_JOB, rate_interval: str = WINDOW) -> str:
+    """A dashboard expression as Prometheus evaluates it: the Grafana variables replaced by values (`$job` by
+    what its "All" is on msml's own Prometheus, unless `job` names others)."""
     return expr.replace("$__rate_interval", rate_interval).replace("$job", job)
 
 
@@ -673,13 +678,30 @@ def alert(name: str) -> Alert:
     return next(a for a in ALERTS if a.name == name)
 
 
-def all_queries() -> dict[str, str]:
+def runbook_values() -> dict[str, str]:
+    """Each threshold and hold time the runbooks state, formatted as the alerts' own texts format it: the
+    `<!-- msml:NAME -->` fragments of monitoring/README.md and the `<<NAME>>` placeholders of the hand-in's
+    runbook template both read these, so a changed constant changes every runbook that shows it."""
+    return {
+        "model_down_for": MODEL_DOWN_FOR,
+        "error_ratio_max": _percent(ERROR_RATIO_MAX),
+        "latency_p95_max": _millis(LATENCY_P95_MAX),
+        "latency_p95_for": alert("HighLatencyP95").for_,
+        "drift_psi_threshold": f"{DRIFT_PSI_THRESHOLD:g}",
+        "accuracy_min": _percent(ACCURACY_MIN),
+        "accuracy_for": alert("LiveAccuracyDrop").for_,
+        "labels_per_row_min": _percent(LABELS_PER_ROW_MIN),
+        "labels_window": LABELS_WINDOW,
+    }
+
+
+def all_queries(job: str = GATEWAY_JOB) -> dict[str, str]:
     """Every PromQL expression a dashboard panel or an alert evaluates, keyed by where it is used (the
-    dashboard's variables replaced as `promql` does, so Prometheus can run them)."""
+    dashboard's variables replaced as `promql` does, `$job` by `job`, so Prometheus can run them)."""
     out = {}
     for panel in PANELS:
         for i, q in enumerate(panel.queries):
-            out[f"panel {panel.key}[{i}]"] = promql(q.expr)
+            out[f"panel {panel.key}[{i}]"] = promql(q.expr, job=job)
     for a in ALERTS:
         out[f"alert {a.name}"] = a.query
     return out
