@@ -16,6 +16,7 @@ import pytest
 
 from msml.config import DEFAULT_STUDENT
 from msml.handin.names import MEMBANGUN, MONITORING, PROMETHEUS_DIR, SERVING_IMAGE
+from msml.handin.workspace import Workspace, find_uv
 from tests.conftest import ROOT, run_msml
 from tests.helpers import need_binary
 
@@ -25,6 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(1800)]
 
 SUB = f"SMSML_{DEFAULT_STUDENT}"
 STAGES = [["normal"], ["drifted"], ["invalid"], ["drifted", "wrong-feedback"]]
+PIP_INSTALL = "python -m pip install -q -r requirements.txt"  # the student's way (the hand-in's README)
+UV_INSTALL = "uv pip install --quiet --python .venv/bin/python -r requirements.txt"
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +126,9 @@ def test_the_runs_shown_are_the_ones_the_files_make_and_none_failed(handin):
         statuses = {row[0] for row in db.execute("select status from runs")}
     assert statuses == {"FINISHED"}
     steps = [s["command"] for s in manifest["steps"]]
-    assert any(s.startswith("python -m pip install -q -r requirements.txt") for s in steps)
+    # each folder installed exactly its own requirements.txt, by the installer this machine has (uv in the dev lock)
+    installs = [s for s in steps if " install " in s]
+    assert installs == [UV_INSTALL if find_uv() else PIP_INSTALL] * 3, installs
     assert "python modelling.py" in steps and any(s.startswith("python modelling_tuning.py") for s in steps)
 
 
@@ -144,3 +149,19 @@ def test_the_grafana_rules_queries_see_the_handins_data(handin):
     hand-in's own Prometheus at the end of the run, each returning the exporter's series."""
     _, _, manifest = handin
     assert manifest["grafana_rule_series"] and all(n >= 1 for n in manifest["grafana_rule_series"].values())
+
+
+def test_without_uv_each_venv_is_made_the_students_way_with_pip(tmp_path):
+    """A uv that fails (here one that exits 1 at once) or none: `python3 -m venv` and pip, as the README says."""
+    folder, logs = tmp_path / "home" / "folder", tmp_path / "logs"
+    folder.mkdir(parents=True)
+    logs.mkdir()
+    (folder / "requirements.txt").write_text("# already in every fresh venv: installs offline\npip\n")
+    ws = Workspace(tmp_path / "home", DEFAULT_STUDENT, logs, uv="/bin/false")
+    python = ws.make_venv(folder)
+    assert [(s.what, s.command) for s in ws.steps] == [
+        ("virtualenv", "python3 -m venv .venv"),
+        ("install ~/folder/requirements.txt", PIP_INSTALL),
+    ]
+    assert python == folder / ".venv" / "bin" / "python" and python.exists()
+    assert (folder / ".venv" / "bin" / "pip").exists()
