@@ -1,8 +1,9 @@
 """`msml handin --profile quick`: the exported hand-in run as the student runs it, in fresh venvs made from each
 folder's own requirements.txt, and every image it adds made by its own files' processes (evidence.json says which).
 
-One run per module (the three venv installs are most of it); the tests read what it left: the export
-with its images and manifest, the workspace (the runs' store, the exporter's last /metrics).
+One run per session, started in the background when the session starts (tests/e2e/handin_run.py: most of its ~5
+minutes is waiting for traffic phases and scrapes); the tests, run last, read what it left: the export with its
+images and manifest, the workspace (the runs' store, the exporter's last /metrics).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pytest
 from msml.config import DEFAULT_STUDENT
 from msml.handin.names import MEMBANGUN, MONITORING, PROMETHEUS_DIR, SERVING_IMAGE
 from msml.handin.workspace import Workspace, find_uv
-from tests.conftest import ROOT, run_msml
+from tests.conftest import ROOT
+from tests.e2e.handin_run import BINARIES
 from tests.helpers import need_binary
 
 # The whole hand-in run took 15.6 min here with the machine shared by a team (load 10-15; 7 of them the three venv
@@ -31,19 +33,11 @@ UV_INSTALL = "uv pip install --quiet --python .venv/bin/python -r requirements.t
 
 
 @pytest.fixture(scope="module")
-def handin(tmp_path_factory):
-    for binary in ("prometheus", "Xvfb", "xterm", "tmux", "chromium"):
+def handin(handin_run):
+    """The run tests/conftest.py started in the background with the session (tests/e2e/handin_run.py)."""
+    for binary in BINARIES:
         need_binary(binary)
-    base = tmp_path_factory.mktemp("handin")
-    out, workspace = base / "dist", base / "ws"
-    exported = run_msml("export", "--out", str(out), "--no-evidence", timeout=300)
-    assert exported.returncode == 0, exported.stderr
-    result = run_msml(
-        "handin", "--out", str(out), "--workspace", str(workspace), "--profile", "quick", "--free-ports", timeout=1500
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    manifest = json.loads((out / SUB / "evidence.json").read_text())
-    return out, workspace, manifest
+    return handin_run.result()
 
 
 def test_every_image_is_in_the_manifest_and_numbered_as_the_course_does(handin):
