@@ -69,3 +69,43 @@ def registered_model(processed, contract, tmp_path_factory):
     from tests.integration.serving_fixtures import train_and_register
 
     return train_and_register(processed, contract, tmp_path_factory.mktemp("registry"), contract.model_name)
+
+
+# --- the hand-in run (tests/e2e/test_handin.py) in the background -------------------------------------------------
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests of the hand-in run go last: their run started with the session (`handin_run`), beside the rest."""
+    from tests.e2e.handin_run import wanted
+
+    if wanted(items):
+        items.sort(key=lambda item: wanted([item]))  # stable: every other test keeps its order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def handin_run(request, tmp_path_factory):
+    """`msml export` + `msml handin --profile quick` (tests/e2e/handin_run.py), started at the session's first test
+    when a selected test reads it; None otherwise. Interrupted at the session's end if it still runs."""
+    from tests.e2e.handin_run import HandinRun, can_run, wanted
+
+    if not (wanted(request.session.items) and can_run()):
+        yield None
+        return
+    run = HandinRun(tmp_path_factory.mktemp("handin")).start()
+    request.config.stash[HANDIN_RUN] = run
+    try:
+        yield run
+    finally:
+        run.stop()
+
+
+HANDIN_RUN = pytest.StashKey()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The background run's own time (the durations list shows only what its tests still waited for it)."""
+    run = config.stash.get(HANDIN_RUN, None)
+    if run is not None and run.ended:
+        terminalreporter.write_line(
+            f"hand-in run (export + handin --profile quick, in the background): {run.ended - run.started:.0f} s"
+        )

@@ -1,8 +1,9 @@
 """`msml handin --profile quick`: the exported hand-in run as the student runs it, in fresh venvs made from each
 folder's own requirements.txt, and every image it adds made by its own files' processes (evidence.json says which).
 
-One run per module (the three venv installs are most of it); the tests read what it left: the export
-with its images and manifest, the workspace (the runs' store, the exporter's last /metrics).
+One run per session, started in the background when the session starts (tests/e2e/handin_run.py: most of its ~5
+minutes is waiting for traffic phases and scrapes); the tests, run last, read what it left: the export with its
+images and manifest, the workspace (the runs' store, the exporter's last /metrics).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import pytest
 
 from msml.config import DEFAULT_STUDENT
 from msml.handin.names import MEMBANGUN, MONITORING, PROMETHEUS_DIR, SERVING_IMAGE
-from tests.conftest import ROOT, run_msml
+from msml.handin.workspace import Workspace, find_uv
+from tests.conftest import ROOT
+from tests.e2e.handin_run import BINARIES
 from tests.helpers import need_binary
 
 # The whole hand-in run took 15.6 min here with the machine shared by a team (load 10-15; 7 of them the three venv
@@ -25,22 +28,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(1800)]
 
 SUB = f"SMSML_{DEFAULT_STUDENT}"
 STAGES = [["normal"], ["drifted"], ["invalid"], ["drifted", "wrong-feedback"]]
+PIP_INSTALL = "python -m pip install -q -r requirements.txt"  # the student's way (the hand-in's README)
+UV_INSTALL = "uv pip install --quiet --python .venv/bin/python -r requirements.txt"
 
 
 @pytest.fixture(scope="module")
-def handin(tmp_path_factory):
-    for binary in ("prometheus", "Xvfb", "xterm", "tmux", "chromium"):
+def handin(handin_run):
+    """The run tests/conftest.py started in the background with the session (tests/e2e/handin_run.py)."""
+    for binary in BINARIES:
         need_binary(binary)
-    base = tmp_path_factory.mktemp("handin")
-    out, workspace = base / "dist", base / "ws"
-    exported = run_msml("export", "--out", str(out), "--no-evidence", timeout=300)
-    assert exported.returncode == 0, exported.stderr
-    result = run_msml(
-        "handin", "--out", str(out), "--workspace", str(workspace), "--profile", "quick", "--free-ports", timeout=1500
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    manifest = json.loads((out / SUB / "evidence.json").read_text())
-    return out, workspace, manifest
+    return handin_run.result()
 
 
 def test_every_image_is_in_the_manifest_and_numbered_as_the_course_does(handin):
@@ -123,7 +120,9 @@ def test_the_runs_shown_are_the_ones_the_files_make_and_none_failed(handin):
         statuses = {row[0] for row in db.execute("select status from runs")}
     assert statuses == {"FINISHED"}
     steps = [s["command"] for s in manifest["steps"]]
-    assert any(s.startswith("python -m pip install -q -r requirements.txt") for s in steps)
+    # each folder installed exactly its own requirements.txt, by the installer this machine has (uv in the dev lock)
+    installs = [s for s in steps if " install " in s]
+    assert installs == [UV_INSTALL if find_uv() else PIP_INSTALL] * 3, installs
     assert "python modelling.py" in steps and any(s.startswith("python modelling_tuning.py") for s in steps)
 
 
@@ -144,3 +143,19 @@ def test_the_grafana_rules_queries_see_the_handins_data(handin):
     hand-in's own Prometheus at the end of the run, each returning the exporter's series."""
     _, _, manifest = handin
     assert manifest["grafana_rule_series"] and all(n >= 1 for n in manifest["grafana_rule_series"].values())
+
+
+def test_without_uv_each_venv_is_made_the_students_way_with_pip(tmp_path):
+    """A uv that fails (here one that exits 1 at once) or none: `python3 -m venv` and pip, as the README says."""
+    folder, logs = tmp_path / "home" / "folder", tmp_path / "logs"
+    folder.mkdir(parents=True)
+    logs.mkdir()
+    (folder / "requirements.txt").write_text("# already in every fresh venv: installs offline\npip\n")
+    ws = Workspace(tmp_path / "home", DEFAULT_STUDENT, logs, uv="/bin/false")
+    python = ws.make_venv(folder)
+    assert [(s.what, s.command) for s in ws.steps] == [
+        ("virtualenv", "python3 -m venv .venv"),
+        ("install ~/folder/requirements.txt", PIP_INSTALL),
+    ]
+    assert python == folder / ".venv" / "bin" / "python" and python.exists()
+    assert (folder / ".venv" / "bin" / "pip").exists()

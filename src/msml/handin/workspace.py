@@ -2,9 +2,14 @@
 
 `Workspace(home)` copies `Eksperimen_SML_<student>/` and `SMSML_<student>/` from an `msml export --out DIR` into
 `home` (HOME of every process started here), gives each folder a fresh virtualenv made from *its own*
-requirements.txt only (`python -m venv .venv && .venv/bin/python -m pip install -r requirements.txt`, a normal
-install: pip's own cache makes it quick), and runs the course's files with a clean environment: no MLFLOW_* or MSML_*
-variable of ours, no msml on the path, the folder's venv first on PATH.
+requirements.txt only, and runs the course's files with a clean environment: no MLFLOW_* or MSML_* variable of
+ours, no msml on the path, the folder's venv first on PATH.
+
+The venvs are made with uv when msml's environment has it (the dev lock ships it: `uv venv --seed .venv && uv pip
+install -r requirements.txt`, seconds from uv's cache), else, or when uv fails (an index only pip's configuration
+knows), as the hand-in's README tells the student (`python3 -m venv .venv && python -m pip install -r
+requirements.txt`, minutes: the three installs took 2 min of a 5 min quick run here). Both install the same exact
+pins; the step records which one ran.
 
 Every command is recorded as the student types it (`Step`): the folder as `~/SMSML_<student>/...`, the venv's
 interpreter as `python`; the evidence manifest quotes these, never a path of the machine.
@@ -12,6 +17,7 @@ interpreter as `python`; the evidence manifest quotes these, never a path of the
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -26,6 +32,7 @@ from msml.handin.names import MEMBANGUN, MONITORING, REQUIREMENTS, eksperimen_na
 from msml.ops.processes import spawn, stop_process, wait_ready
 
 VENV = ".venv"
+VENV_PYTHON = f"{VENV}/bin/python"
 # Variables of ours that would change what the course files do (a tracking server, msml's settings, another venv).
 DROPPED_PREFIXES = ("MLFLOW_", "MSML_", "VIRTUAL_ENV", "PYTHON", "CONDA", "PIP_REQUIRE")
 # One OpenMP thread: on this 2-core machine, shared, HistGradientBoosting's spinning threads made a 2-trial tuning
@@ -48,11 +55,37 @@ class Step:
         return asdict(self)
 
 
+def find_uv() -> str | None:
+    """uv beside msml's interpreter (the dev lock's), else on PATH; None: the venvs are made with pip."""
+    beside = Path(sys.executable).parent / "uv"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("uv")
+
+
+@functools.cache
+def uv_cache_dir(uv: str) -> str:
+    """uv's cache as msml's own environment has it (UV_CACHE_DIR, XDG_CACHE_HOME or ~/.cache/uv)."""
+    done = subprocess.run([uv, "cache", "dir"], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise ExportError(f"`uv cache dir` exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    return done.stdout.strip()
+
+
 class Workspace:
     """The student's home with the hand-in's folders; `logs` (outside it) keeps every command's output."""
 
-    def __init__(self, home: Path, student: str, logs: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        student: str,
+        logs: Path,
+        extra_env: dict[str, str] | None = None,
+        uv: str | None = "auto",
+    ) -> None:
+        """`uv`: the uv binary that makes the venvs, "auto" (`find_uv`), or None (venv + pip, as the student)."""
         self.home, self.student, self.logs = Path(home), student, Path(logs)
+        self.uv = find_uv() if uv == "auto" else uv
         self.eksperimen = self.home / eksperimen_name(student)
         self.submission = self.home / submission_name(student)
         self.model_dir = self.submission / MEMBANGUN
@@ -98,9 +131,15 @@ class Workspace:
         return folder / VENV / "bin" / "python"
 
     def make_venv(self, folder: Path) -> Path:
-        """A fresh venv in `folder` with exactly its requirements.txt installed; returns its interpreter."""
+        """A fresh venv in `folder` with exactly its requirements.txt installed; returns its interpreter.
+        With uv (module docstring) when there is one; pip when there is none or uv fails."""
         if not (folder / REQUIREMENTS).is_file():
             raise ExportError(f"{self.shown(folder)} has no {REQUIREMENTS}: each folder must carry its own")
+        if self.uv:
+            try:
+                return self._make_venv_uv(folder)
+            except ExportError:  # its step and log stay recorded; the student's way next
+                pass
         shutil.rmtree(folder / VENV, ignore_errors=True)
         self.run(folder, [sys.executable, "-m", "venv", VENV], "virtualenv", shown_argv=["python3", "-m", "venv", VENV])
         python = self.python(folder)
@@ -111,6 +150,28 @@ class Workspace:
             timeout=1800,
         )
         return python
+
+    def _make_venv_uv(self, folder: Path) -> Path:
+        """`uv venv --seed` (pip in it, like `python -m venv`) from msml's interpreter, then `uv pip install -r`. uv's
+        cache is the machine's (HOME here is the scratch home, where a cache would start empty every run)."""
+        shutil.rmtree(folder / VENV, ignore_errors=True)
+        env = {"UV_CACHE_DIR": uv_cache_dir(self.uv), "UV_PYTHON_DOWNLOADS": "never"}
+        self.run(
+            folder,
+            [self.uv, "venv", "--quiet", "--seed", "--python", sys.executable, VENV],
+            "virtualenv",
+            shown_argv=["uv", "venv", "--quiet", "--seed", "--python", "python3", VENV],
+            env=env,
+        )
+        self.run(
+            folder,
+            [self.uv, "pip", "install", "--quiet", "--python", VENV_PYTHON, "-r", REQUIREMENTS],
+            f"install {self.shown(folder / REQUIREMENTS)}",
+            timeout=1800,
+            shown_argv=["uv", "pip", "install", "--quiet", "--python", VENV_PYTHON, "-r", REQUIREMENTS],
+            env=env,
+        )
+        return self.python(folder)
 
     # --- running ----------------------------------------------------------------------------------------------
 
