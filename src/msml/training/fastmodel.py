@@ -10,6 +10,10 @@ The logged model keeps its sklearn flavor (`mlflow.sklearn.load_model` gives the
 python_function flavor — what `mlflow models serve`, `build-docker` and `mlflow.pyfunc.load_model` run — loads
 the runtime from the model's own `code/` folder. An estimator the compiler does not know (the baseline's
 LogisticRegression) raises NotCompilable and is logged as the plain sklearn model it was.
+
+Its length (~400 lines): one compiler per estimator sklearn can nest here (vote, calibration, both tree
+families, HistGradientBoosting's trees rewritten node by node), then the checked compile, the walker's build
+and the flavor; they share the spec's vocabulary, and splitting them would spread one format over modules.
 """
 
 from __future__ import annotations
