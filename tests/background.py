@@ -84,6 +84,10 @@ class Lane:
                 j.seconds = time.monotonic() - began
                 j.done.set()
 
+    def wait(self) -> None:
+        """Until every job has ended (each is bounded by its own commands' time limits)."""
+        self.thread.join(TIMEOUT * len(self.jobs))
+
     def stop(self) -> None:
         """At the session's end: what a job started and no fixture took is stopped."""
         for j in self.jobs:
