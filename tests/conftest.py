@@ -75,11 +75,23 @@ def registered_model(processed, contract, tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests of the hand-in run go last: their run started with the session (`handin_run`), beside the rest."""
+    """The tests marked `timing` go after the others (`quiet_for_timing` waits for the background work first), and
+    the tests of the hand-in run last: their run started with the session (`handin_run`), beside the rest. The sort
+    is stable: within each group the tests keep their order."""
     from tests.e2e.handin_run import wanted
 
-    if wanted(items):
-        items.sort(key=lambda item: wanted([item]))  # stable: every other test keeps its order
+    items.sort(key=lambda item: 2 if wanted([item]) else 1 if item.get_closest_marker("timing") else 0)
+
+
+@pytest.fixture(autouse=True)
+def quiet_for_timing(request):
+    """A test that asserts time bounds starts once the suite's own background work has ended (the lane's jobs, the
+    hand-in run): its bounds are measured without a training run of ours beside it. Usually no wait: they run last."""
+    if request.node.get_closest_marker("timing"):
+        for key in (LANE, HANDIN_RUN):
+            work = request.config.stash.get(key, None)
+            if work is not None:
+                work.wait()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -100,12 +112,37 @@ def handin_run(request, tmp_path_factory):
 
 
 HANDIN_RUN = pytest.StashKey()
+LANE = pytest.StashKey()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_lane(request, tmp_path_factory):
+    """The registered setups (tests/background.py) the selected tests take, started one after the other beside the
+    tests at the session's first test; None when there are none. What no fixture took is stopped at the end."""
+    from tests import background
+
+    jobs = background.wanted(request.session.items)
+    if not jobs:
+        yield None
+        return
+    fixtures = {name: request.getfixturevalue(name) for j in jobs for name in j.needs}
+    dirs = {j.name: tmp_path_factory.mktemp(f"background-{j.name}") for j in jobs}
+    lane = background.Lane(jobs, dirs, fixtures).start()
+    request.config.stash[LANE] = lane
+    try:
+        yield lane
+    finally:
+        lane.stop()
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    """The background run's own time (the durations list shows only what its tests still waited for it)."""
+    """The background work's own times (the durations list shows only what the tests still waited for it)."""
     run = config.stash.get(HANDIN_RUN, None)
     if run is not None and run.ended:
         terminalreporter.write_line(
             f"hand-in run (export + handin --profile quick, in the background): {run.ended - run.started:.0f} s"
         )
+    lane = config.stash.get(LANE, None)
+    if lane is not None:
+        done = [f"{j.name} {j.seconds:.0f} s" for j in lane.jobs if j.done.is_set()]
+        terminalreporter.write_line("background lane (tests/background.py): " + ", ".join(done))

@@ -93,9 +93,13 @@ class HandinRun:
         finally:
             self.ended = time.monotonic()
 
+    def wait(self) -> None:
+        """Until the run has ended (every command of it is bounded)."""
+        self._thread.join(EXPORT_TIMEOUT + HANDIN_TIMEOUT + 120)
+
     def result(self) -> tuple[Path, Path, dict]:
         """(export folder, workspace, evidence.json) once the run ended; AssertionError with its output if it failed."""
-        self._thread.join(EXPORT_TIMEOUT + HANDIN_TIMEOUT + 120)
+        self.wait()
         assert not self._thread.is_alive(), "the hand-in run did not end"
         assert self.failure is None, self.failure
         return self.out, self.workspace, json.loads((self.out / SUB / "evidence.json").read_text())

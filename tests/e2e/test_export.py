@@ -32,6 +32,7 @@ from msml.handin.names import (
 )
 from msml.handin.repos import check_names
 from msml.handin.units import _copy_processed, _copy_raw, write_eksperimen, write_submission, write_workflow_ci
+from tests import background
 from tests.conftest import ROOT, run_msml
 from tests.helpers import dataset_digests, lint_workflows
 
@@ -355,13 +356,17 @@ def test_exported_course_files_are_the_generated_ones(exported):
 # --- the course files in a fresh virtualenv: exported requirements.txt only ------------------------------------
 
 
-@pytest.fixture(scope="module")
-def course_env(exported, tmp_path_factory):
-    """One venv per session with only the exported requirements.txt (pip's local cache), and temp copies of the units.
+@background.job("course_env")
+def make_course_env(base: Path):
+    """One venv per session with only the exported requirements.txt (pip, as the student installs), and temp copies
+    of the units, from an export of its own (the same command as `exported`'s). Made beside the other tests
+    (tests/background.py): the install is a minute of pip.
 
     Returns (python, env, work): `env` has no MLFLOW_*/MSML_* variables and the venv's bin first on PATH.
     """
-    base = tmp_path_factory.mktemp("course-venv")
+    exported = base / "dist"
+    result = run_msml("export", "--out", str(exported), "--no-evidence")
+    assert result.returncode == 0, result.stdout + result.stderr
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
@@ -389,6 +394,11 @@ def course_env(exported, tmp_path_factory):
     return py, env, work
 
 
+@pytest.fixture(scope="module")
+def course_env(tmp_path_factory):
+    return background.result("course_env", lambda: tmp_path_factory.mktemp("course-venv"))
+
+
 def _run(course_env, cmd, cwd, timeout=600, **extra):
     _, env, _ = course_env
     result = subprocess.run(cmd, cwd=cwd, env={**env, **extra}, capture_output=True, text=True, timeout=timeout)
@@ -409,19 +419,25 @@ def _metrics(store: str, run_id: str) -> dict[str, float]:
     return mlflow.MlflowClient(store).get_run(run_id).data.metrics
 
 
-@pytest.fixture(scope="module")
-def baseline_run(course_env, tmp_path_factory):
-    """modelling.py in the course venv against its own sqlite store; returns (store, run info)."""
-    py, _, work = course_env
-    tmp = tmp_path_factory.mktemp("modelling")
+@background.job("baseline_run")
+def make_baseline_run(tmp: Path):
+    """modelling.py in the course venv against its own sqlite store; returns (store, run info). After
+    `course_env` in the background lane (tests/background.py), which it waits for."""
+    course_env = background.result("course_env", None)
+    _py, _, work = course_env
     store = f"sqlite:///{tmp / 'm.db'}"
     _run(
         course_env,
-        [str(py), "modelling.py", "--run-info", str(tmp / "baseline.json")],
+        [str(_py), "modelling.py", "--run-info", str(tmp / "baseline.json")],
         cwd=work / SUB / "Membangun_model",
         MLFLOW_TRACKING_URI=store,
     )
     return store, json.loads((tmp / "baseline.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def baseline_run(course_env, tmp_path_factory):
+    return background.result("baseline_run", lambda: tmp_path_factory.mktemp("modelling"))
 
 
 def test_modelling_autolog_metrics_equal_msml_train(baseline_run, registered_model):

@@ -24,7 +24,7 @@ from msml.serving.model_server import ModelServer
 from tests.conftest import run_msml
 from tests.integration.serving_fixtures import free_port, parse_metrics, start_gateway
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timing]  # run last (tests/conftest.py)
 
 DRIFT_WINDOW = 1000  # smaller windows make PSI noisy for features with many rare categories
 

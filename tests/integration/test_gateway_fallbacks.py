@@ -26,7 +26,7 @@ from msml.monitoring import metrics as M
 from msml.ops.processes import stop_process
 from tests.integration.serving_fixtures import parse_metrics, start_gateway
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timing]  # run last (tests/conftest.py)
 
 UPSTREAM_SECRET = "Traceback-SECRET-upstream-text"
 TOKEN = "test-feedback-token"

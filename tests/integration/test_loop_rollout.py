@@ -24,7 +24,7 @@ from msml.ops.demo import start_serving, stop_all
 from msml.tracking.registry import CHAMPION, promote_gated
 from tests.integration.serving_fixtures import free_port, train_and_register
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timing]  # run last (tests/conftest.py)
 LOAD_THREADS = 4
 MAX_SECONDS = 120  # the load stops by itself even if the rollout hangs
 

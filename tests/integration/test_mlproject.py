@@ -27,6 +27,7 @@ from msml.ops.project import (
     project_files,
     render_mlproject,
 )
+from tests import background
 from tests.conftest import ROOT, run_msml
 from tests.helpers import cheapest_seed
 
@@ -134,16 +135,21 @@ def test_dockerhub_link_comes_from_the_settings(monkeypatch):
 # --- mlflow run, for real ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def main_run(tmp_path_factory) -> dict:
-    """`mlflow run MLProject -e main --env-manager local` from another directory, without --experiment-name."""
-    tmp = tmp_path_factory.mktemp("mlproject-main")
+@background.job("main_run")
+def make_main_run(tmp: Path) -> dict:
+    """`mlflow run MLProject -e main --env-manager local` from another directory, without --experiment-name (run
+    beside the other tests: tests/background.py)."""
     run_info = tmp / "run_info.json"
     result = mlflow_run(
         "-e", "main", "--env-manager", "local", "-P", f"run_info={run_info}", env=store_env(tmp), cwd=tmp
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return {"tmp": tmp, "result": result, "info": json.loads(run_info.read_text())}
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory) -> dict:
+    return background.result("main_run", lambda: tmp_path_factory.mktemp("mlproject-main"))
 
 
 @pytest.mark.slow

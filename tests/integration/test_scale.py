@@ -29,6 +29,7 @@ from msml.errors import DataError, TrackingError
 from msml.tracking.postgres import LOOP_DB, MLFLOW_DB, OPTUNA_DB, PostgresError, find_bin_dir
 from msml.tracking.registry import CHAMPION
 from msml.training.workers import RETRY_OF_TAG, TRIAL_NUMBER_TAG, TRIAL_RUN_ATTR, WORKER_PID_TAG
+from tests import background
 from tests.conftest import BIN, ROOT, run_msml
 
 pytestmark = pytest.mark.slow
@@ -52,12 +53,10 @@ def _require_postgres() -> None:
         pytest.skip(str(exc))
 
 
-@pytest.fixture(scope="module")
-def small_processed(tmp_path_factory, raw_path, contract) -> Path:
+def make_small_processed(root: Path, raw_path: Path, contract) -> Path:
     """The first rows of the real raw file, preprocessed: trials in seconds, the same code paths."""
     from msml.data.preprocessing import preprocess
 
-    root = tmp_path_factory.mktemp("small")
     with raw_path.open() as f:
         (root / "raw.csv").write_text("".join(itertools.islice(f, 1 + SMALL_ROWS)))
     out = root / f"{contract.name}_preprocessing"
@@ -65,9 +64,8 @@ def small_processed(tmp_path_factory, raw_path, contract) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def server(small_processed):
-    """`msml tracking up` in a temp home (PostgreSQL + mlflow server on free ports); `down` after."""
+def start_server(small_processed: Path) -> dict:
+    """`msml tracking up` in a temp home (PostgreSQL + mlflow server on free ports); `stop_server` after."""
     _require_postgres()
     # in /tmp, not pytest's 0700 tree: the cluster runs as the `postgres` user, which must reach its folder
     root = Path(tempfile.mkdtemp(prefix="msml-scale-"))
@@ -75,16 +73,17 @@ def server(small_processed):
     home = {"MSML_HOME": str(root / "server")}
     port, pg_port = free_port(), free_port()
     up = run_msml("tracking", "up", "--port", str(port), "--postgres-port", str(pg_port), env=home, timeout=300)
-    assert up.returncode == 0, up.stdout + up.stderr
+    state = {"root": root, "home": home, "pg_port": pg_port}
+    if up.returncode != 0:
+        stop_server(state)
+        raise AssertionError(up.stdout + up.stderr)
     url = f"http://127.0.0.1:{port}"
     optuna_uri = f"postgresql://postgres@127.0.0.1:{pg_port}/{OPTUNA_DB}"
     loop_uri = f"postgresql://postgres@127.0.0.1:{pg_port}/{LOOP_DB}"
-    assert f"MLFLOW_TRACKING_URI={url}" in up.stdout and optuna_uri in up.stdout
-    assert f"MSML_LOOP_STORE={loop_uri}" in up.stdout
     client_home = root / "client"  # the clients' own home: nothing may be written there
     client_home.mkdir()
     env = {"MSML_HOME": str(client_home), "MSML_PROCESSED": str(small_processed), "MLFLOW_TRACKING_URI": url}
-    state = {
+    state |= {
         "url": url,
         "env": env,
         "client_home": client_home,
@@ -92,22 +91,21 @@ def server(small_processed):
         "loop": loop_uri,
         "mlflow_db": f"postgresql://postgres@127.0.0.1:{pg_port}/{MLFLOW_DB}",
         "artifacts": root / "server" / ".run" / "tracking" / "artifacts",
-        "pg_port": pg_port,
+        "up": up.stdout,
     }
+    return state
+
+
+def stop_server(state: dict) -> subprocess.CompletedProcess:
+    """`msml tracking down` of `start_server`'s home, and its folder removed."""
     try:
-        yield state
+        return run_msml("tracking", "down", env=state["home"])
     finally:
-        down = run_msml("tracking", "down", env=home)
-        shutil.rmtree(root, ignore_errors=True)
-    assert down.returncode == 0 and "tracking-server" in down.stdout and "postgresql" in down.stdout, down.stdout
-    with socket.socket() as s:  # the cluster really stopped
-        assert s.connect_ex(("127.0.0.1", pg_port)) != 0
+        shutil.rmtree(state["root"], ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def trained(server, tmp_path_factory):
+def train_both(server: dict, out: Path) -> dict:
     """Baseline, then tuning with two worker processes on one study, both through HTTP only."""
-    out = tmp_path_factory.mktemp("runs")
     env = server["env"]
     baseline = run_msml("train", "--run-info", str(out / "baseline.json"), env=env)
     assert baseline.returncode == 0, baseline.stderr
@@ -128,13 +126,57 @@ def trained(server, tmp_path_factory):
         env=env,
     )
     assert tuned.returncode == 0, tuned.stdout + tuned.stderr
-    mlflow.set_tracking_uri(server["url"])
     return {
         "baseline": json.loads((out / "baseline.json").read_text()),
         "tuned": json.loads((out / "tuned.json").read_text()),
         "stdout": tuned.stdout,
         "out": out,
     }
+
+
+@background.job("trained", needs=("raw_path", "contract"), cleanup=lambda made: stop_server(made[0]))
+def make_trained(base: Path, raw_path: Path, contract) -> tuple[dict, dict]:
+    """The server and the training through it, beside the other tests (tests/background.py): (server's value,
+    trained's value); the server runs until the module's end (`server` stops it)."""
+    (base / "small").mkdir()
+    (base / "runs").mkdir()
+    state = start_server(make_small_processed(base / "small", raw_path, contract))
+    try:
+        return state, train_both(state, base / "runs")
+    except BaseException:
+        stop_server(state)
+        raise
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, raw_path, contract):
+    """The tracking server: the one `trained`'s job started when a test takes `trained`, else one of its own;
+    `msml tracking down` after, which must stop both servers."""
+    if background.JOBS["trained"].started:
+        state, _ = background.result("trained", None)
+    else:
+        state = start_server(make_small_processed(tmp_path_factory.mktemp("small"), raw_path, contract))
+    up, url, pg_port = state["up"], state["url"], state["pg_port"]
+    try:
+        assert f"MLFLOW_TRACKING_URI={url}" in up and state["optuna"] in up
+        assert f"MSML_LOOP_STORE={state['loop']}" in up
+        yield state
+    finally:
+        down = stop_server(state)
+    assert down.returncode == 0 and "tracking-server" in down.stdout and "postgresql" in down.stdout, down.stdout
+    with socket.socket() as s:  # the cluster really stopped
+        assert s.connect_ex(("127.0.0.1", pg_port)) != 0
+
+
+@pytest.fixture(scope="module")
+def trained(server, tmp_path_factory):
+    """Baseline, then tuning with two worker processes on one study, both through HTTP only."""
+    if background.JOBS["trained"].started:
+        made = background.result("trained", None)[1]
+    else:
+        made = train_both(server, tmp_path_factory.mktemp("runs"))
+    mlflow.set_tracking_uri(server["url"])
+    return made
 
 
 def test_runs_models_and_the_gate_go_through_the_server(server, trained):

@@ -21,6 +21,7 @@ from msml.ops.processes import spawn, stop_process, wait_ready
 from msml.tracking.client import server_command
 from msml.tracking.registry import CHAMPION
 from msml.training.evaluation import AUTOLOG_METRICS, classifier_metrics
+from tests import background
 from tests.conftest import run_msml
 from tests.helpers import cheapest_seed
 
@@ -43,10 +44,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory, processed) -> dict:
-    """A project home with its own SQLite store, trained by the real CLI: baseline, then tuning."""
-    root = tmp_path_factory.mktemp("home")
+@background.job("home", needs=("processed",))
+def make_home(root: Path, processed: Path) -> dict:
+    """A project home with its own SQLite store, trained by the real CLI: baseline, then tuning (beside the other
+    tests: tests/background.py)."""
     env = {"MSML_HOME": str(root), "MSML_PROCESSED": str(processed), "MLFLOW_TRACKING_URI": ""}
     baseline = run_msml("train", "--run-info", str(root / "baseline.json"), env=env)
     assert baseline.returncode == 0, baseline.stderr
@@ -73,6 +74,11 @@ def home(tmp_path_factory, processed) -> dict:
         "baseline": json.loads((root / "baseline.json").read_text()),
         "tuned": json.loads((root / "tuned.json").read_text()),
     }
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, processed) -> dict:
+    return background.result("home", lambda: tmp_path_factory.mktemp("home"), processed=processed)
 
 
 def test_baseline_is_autologged_with_a_raw_row_pipeline(home, contract, processed):
@@ -248,10 +254,8 @@ def test_tracking_server_down_is_a_clear_error(tmp_path, processed):
     assert "Traceback" not in result.stderr and time.monotonic() - started < 30
 
 
-@pytest.fixture(scope="module")
-def auth_server(tmp_path_factory):
+def start_auth_server(root: Path) -> dict:
     """A real `mlflow server --app-name basic-auth` on loopback, as DagsHub's endpoint behaves."""
-    root = tmp_path_factory.mktemp("auth")
     password = "s3cret-for-tests-only"
     config = root / "auth.ini"
     config.write_text(
@@ -272,14 +276,11 @@ def auth_server(tmp_path_factory):
     except RuntimeError as exc:
         stop_process(proc)
         pytest.fail(f"auth server did not start: {exc}")
-    yield {"url": url, "user": "admin", "password": password, "root": root}
-    stop_process(proc)
+    return {"url": url, "user": "admin", "password": password, "root": root, "proc": proc}
 
 
-@pytest.fixture(scope="module")
-def remote(auth_server, processed, tmp_path_factory) -> dict:
+def train_remote(auth_server: dict, processed: Path, root: Path) -> dict:
     """`msml train`, then `msml tune` with `home`'s data, trials, folds and seed, against the basic-auth server."""
-    root = tmp_path_factory.mktemp("remote")
     env = {
         "MSML_HOME": str(root),
         "MSML_PROCESSED": str(processed),
@@ -304,6 +305,38 @@ def remote(auth_server, processed, tmp_path_factory) -> dict:
     )
     info = json.loads((root / "tuned.json").read_text()) if tuned.returncode == 0 else None
     return {"root": root, "trained": trained, "tuned": tuned, "info": info}
+
+
+@background.job("remote", needs=("processed",), cleanup=lambda made: stop_process(made[0]["proc"]))
+def make_remote(base: Path, processed: Path) -> tuple[dict, dict]:
+    """The basic-auth server and the remote training against it, beside the other tests (tests/background.py):
+    (auth_server's value, remote's value); the server runs until the module's end (auth_server stops it)."""
+    (base / "auth").mkdir()
+    (base / "remote").mkdir()
+    server = start_auth_server(base / "auth")
+    try:
+        return server, train_remote(server, processed, base / "remote")
+    except BaseException:
+        stop_process(server["proc"])
+        raise
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    """The server `remote`'s job started when a test takes `remote`; else one of its own."""
+    if background.JOBS["remote"].started:
+        server, _ = background.result("remote", None)
+    else:
+        server = start_auth_server(tmp_path_factory.mktemp("auth"))
+    yield server
+    stop_process(server["proc"])
+
+
+@pytest.fixture(scope="module")
+def remote(auth_server, processed, tmp_path_factory) -> dict:
+    if background.JOBS["remote"].started:
+        return background.result("remote", None)[1]
+    return train_remote(auth_server, processed, tmp_path_factory.mktemp("remote"))
 
 
 def test_train_and_tune_against_a_remote_server_with_basic_auth(auth_server, home, remote):
